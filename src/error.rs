@@ -1,0 +1,65 @@
+//! The library's one error type. Every variant names what is wrong (a file, a key, a value) so the
+//! binary can print it as a single line; the binary maps variants to exit codes.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong inside the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed (shape mismatch, device error, ...).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A configuration value is missing, mistyped or out of range; the message names the key.
+    #[error("{0}")]
+    Config(String),
+
+    /// The training data cannot be used (unreadable image, empty folder, image too small...).
+    #[error("{0}")]
+    Data(String),
+
+    /// A checkpoint is missing, truncated, corrupt or of an unknown format.
+    #[error("checkpoint {}: {msg}", path.display())]
+    Checkpoint { path: PathBuf, msg: String },
+
+    /// The loss became NaN or infinite.
+    #[error("loss is {value} at step {step}; stopping (the last good checkpoint is kept)")]
+    NonFinite { step: u64, value: f32 },
+
+    /// The run was interrupted (SIGINT/SIGTERM) after its state was saved.
+    #[error("interrupted at step {step}; checkpoint saved")]
+    Interrupted { step: u64 },
+
+    /// Any other invalid argument; the message says which and why.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An I/O error tagged with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A checkpoint error tagged with the checkpoint's path.
+    pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+}

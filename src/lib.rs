@@ -1,0 +1,16 @@
+//! `ddpm`: train denoising diffusion models and sample from them, on CPU or CUDA, through candle.
+//!
+//! The layers, bottom up: `schedule` (betas and every derived coefficient, f64), `diffusion`
+//! (the forward process and parameterisations), `loss` and `vlb` (objectives), `denoiser` (the
+//! trait samplers see), `sampler` (ancestral, DDIM, ...), `nn` (the UNet), `data`, and the
+//! training loop with its optimizer, EMA and checkpoints. The library never prints: long work
+//! reports through callbacks.
+
+pub mod denoiser;
+pub mod diffusion;
+pub mod error;
+pub mod oracle;
+pub mod rng;
+pub mod schedule;
+
+pub use error::{Error, Result};

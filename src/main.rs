@@ -1,1 +1,17 @@
-fn main() {}
+//! The `ddpm` binary: parse the command line, run the command, map errors to exit codes
+//! (0 ok, 1 error, 2 usage, 130 interrupted). stdout carries data only; everything else goes to
+//! stderr. All the work is in the library; `cli` only turns arguments into library calls.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => cli::report(&err),
+    }
+}

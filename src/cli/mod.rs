@@ -1,0 +1,65 @@
+//! Command-line types (clap) and the glue from arguments to library calls. Architecture lives
+//! in the config and the checkpoint; flags are for paths, counts, seeds and the device.
+
+mod output;
+mod progress;
+mod sample;
+mod schedule;
+mod train;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use output::report;
+
+const EXAMPLES: &str = "\
+Examples:
+  ddpm train --config configs/digits.toml --out runs/digits
+  ddpm sample --checkpoint runs/digits/latest.safetensors --steps 50 --ddim --grid --out grid.png
+  ddpm sample --checkpoint C --format npy --out - | python3 -c 'import numpy,sys; print(numpy.load(sys.stdin.buffer).shape)'
+  ddpm schedule --config configs/digits.toml --steps 10
+  ddpm info runs/digits/latest.safetensors
+
+Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted (a checkpoint was saved).";
+
+/// Train denoising diffusion models and sample from them, on CPU or CUDA.
+#[derive(Parser, Debug)]
+#[command(name = "ddpm", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model from a TOML config; writes a run directory.
+    #[command(after_help = train::EXAMPLES)]
+    Train(train::TrainArgs),
+    /// Generate images from a checkpoint.
+    #[command(after_help = sample::EXAMPLES)]
+    Sample(sample::SampleArgs),
+    /// Print a config's noise schedule as CSV.
+    Schedule(schedule::ScheduleArgs),
+    /// Print a checkpoint's config, step and parameter count.
+    Info(InfoArgs),
+}
+
+/// `ddpm info`
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    /// The checkpoint (.safetensors) to describe.
+    pub checkpoint: PathBuf,
+}
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Schedule(a) => schedule::run(a),
+        Command::Info(a) => schedule::info(a),
+    }
+}
+

@@ -1,0 +1,46 @@
+//! stdout for data, stderr for everything else, and the one error path: `ddpm: <message>` with
+//! the context chain on one line, exit 130 for an interrupt, and a quiet exit when the reader of
+//! stdout went away (a closed pipe is not an error for a command-line tool).
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+/// Write data to stdout (no implicit panics on a closed pipe, unlike `println!`).
+pub fn stdout_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Write one line of data to stdout.
+pub fn stdout_line(line: &str) -> anyhow::Result<()> {
+    stdout_bytes(format!("{line}\n").as_bytes())
+}
+
+/// Print `err` to stderr and choose the exit code.
+pub fn report(err: &anyhow::Error) -> ExitCode {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<io::Error>() {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+        }
+        if let Some(ddpm::Error::Interrupted { .. }) = cause.downcast_ref::<ddpm::Error>() {
+            let _ = writeln!(io::stderr(), "ddpm: {err}");
+            return ExitCode::from(130);
+        }
+    }
+    let chain: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+    let mut msg = String::new();
+    for c in chain {
+        if !msg.contains(&c) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&c);
+        }
+    }
+    let _ = writeln!(io::stderr(), "ddpm: {msg}");
+    ExitCode::from(1)
+}

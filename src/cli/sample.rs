@@ -1,0 +1,212 @@
+//! `ddpm sample`: a checkpoint -> images as PNG files, a grid, or raw arrays (.npy) on stdout.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+
+use ddpm::data::images;
+use ddpm::device::{self, DeviceSpec};
+use ddpm::generate::{self, Generator};
+use ddpm::precision::Precision;
+use ddpm::sampler::SamplerKind;
+
+use super::output::{stdout_bytes, stdout_line};
+use super::progress::Progress;
+
+pub const EXAMPLES: &str = "\
+Examples:
+  ddpm sample --checkpoint runs/digits/latest.safetensors --steps 50 --ddim
+  ddpm sample --checkpoint C -n 64 --grid --scale 4 --out grid.png
+  ddpm sample --checkpoint C -n 8 --format npy --out - > samples.npy
+  for s in 1 2 3; do ddpm sample --checkpoint C -n 1 --seed $s --out - > seed$s.png; done
+
+Image i of a run is the same whatever --batch-size: --seed S -n 10 gives the same ten images
+as ten calls with -n 1 --first-index 0..9. stdout: the written paths, one per line, or the
+bytes themselves with --out -.";
+
+/// Output file format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// PNG images (several images in one file become a grid).
+    Png,
+    /// One NumPy array (N, C, H, W) of float32 in [-1, 1].
+    Npy,
+}
+
+/// `ddpm sample`
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// The checkpoint to sample from (all settings come from it).
+    #[arg(long, short)]
+    pub checkpoint: PathBuf,
+    /// Number of images.
+    #[arg(short = 'n', long = "num", default_value_t = 16)]
+    pub n: usize,
+    /// Images per model batch [default: sample.batch_size of the checkpoint].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Denoising steps [default: sample.steps, else T for ddpm and 50 for ddim].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Use DDIM (same as --sampler ddim).
+    #[arg(long, conflicts_with = "sampler")]
+    pub ddim: bool,
+    /// ddpm (ancestral) or ddim [default: sample.sampler].
+    #[arg(long)]
+    pub sampler: Option<SamplerKind>,
+    /// DDIM's eta: 0 deterministic, 1 ancestral-like [default: sample.eta].
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Seed of the sampling noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Index of the first image (its noise stream), to split a run across calls.
+    #[arg(long, default_value_t = 0)]
+    pub first_index: u64,
+    /// Sample with the raw weights instead of the EMA.
+    #[arg(long)]
+    pub no_ema: bool,
+    /// Write one file: a PNG (a grid if n > 1) or .npy; `-` writes it to stdout.
+    #[arg(long, short, conflicts_with = "out_dir")]
+    pub out: Option<PathBuf>,
+    /// Write one PNG per image (or grid.png with --grid, samples.npy with --format npy) here.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Put all images in one grid.
+    #[arg(long)]
+    pub grid: bool,
+    /// Nearest-neighbour upscaling of PNG output (8x8 digits are tiny).
+    #[arg(long, default_value_t = 1)]
+    pub scale: u32,
+    /// png or npy [default: from --out's extension, else png].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Compute precision, f32 or bf16 (CUDA only).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// No progress.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print a JSON summary line (images, seconds, images/s) on stdout after the paths.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: SampleArgs) -> anyhow::Result<()> {
+    let (device, notice) = device::resolve(args.device)?;
+    args.precision.check(&device)?;
+    if args.scale == 0 {
+        anyhow::bail!("--scale must be at least 1");
+    }
+    let gen = Generator::load(&args.checkpoint, !args.no_ema, args.precision.dtype(), &device)?;
+    let cfg = &gen.config;
+    let sampler = if args.ddim {
+        SamplerKind::Ddim
+    } else {
+        args.sampler.unwrap_or(cfg.sample.sampler)
+    };
+    let mut opts = generate::sample_options(cfg, sampler, args.seed);
+    if let Some(k) = args.steps {
+        opts.steps = k;
+    }
+    if let Some(eta) = args.eta {
+        opts.eta = eta;
+    }
+    opts.first_index = args.first_index;
+    opts.validate(gen.schedule.len())?;
+    let batch = args.batch_size.unwrap_or(cfg.sample.batch_size);
+
+    let total_steps = (args.n.div_ceil(batch.max(1)) * opts.steps) as u64;
+    let mut progress = Progress::new(total_steps, "steps", args.quiet);
+    if let Some(n) = notice {
+        progress.note(args.quiet, &format!("ddpm: {n}"));
+    }
+    let start = Instant::now();
+    let x = generate::generate(
+        &gen.unet,
+        args.precision.dtype(),
+        cfg,
+        &gen.schedule,
+        &opts,
+        args.n,
+        batch,
+        &device,
+        &mut |done, n, step, steps| {
+            let pos = (done.div_ceil(batch) * steps + step) as u64;
+            progress.update(pos, || format!("image {}/{n}", (done + 1).min(n)));
+            progress.line(false, || format!("sampling: batch from image {done} of {n}, step {step}/{steps}"));
+            Ok(())
+        },
+    )?;
+    progress.finish();
+    let seconds = start.elapsed().as_secs_f64();
+
+    let format = args.format.unwrap_or(match &args.out {
+        Some(p) if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) => Format::Npy,
+        _ => Format::Png,
+    });
+    let one_file = |x: &candle_core::Tensor| -> anyhow::Result<Vec<u8>> {
+        Ok(match format {
+            Format::Npy => images::encode_npy(x)?,
+            Format::Png => {
+                let imgs = images::to_images(x)?;
+                let img = if imgs.len() == 1 {
+                    images::upscale(&imgs[0], args.scale)
+                } else {
+                    images::grid(&imgs, None, args.scale)?
+                };
+                images::encode_png(&img)?
+            }
+        })
+    };
+    let mut written = Vec::new();
+    match (&args.out, &args.out_dir) {
+        (Some(p), _) if p.as_os_str() == "-" => stdout_bytes(&one_file(&x)?)?,
+        (Some(p), _) => {
+            ddpm::checkpoint::write_atomic(p, &one_file(&x)?)?;
+            written.push(p.clone());
+        }
+        (None, dir) => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from("samples"));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| ddpm::Error::io(&dir, e))?;
+            if format == Format::Npy {
+                let p = dir.join("samples.npy");
+                ddpm::checkpoint::write_atomic(&p, &images::encode_npy(&x)?)?;
+                written.push(p);
+            } else if args.grid {
+                let p = dir.join("grid.png");
+                ddpm::checkpoint::write_atomic(&p, &one_file(&x)?)?;
+                written.push(p);
+            } else {
+                for (i, img) in images::to_images(&x)?.iter().enumerate() {
+                    let p = dir.join(format!("sample-{:05}.png", args.first_index as usize + i));
+                    images::save_png(&images::upscale(img, args.scale), &p)?;
+                    written.push(p);
+                }
+            }
+        }
+    }
+    for p in &written {
+        stdout_line(&p.display().to_string())?;
+    }
+    if args.json {
+        let json = serde_json::json!({
+            "command": "sample",
+            "images": args.n,
+            "batch_size": batch,
+            "sampler": sampler.to_string(),
+            "steps": opts.steps,
+            "seconds": seconds,
+            "images_per_sec": args.n as f64 / seconds.max(1e-9),
+            "device": format!("{device:?}"),
+            "precision": args.precision.to_string(),
+        });
+        stdout_line(&json.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! `ddpm schedule` (a config's schedule as CSV) and `ddpm info` (what a checkpoint holds).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use ddpm::checkpoint;
+use ddpm::config::Config;
+use ddpm::train;
+
+use super::output::stdout_line;
+use super::InfoArgs;
+
+/// `ddpm schedule`
+#[derive(Args, Debug)]
+pub struct ScheduleArgs {
+    /// The TOML config whose [diffusion] section defines the schedule.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Also show the K sampling steps chosen by sample.spacing (the respaced schedule).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Override a config value: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(&args.config, &args.set)?;
+    let base = cfg.diffusion.schedule()?;
+    let s = match args.steps {
+        Some(k) => base.for_sampling(k, cfg.sample.spacing)?,
+        None => base,
+    };
+    let mut csv = String::from("index,t,beta,alpha_bar,posterior_variance,snr\n");
+    for i in 0..s.len() {
+        csv.push_str(&format!(
+            "{i},{},{:.9e},{:.9e},{:.9e},{:.9e}\n",
+            s.timesteps[i], s.betas[i], s.alphas_cumprod[i], s.posterior_variance[i], s.snr[i]
+        ));
+    }
+    super::output::stdout_bytes(csv.as_bytes())
+}
+
+pub fn info(args: InfoArgs) -> anyhow::Result<()> {
+    let path = &args.checkpoint;
+    let ckpt = checkpoint::load(path)?;
+    let cfg = train::stored_config(&ckpt, path)?;
+    let step = train::stored_step(&ckpt, path)?;
+    let params: usize = ckpt
+        .tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with(train::MODEL_PREFIX))
+        .map(|(_, t)| t.elem_count())
+        .sum();
+    stdout_line(&format!("# checkpoint: {}", path.display()))?;
+    stdout_line(&format!("# step: {step}"))?;
+    stdout_line(&format!("# parameters: {params}"))?;
+    if let Some(f) = ckpt.metadata.get("format") {
+        stdout_line(&format!("# format: {f}"))?;
+    }
+    stdout_line(&cfg.to_toml()?)
+}

@@ -1,0 +1,157 @@
+//! `ddpm train`: config + flags -> a run directory with checkpoints, metrics and sample grids.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use ddpm::config::Config;
+use ddpm::device::{self, DeviceSpec};
+use ddpm::precision::Precision;
+use ddpm::train::{self, Event, TrainOptions};
+
+use super::output::stdout_line;
+use super::progress::Progress;
+
+pub const EXAMPLES: &str = "\
+Examples:
+  ddpm train --config configs/digits.toml
+  ddpm train --config configs/digits.toml --out runs/d --max-steps 500 --set train.batch_size=64
+  ddpm train --config configs/digits.toml --out runs/d --resume      # continue after Ctrl-C
+
+stdout: the last checkpoint's path (or a JSON summary with --json). Ctrl-C saves a checkpoint
+and exits with 130; run again with --resume to continue exactly where it stopped.";
+
+/// `ddpm train`
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The TOML config (see configs/).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Run directory [default: runs/<config name>].
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many steps in total (overrides train.steps).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Seed for every random stream (overrides train.seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Compute precision, f32 or bf16 (CUDA only; overrides train.precision).
+    #[arg(long)]
+    pub precision: Option<Precision>,
+    /// Override a config value: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// No progress or log lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print a JSON summary line on stdout (steps, images/s, final loss, checkpoint).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let mut overrides = args.set.clone();
+    if let Some(seed) = args.seed {
+        overrides.push(format!("train.seed={seed}"));
+    }
+    if let Some(p) = args.precision {
+        overrides.push(format!("train.precision=\"{p}\""));
+    }
+    let cfg = Config::load(&args.config, &overrides)?;
+    let (device, notice) = device::resolve(args.device)?;
+    let run_dir = args.out.clone().unwrap_or_else(|| {
+        let stem = args
+            .config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into());
+        PathBuf::from("runs").join(stem)
+    });
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // A second signal while the first is being handled exits at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&interrupt))
+            .context("installing the signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&interrupt))
+            .context("installing the signal handler")?;
+    }
+    let opts = TrainOptions {
+        run_dir: run_dir.clone(),
+        resume: args.resume,
+        max_steps: args.max_steps,
+        interrupt,
+    };
+    let quiet = args.quiet;
+    let total = args.max_steps.unwrap_or(cfg.train.steps);
+    let mut progress = Progress::new(total, "steps", quiet);
+    if let Some(n) = notice {
+        progress.note(quiet, &format!("ddpm: {n}"));
+    }
+    let summary = train::train(&cfg, &device, &opts, &mut |event| {
+        match event {
+            Event::Started {
+                step,
+                total,
+                parameters,
+            } => {
+                progress.set_position(step);
+                progress.note(
+                    quiet,
+                    &format!(
+                        "ddpm: training {parameters} parameters on {device:?}, step {step} of {total}, run directory {}",
+                        run_dir.display()
+                    ),
+                );
+            }
+            Event::Step {
+                step,
+                stats,
+                images_per_sec,
+            } => progress.update(step, || {
+                format!("loss {:.4} {:.1} img/s", stats.loss, images_per_sec)
+            }),
+            Event::Logged {
+                step,
+                stats,
+                images_per_sec,
+            } => progress.line(true, || {
+                format!(
+                    "step {step}/{total} loss {:.5} lr {:.2e} grad_norm {:.3} {:.1} img/s",
+                    stats.loss, stats.lr, stats.grad_norm, images_per_sec
+                )
+            }),
+            Event::Checkpoint(p) => progress.line(true, || format!("checkpoint {}", p.display())),
+            Event::Samples(p) => progress.line(true, || format!("samples {}", p.display())),
+        }
+        Ok(())
+    });
+    progress.finish();
+    let summary = summary?;
+    if args.json {
+        let json = serde_json::json!({
+            "command": "train",
+            "step": summary.step,
+            "steps_run": summary.steps_run,
+            "images_per_sec": summary.images_per_sec,
+            "final_loss": summary.final_loss,
+            "checkpoint": summary.checkpoint,
+            "device": format!("{device:?}"),
+            "precision": cfg.train.precision.to_string(),
+        });
+        stdout_line(&json.to_string())?;
+    } else {
+        stdout_line(&summary.checkpoint.display().to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! The run configuration: one TOML file with the sections `[model]` (the UNet), `[diffusion]`
+//! (schedule, parameterisation, loss), `[data]`, `[optim]`, `[ema]`, `[train]` and `[sample]`.
+//! Every key has a default (the DDPM paper's), unknown keys are errors, and `validate()` checks
+//! the values together, naming the key at fault. Each section's struct lives with the code it
+//! configures (the config is the constructor); this module composes them, loads files, applies
+//! `--set section.key=value` overrides and owns the two sections that have no other home.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataConfig;
+use crate::diffusion::{Parameterization, Prediction, VarianceType};
+use crate::ema::EmaConfig;
+use crate::error::{Error, Result};
+use crate::loss::{LossKind, LossOptions};
+use crate::nn::UNetConfig;
+use crate::optim::OptimConfig;
+use crate::precision::Precision;
+use crate::sampler::SamplerKind;
+use crate::schedule::{BetaSchedule, Schedule, Spacing};
+
+/// The whole configuration of a run; also stored in every checkpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub model: UNetConfig,
+    pub diffusion: DiffusionConfig,
+    pub data: DataConfig,
+    pub optim: OptimConfig,
+    pub ema: EmaConfig,
+    pub train: TrainConfig,
+    pub sample: SampleConfig,
+}
+
+/// `[diffusion]`: the noise schedule, what the network predicts, and the training objective.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiffusionConfig {
+    /// T, the number of diffusion steps.
+    pub timesteps: usize,
+    pub beta_schedule: BetaSchedule,
+    /// Linear schedule's first beta at T = 1000 (scaled by 1000/T for other T).
+    pub beta_start: f64,
+    /// Linear schedule's last beta at T = 1000.
+    pub beta_end: f64,
+    /// Rescale the schedule so abar_T = 0 (Lin et al. 2023); needs v or x0 prediction.
+    pub zero_terminal_snr: bool,
+    pub prediction: Prediction,
+    pub variance: VarianceType,
+    pub loss: LossKind,
+    /// Min-SNR-gamma loss weighting (Hang et al. 2023); off when absent.
+    pub min_snr_gamma: Option<f64>,
+    /// lambda of the hybrid loss L_simple + lambda L_vlb.
+    pub vlb_weight: f64,
+}
+
+impl Default for DiffusionConfig {
+    fn default() -> Self {
+        let loss = LossOptions::default();
+        DiffusionConfig {
+            timesteps: 1000,
+            beta_schedule: BetaSchedule::Linear,
+            beta_start: 1e-4,
+            beta_end: 0.02,
+            zero_terminal_snr: false,
+            prediction: Prediction::Eps,
+            variance: VarianceType::FixedSmall,
+            loss: loss.kind,
+            min_snr_gamma: loss.min_snr_gamma,
+            vlb_weight: loss.vlb_weight,
+        }
+    }
+}
+
+impl DiffusionConfig {
+    /// The training schedule.
+    pub fn schedule(&self) -> Result<Schedule> {
+        Schedule::new(
+            self.beta_schedule,
+            self.timesteps,
+            self.beta_start,
+            self.beta_end,
+            self.zero_terminal_snr,
+        )
+    }
+
+    /// How the network output is read.
+    pub fn parameterization(&self) -> Parameterization {
+        Parameterization {
+            prediction: self.prediction,
+            variance: self.variance,
+        }
+    }
+
+    /// The loss options of this section.
+    pub fn loss_options(&self) -> LossOptions {
+        LossOptions {
+            kind: self.loss,
+            min_snr_gamma: self.min_snr_gamma,
+            vlb_weight: self.vlb_weight,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.schedule()?;
+        if self.zero_terminal_snr && self.prediction == Prediction::Eps {
+            return Err(Error::Config(
+                "diffusion.zero_terminal_snr = true needs diffusion.prediction = \"v\" or \"x0\": \
+                 with abar_T = 0 an eps-prediction cannot recover x0"
+                    .into(),
+            ));
+        }
+        self.loss_options().validate(self.parameterization())
+    }
+}
+
+/// `[train]`: how long, how big, how often to log, sample and checkpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Total optimizer steps; training always ends.
+    pub steps: u64,
+    /// Examples per optimizer step (split into `grad_accum` micro-batches).
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are averaged per optimizer step.
+    pub grad_accum: usize,
+    pub precision: Precision,
+    /// The one seed every random stream derives from.
+    pub seed: u64,
+    /// Steps between rows of metrics.csv and log lines.
+    pub log_every: u64,
+    /// Steps between EMA sample grids in samples/ (0 = never).
+    pub sample_every: u64,
+    /// Images in each sample grid.
+    pub sample_count: usize,
+    /// Steps between checkpoints (one is always written at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept besides latest.safetensors.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 800_000,
+            batch_size: 128,
+            grad_accum: 1,
+            precision: Precision::F32,
+            seed: 0,
+            log_every: 100,
+            sample_every: 10_000,
+            sample_count: 16,
+            checkpoint_every: 10_000,
+            keep_checkpoints: 3,
+        }
+    }
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            ("train.steps", self.steps),
+            ("train.batch_size", self.batch_size as u64),
+            ("train.grad_accum", self.grad_accum as u64),
+            ("train.log_every", self.log_every),
+            ("train.checkpoint_every", self.checkpoint_every),
+            ("train.sample_count", self.sample_count as u64),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::Config(format!("{key} must be at least 1")));
+        }
+        if self.batch_size % self.grad_accum != 0 {
+            return Err(Error::Config(format!(
+                "train.batch_size = {} is not divisible by train.grad_accum = {}",
+                self.batch_size, self.grad_accum
+            )));
+        }
+        Ok(())
+    }
+
+    /// Examples per micro-batch.
+    pub fn micro_batch(&self) -> usize {
+        self.batch_size / self.grad_accum
+    }
+}
+
+/// `[sample]`: the defaults of `ddpm sample` (flags override them).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampleConfig {
+    pub sampler: SamplerKind,
+    /// Sampling steps; absent = all T for ddpm, 50 for ddim.
+    pub steps: Option<usize>,
+    /// DDIM's eta (0 = deterministic).
+    pub eta: f64,
+    pub spacing: Spacing,
+    /// Clip the predicted x0 to [-1, 1] at every step.
+    pub clip_x0: bool,
+    /// Images per model batch.
+    pub batch_size: usize,
+    /// Sample with the EMA weights (false: the raw weights).
+    pub use_ema: bool,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        SampleConfig {
+            sampler: SamplerKind::Ddpm,
+            steps: None,
+            eta: 0.0,
+            spacing: Spacing::Trailing,
+            clip_x0: true,
+            batch_size: 64,
+            use_ema: true,
+        }
+    }
+}
+
+impl SampleConfig {
+    /// The number of steps for `sampler` over a T-step schedule.
+    pub fn steps_for(&self, sampler: SamplerKind, timesteps: usize) -> usize {
+        self.steps.unwrap_or(match sampler {
+            SamplerKind::Ddim => 50.min(timesteps),
+            _ => timesteps,
+        })
+    }
+
+    fn validate(&self, timesteps: usize) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.eta) {
+            return Err(Error::Config(format!(
+                "sample.eta = {} must be within [0, 1]",
+                self.eta
+            )));
+        }
+        if let Some(s) = self.steps {
+            if s == 0 || s > timesteps {
+                return Err(Error::Config(format!(
+                    "sample.steps = {s} must be between 1 and diffusion.timesteps = {timesteps}"
+                )));
+            }
+        }
+        if self.batch_size == 0 {
+            return Err(Error::Config("sample.batch_size must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Parse TOML text; `origin` (a path or "checkpoint") prefixes every error.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
+        Ok(cfg)
+    }
+
+    /// Read a config file, apply `section.key=value` overrides, and validate.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let origin = path.display().to_string();
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", one_line(&e))))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check every section and the constraints between them.
+    pub fn validate(&self) -> Result<()> {
+        self.diffusion.validate()?;
+        self.data.validate()?;
+        let size = self.data.image_size;
+        self.model.validate((size.height, size.width))?;
+        self.optim.validate()?;
+        self.ema.validate()?;
+        self.train.validate()?;
+        self.sample.validate(self.diffusion.timesteps)?;
+        if self.data.class_labels && self.model.num_classes.is_none() {
+            return Err(Error::Config(
+                "data.class_labels = true needs model.num_classes (the number of classes)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The config as TOML text (what the run directory and checkpoints store).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::Config(format!("cannot serialise the config: {e}")))
+    }
+
+    /// Network output channels: C, or 2C with a learned variance.
+    pub fn out_channels(&self) -> usize {
+        self.diffusion
+            .parameterization()
+            .out_channels(self.data.channels)
+    }
+}
+
+/// toml's errors span several lines (a source excerpt); keep the message on one line.
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '))
+        .collect();
+    lines.join(" ").replace(" ,", ",")
+}
+
+/// Apply one `section.key=value` override; the value is read as TOML (a number, a boolean, an
+/// array, a quoted string) or, failing that, as a bare string.
+pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| {
+        Error::Config(format!(
+            "--set {assignment}: expected section.key=value, e.g. train.steps=1000"
+        ))
+    })?;
+    let path: Vec<&str> = key.trim().split('.').collect();
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(Error::Config(format!("--set {assignment}: empty key segment")));
+    }
+    let value = parse_value(raw.trim());
+    let (last, parents) = path.split_last().expect("split on a non-empty key");
+    let mut node = table;
+    for p in parents {
+        let entry = node
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry.as_table_mut().ok_or_else(|| {
+            Error::Config(format!("--set {assignment}: `{p}` is not a section"))
+        })?;
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, overrides: &[&str]) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Config::load(&path, &o)
+    }
+
+    #[test]
+    fn empty_file_gives_the_paper_defaults() {
+        let cfg = load_str("", &[]).unwrap();
+        assert_eq!(cfg.diffusion.timesteps, 1000);
+        assert_eq!(cfg.diffusion.beta_end, 0.02);
+        assert_eq!(cfg.optim.lr, 2e-4);
+        assert_eq!(cfg.train.batch_size, 128);
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_are_named() {
+        let e = load_str("[train]\nstepz = 3\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("stepz") && e.contains("c.toml"), "{e}");
+        let e = load_str("[train]\nsteps = \"many\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("steps") || e.contains("many"), "{e}");
+        let e = load_str("[trian]\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("trian"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_and_are_validated() {
+        let cfg = load_str("", &["train.steps=7", "diffusion.beta_schedule=cosine"]).unwrap();
+        assert_eq!(cfg.train.steps, 7);
+        assert_eq!(cfg.diffusion.beta_schedule, BetaSchedule::Cosine);
+        let e = load_str("", &["train.batch_size=10", "train.grad_accum=3"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.batch_size"), "{e}");
+        assert!(load_str("", &["nonsense"]).is_err());
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let cfg = load_str("[train]\nsteps = 5\n", &[]).unwrap();
+        let back = Config::from_toml(&cfg.to_toml().unwrap(), "checkpoint").unwrap();
+        assert_eq!(cfg, back);
+    }
+
+    #[test]
+    fn zero_terminal_snr_with_eps_is_refused() {
+        let e = load_str("[diffusion]\nzero_terminal_snr = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("diffusion.prediction"), "{e}");
+        assert!(load_str("[diffusion]\nzero_terminal_snr = true\nprediction = \"v\"\n", &[]).is_ok());
+    }
+}

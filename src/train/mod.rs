@@ -1,0 +1,220 @@
+//! The training loop: data in, checkpoints, metrics and sample grids out. The step itself is in
+//! `step` (pure), the carried state in `state`, the files in `run_dir`. The loop never prints;
+//! it reports through `on_event`, and stops cleanly — checkpoint first — when `interrupt` is set.
+
+mod run_dir;
+mod state;
+mod step;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+
+pub use run_dir::{RunDir, METRICS_HEADER};
+pub use state::{stored_config, stored_step, weights_with_prefix, TrainState, EMA_PREFIX, MODEL_PREFIX};
+pub use step::{train_step, StepStats};
+
+use crate::checkpoint;
+use crate::config::Config;
+use crate::data::{self, Loader};
+use crate::error::{Error, Result};
+use crate::generate;
+
+/// How to run: where, how far, and the flag that asks the loop to stop.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub run_dir: PathBuf,
+    /// Continue from the run directory's latest checkpoint.
+    pub resume: bool,
+    /// Stop after this many total steps instead of train.steps.
+    pub max_steps: Option<u64>,
+    /// Set (by a signal handler) to stop after the current step with a checkpoint.
+    pub interrupt: Arc<AtomicBool>,
+}
+
+/// What the loop reports.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Training starts (or resumes) at `step` of `total`.
+    Started {
+        step: u64,
+        total: u64,
+        parameters: usize,
+    },
+    /// A step finished.
+    Step {
+        step: u64,
+        stats: StepStats,
+        images_per_sec: f64,
+    },
+    /// A row was written to metrics.csv (every train.log_every steps).
+    Logged {
+        step: u64,
+        stats: StepStats,
+        images_per_sec: f64,
+    },
+    /// A checkpoint was written.
+    Checkpoint(&'a Path),
+    /// A sample grid was written.
+    Samples(&'a Path),
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// Steps completed in total (including any before a resume).
+    pub step: u64,
+    /// Steps run by this invocation.
+    pub steps_run: u64,
+    /// The last step's loss.
+    pub final_loss: f32,
+    /// Examples per second over this invocation's steps after the first (warm-up) one.
+    pub images_per_sec: f64,
+    /// The last checkpoint written.
+    pub checkpoint: PathBuf,
+}
+
+/// Train `cfg` on `device`. Returns `Error::Interrupted` (after saving) when asked to stop.
+pub fn train(
+    cfg: &Config,
+    device: &Device,
+    opts: &TrainOptions,
+    on_event: &mut dyn FnMut(Event) -> Result<()>,
+) -> Result<Summary> {
+    cfg.train.precision.check(device)?;
+    let schedule = cfg.diffusion.schedule()?;
+    let dataset = data::open(&cfg.data)?;
+    let dir = RunDir::create(&opts.run_dir)?;
+    let mut state = if opts.resume {
+        resume_state(cfg, device, &dir)?
+    } else {
+        if dir.has_checkpoints()? {
+            return Err(Error::Invalid(format!(
+                "{} already holds a run's checkpoints; pass --resume to continue it or choose another --out",
+                dir.root.display()
+            )));
+        }
+        TrainState::fresh(cfg, device)?
+    };
+    dir.write_config(&cfg.to_toml()?)?;
+    let mut metrics = dir.metrics(state.step)?;
+    let total = opts.max_steps.unwrap_or(cfg.train.steps);
+    let accum = cfg.train.grad_accum as u64;
+    let mut loader = Loader::new(
+        dataset,
+        cfg.train.micro_batch(),
+        cfg.train.seed,
+        cfg.data.random_flip,
+        state.step * accum,
+        &cfg.data,
+    )?;
+    on_event(Event::Started {
+        step: state.step,
+        total,
+        parameters: state.vars.iter().map(|(_, v)| v.elem_count()).sum(),
+    })?;
+
+    let first = state.step;
+    let start = Instant::now();
+    let mut steady_start: Option<(Instant, u64)> = None;
+    let mut last_log = (Instant::now(), state.step);
+    let mut last = StepStats {
+        loss: f32::NAN,
+        grad_norm: 0.0,
+        lr: 0.0,
+    };
+    let mut last_ckpt = dir.latest();
+    while state.step < total {
+        if opts.interrupt.load(Ordering::SeqCst) {
+            let path = save(cfg, &dir, &state)?;
+            on_event(Event::Checkpoint(&path))?;
+            return Err(Error::Interrupted { step: state.step });
+        }
+        let batches = (0..accum)
+            .map(|_| loader.next_batch())
+            .collect::<Result<Vec<_>>>()?;
+        last = train_step(cfg, &schedule, &mut state, &batches)?;
+        let step = state.step;
+        if steady_start.is_none() {
+            steady_start = Some((Instant::now(), step));
+        }
+        let since = last_log.0.elapsed().as_secs_f64().max(1e-9);
+        let ips = (step - last_log.1) as f64 * cfg.train.batch_size as f64 / since;
+        on_event(Event::Step {
+            step,
+            stats: last,
+            images_per_sec: ips,
+        })?;
+        if step % cfg.train.log_every == 0 || step == total {
+            metrics.row(step, last.loss, last.lr, last.grad_norm, ips, start.elapsed().as_secs_f64())?;
+            on_event(Event::Logged {
+                step,
+                stats: last,
+                images_per_sec: ips,
+            })?;
+            last_log = (Instant::now(), step);
+        }
+        if cfg.train.sample_every > 0 && (step % cfg.train.sample_every == 0 || step == total) {
+            let path = dir.sample_path(step);
+            generate::training_grid(cfg, &schedule, &state, &path)?;
+            on_event(Event::Samples(&path))?;
+        }
+        if step % cfg.train.checkpoint_every == 0 || step == total {
+            last_ckpt = save(cfg, &dir, &state)?;
+            on_event(Event::Checkpoint(&last_ckpt))?;
+        }
+    }
+    let images_per_sec = match steady_start {
+        Some((t0, s0)) if state.step > s0 => {
+            (state.step - s0) as f64 * cfg.train.batch_size as f64
+                / t0.elapsed().as_secs_f64().max(1e-9)
+        }
+        _ => 0.0,
+    };
+    Ok(Summary {
+        step: state.step,
+        steps_run: state.step - first,
+        final_loss: last.loss,
+        images_per_sec,
+        checkpoint: last_ckpt,
+    })
+}
+
+fn save(cfg: &Config, dir: &RunDir, state: &TrainState) -> Result<PathBuf> {
+    dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, |p| {
+        state.save(cfg, p)
+    })
+}
+
+/// The state of the run in `dir`, checking that `cfg` describes the same model and data.
+fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainState> {
+    let path = dir.latest();
+    if !path.exists() {
+        return Err(Error::Invalid(format!(
+            "--resume: {} has no checkpoint to resume from",
+            dir.root.display()
+        )));
+    }
+    let ckpt = checkpoint::load(&path)?;
+    let stored = stored_config(&ckpt, &path)?;
+    let same = [
+        ("model", stored.model == cfg.model),
+        ("diffusion", stored.diffusion == cfg.diffusion),
+        ("data", stored.data == cfg.data),
+        ("optim", stored.optim == cfg.optim),
+        ("ema", stored.ema == cfg.ema),
+        ("train.seed", stored.train.seed == cfg.train.seed),
+        ("train.batch_size", stored.train.batch_size == cfg.train.batch_size),
+        ("train.grad_accum", stored.train.grad_accum == cfg.train.grad_accum),
+    ];
+    if let Some((section, _)) = same.iter().find(|(_, eq)| !eq) {
+        return Err(Error::Config(format!(
+            "--resume: `{section}` differs from the config stored in {}; resume with the same settings",
+            path.display()
+        )));
+    }
+    TrainState::restore(cfg, device, &ckpt, &path)
+}

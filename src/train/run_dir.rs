@@ -1,0 +1,122 @@
+//! The run directory: `config.toml` (the resolved config), `metrics.csv`, `samples/` and the
+//! checkpoints (`ckpt-XXXXXXXX.safetensors`, the last `keep` of them, plus `latest.safetensors`).
+//! Which checkpoints to keep is decided by `checkpoint::to_delete`; this module does the I/O.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint;
+use crate::error::{Error, Result};
+
+/// Header of metrics.csv.
+pub const METRICS_HEADER: &str = "step,loss,lr,grad_norm,images_per_sec,elapsed_s";
+
+/// A run directory on disk.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    /// Open (creating it if needed) the run directory `root`.
+    pub fn create(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root.join("samples")).map_err(|e| Error::io(root, e))?;
+        Ok(RunDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// `latest.safetensors`.
+    pub fn latest(&self) -> PathBuf {
+        self.root.join(checkpoint::LATEST)
+    }
+
+    /// True when the directory already holds checkpoints of a run.
+    pub fn has_checkpoints(&self) -> Result<bool> {
+        Ok(self.latest().exists() || !checkpoint::list_steps(&self.root)?.is_empty())
+    }
+
+    /// Write the resolved config as `config.toml` (atomically).
+    pub fn write_config(&self, toml_text: &str) -> Result<()> {
+        checkpoint::write_atomic(&self.root.join("config.toml"), toml_text.as_bytes())
+    }
+
+    /// The sample grid path for `step`.
+    pub fn sample_path(&self, step: u64) -> PathBuf {
+        self.root.join("samples").join(format!("step-{step:08}.png"))
+    }
+
+    /// Save a checkpoint for `step` through `write` (which writes one file atomically), point
+    /// `latest` at it, and delete the checkpoints the retention policy lets go.
+    pub fn save_checkpoint(
+        &self,
+        step: u64,
+        keep: usize,
+        write: impl Fn(&Path) -> Result<()>,
+    ) -> Result<PathBuf> {
+        let path = self.root.join(checkpoint::file_name(step));
+        write(&path)?;
+        checkpoint::update_latest(&self.root, &path)?;
+        let steps = checkpoint::list_steps(&self.root)?;
+        for old in checkpoint::to_delete(&steps, keep) {
+            let p = self.root.join(checkpoint::file_name(old));
+            fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        Ok(path)
+    }
+
+    /// metrics.csv opened for appending; rows after `resume_step` (written after the checkpoint
+    /// a run resumes from) are dropped so the file reads as one uninterrupted run.
+    pub fn metrics(&self, resume_step: u64) -> Result<Metrics> {
+        let path = self.root.join("metrics.csv");
+        let mut keep: Vec<String> = Vec::new();
+        if resume_step > 0 && path.exists() {
+            let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            for line in BufReader::new(f).lines() {
+                let line = line.map_err(|e| Error::io(&path, e))?;
+                let step = line.split(',').next().and_then(|s| s.parse::<u64>().ok());
+                if matches!(step, Some(s) if s <= resume_step) {
+                    keep.push(line);
+                }
+            }
+        }
+        let mut text = format!("{METRICS_HEADER}\n");
+        for l in keep {
+            text.push_str(&l);
+            text.push('\n');
+        }
+        checkpoint::write_atomic(&path, text.as_bytes())?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Metrics { path, file })
+    }
+}
+
+/// metrics.csv, appended to row by row (each row is flushed, so a crash loses none).
+pub struct Metrics {
+    path: PathBuf,
+    file: File,
+}
+
+impl Metrics {
+    /// Append one row.
+    pub fn row(
+        &mut self,
+        step: u64,
+        loss: f32,
+        lr: f64,
+        grad_norm: f64,
+        images_per_sec: f64,
+        elapsed_s: f64,
+    ) -> Result<()> {
+        writeln!(
+            self.file,
+            "{step},{loss:.6},{lr:.6e},{grad_norm:.4},{images_per_sec:.2},{elapsed_s:.2}"
+        )
+        .and_then(|_| self.file.flush())
+        .map_err(|e| Error::io(&self.path, e))
+    }
+}

@@ -1,0 +1,149 @@
+//! Everything a training run must carry across a restart — weights, EMA, optimizer moments and
+//! the step — and its conversion to and from one checkpoint file. Random streams need no state:
+//! they are recreated from (seed, step).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::Config;
+use crate::ema::Ema;
+use crate::error::{Error, Result};
+use crate::model;
+use crate::nn::UNet;
+use crate::optim::AdamW;
+
+/// Prefix of the raw weights in a checkpoint.
+pub const MODEL_PREFIX: &str = "model.";
+/// Prefix of the EMA weights in a checkpoint.
+pub const EMA_PREFIX: &str = "ema.";
+
+/// The mutable state of a run.
+pub struct TrainState {
+    pub device: Device,
+    pub varmap: VarMap,
+    /// The trainable variables, sorted by name (f32 master weights).
+    pub vars: Vec<(String, Var)>,
+    /// The network over `varmap`, computing in f32.
+    pub unet: UNet,
+    pub optimizer: AdamW,
+    pub ema: Ema,
+    /// Optimizer steps completed.
+    pub step: u64,
+}
+
+impl TrainState {
+    /// A fresh run: weights initialised from the seed, zero moments, EMA = weights.
+    pub fn fresh(cfg: &Config, device: &Device) -> Result<Self> {
+        let (varmap, unet) = model::fresh(cfg, device)?;
+        let vars = sorted_vars(&varmap);
+        let optimizer = AdamW::new(vars.clone(), cfg.optim.clone())?;
+        let ema = Ema::new(&vars, cfg.ema.clone())?;
+        Ok(TrainState {
+            device: device.clone(),
+            varmap,
+            vars,
+            unet,
+            optimizer,
+            ema,
+            step: 0,
+        })
+    }
+
+    /// The state stored in `ckpt` (its config must be `cfg`'s architecture).
+    pub fn restore(cfg: &Config, device: &Device, ckpt: &Checkpoint, path: &Path) -> Result<Self> {
+        let mut state = Self::fresh(cfg, device)?;
+        checkpoint::load_into(&state.varmap, &ckpt.tensors, MODEL_PREFIX)
+            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+        state
+            .optimizer
+            .load_state(&ckpt.tensors)
+            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+        state
+            .ema
+            .load_state(&ckpt.tensors)
+            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+        state.step = stored_step(ckpt, path)?;
+        Ok(state)
+    }
+
+    /// The network for one training step, computing in `dtype`. In f32 it is the network over
+    /// the variables; in bf16 the variables are cast on the way in, so gradients flow back to
+    /// the f32 master weights.
+    pub fn compute_unet(&self, cfg: &Config, dtype: DType) -> Result<UNet> {
+        if dtype == DType::F32 {
+            return Ok(self.unet.clone());
+        }
+        let weights: HashMap<String, Tensor> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        model::from_tensors(cfg, weights, dtype, &self.device)
+    }
+
+    /// The EMA weights as a map for building a sampling network.
+    pub fn ema_weights(&self) -> HashMap<String, Tensor> {
+        self.ema.weights().iter().cloned().collect()
+    }
+
+    /// Write the whole state to `path` atomically.
+    pub fn save(&self, cfg: &Config, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (name, var) in &self.vars {
+            tensors.push((format!("{MODEL_PREFIX}{name}"), var.as_tensor().clone()));
+        }
+        tensors.extend(self.ema.state());
+        tensors.extend(self.optimizer.state());
+        let mut metadata = BTreeMap::new();
+        metadata.insert("step".to_string(), self.step.to_string());
+        metadata.insert("seed".to_string(), cfg.train.seed.to_string());
+        metadata.insert("config".to_string(), cfg.to_toml()?);
+        metadata.insert(
+            "parameters".to_string(),
+            self.vars
+                .iter()
+                .map(|(_, v)| v.elem_count())
+                .sum::<usize>()
+                .to_string(),
+        );
+        checkpoint::save(path, &tensors, &metadata)
+    }
+}
+
+/// The step a checkpoint was written at.
+pub fn stored_step(ckpt: &Checkpoint, path: &Path) -> Result<u64> {
+    let raw = ckpt
+        .metadata
+        .get("step")
+        .ok_or_else(|| Error::checkpoint(path, "no `step` in its metadata"))?;
+    raw.parse()
+        .map_err(|_| Error::checkpoint(path, format!("`step` = {raw:?} is not a number")))
+}
+
+/// The config a checkpoint was trained with.
+pub fn stored_config(ckpt: &Checkpoint, path: &Path) -> Result<Config> {
+    let text = ckpt
+        .metadata
+        .get("config")
+        .ok_or_else(|| Error::checkpoint(path, "no `config` in its metadata"))?;
+    Config::from_toml(text, &format!("{} (stored config)", path.display()))
+}
+
+/// The weights under `prefix` (`model.` or `ema.`) with the prefix removed.
+pub fn weights_with_prefix(ckpt: &Checkpoint, prefix: &str) -> HashMap<String, Tensor> {
+    ckpt.tensors
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
+        .collect()
+}
+
+fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}

@@ -1,0 +1,129 @@
+//! One optimizer step, free of I/O: draw timesteps and noise from the step's streams, noise the
+//! batch with q(x_t | x0), run the network, take the loss and its gradients (averaged over the
+//! micro-batches), clip, update AdamW and the EMA. Everything random is keyed by the step number,
+//! so a run resumed at step s does exactly what an uninterrupted run does at step s.
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::config::Config;
+use crate::data::Batch;
+use crate::diffusion::q_sample;
+use crate::error::{Error, Result};
+use crate::loss::training_losses;
+use crate::nn::UNet;
+use crate::optim::{clip_grad_norm, lr_at, GradAccumulator};
+use crate::rng::{Purpose, Stream};
+use crate::schedule::Schedule;
+
+use super::state::TrainState;
+
+/// What one step measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Mean loss over the micro-batches.
+    pub loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// The random draws of step `step`: one stream per purpose, continued across micro-batches.
+struct StepStreams {
+    timesteps: Stream,
+    noise: Stream,
+    dropout: Stream,
+}
+
+impl StepStreams {
+    fn new(seed: u64, step: u64) -> Self {
+        StepStreams {
+            timesteps: Stream::new(seed, Purpose::Timesteps, step),
+            noise: Stream::new(seed, Purpose::TrainNoise, step),
+            dropout: Stream::new(seed, Purpose::Dropout, step),
+        }
+    }
+}
+
+/// Run optimizer step `state.step` on `micro_batches` (train.grad_accum of them) and advance.
+pub fn train_step(
+    cfg: &Config,
+    schedule: &Schedule,
+    state: &mut TrainState,
+    micro_batches: &[Batch],
+) -> Result<StepStats> {
+    let step = state.step;
+    let device = state.device.clone();
+    let mut streams = StepStreams::new(cfg.train.seed, step);
+    let vars: Vec<Var> = state.vars.iter().map(|(_, v)| v.clone()).collect();
+    let mut acc = GradAccumulator::new(&vars);
+    let mut loss_sum = 0f32;
+    let compute_dtype = cfg.train.precision.dtype();
+    let net = state.compute_unet(cfg, compute_dtype)?;
+    for batch in micro_batches {
+        let x0 = batch.to_tensor(&device)?;
+        let b = x0.dim(0)?;
+        let t: Vec<usize> = (0..b)
+            .map(|_| streams.timesteps.below(schedule.len()))
+            .collect();
+        let eps = streams.noise.randn(x0.shape(), &device)?;
+        let x_t = q_sample(schedule, &x0, &t, &eps)?;
+        let out = forward(&net, &x_t, &t, batch, &mut streams.dropout, cfg, compute_dtype)?;
+        let terms = training_losses(
+            schedule,
+            cfg.diffusion.parameterization(),
+            &cfg.diffusion.loss_options(),
+            &out,
+            &x0,
+            &x_t,
+            &t,
+            &eps,
+        )?;
+        let loss = terms.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !loss.is_finite() {
+            return Err(Error::NonFinite {
+                step: step + 1,
+                value: loss,
+            });
+        }
+        loss_sum += loss;
+        acc.add(&terms.loss.backward()?)?;
+    }
+    let mut grads = acc.mean()?;
+    let grad_norm = match cfg.optim.grad_clip {
+        Some(max) => clip_grad_norm(&mut grads, &vars, max)?,
+        None => clip_grad_norm(&mut grads, &vars, f64::INFINITY)?,
+    };
+    if !grad_norm.is_finite() {
+        return Err(Error::NonFinite {
+            step: step + 1,
+            value: grad_norm as f32,
+        });
+    }
+    let lr = lr_at(&cfg.optim, step);
+    state.optimizer.step(&grads, lr)?;
+    state.step += 1;
+    state.ema.update(&state.vars, state.step)?;
+    Ok(StepStats {
+        loss: loss_sum / micro_batches.len() as f32,
+        grad_norm,
+        lr,
+    })
+}
+
+/// The network output in f32 for x_t, computing in `dtype` (bf16 casts in and out).
+fn forward(
+    net: &UNet,
+    x_t: &Tensor,
+    t: &[usize],
+    batch: &Batch,
+    dropout: &mut Stream,
+    cfg: &Config,
+    dtype: DType,
+) -> Result<Tensor> {
+    let labels = batch.labels.as_deref();
+    let rate = cfg.model.dropout;
+    let stream = if rate > 0.0 { Some(dropout) } else { None };
+    let out = net.forward(&x_t.to_dtype(dtype)?, t, labels, stream)?;
+    Ok(out.to_dtype(DType::F32)?)
+}

@@ -1,0 +1,148 @@
+//! Every bad input gets exit code 1 and a one-line message naming the culprit, never a panic;
+//! usage errors get exit code 2.
+
+mod common;
+
+use std::path::Path;
+
+use common::{config, run, train_tiny};
+
+/// A config for a folder dataset at `data` (8x8 grey, tiny model), written to `dir/name`.
+fn folder_config(dir: &Path, name: &str, data: &Path) -> String {
+    let tiny = std::fs::read_to_string(config("tiny.toml")).unwrap();
+    let text = tiny.replace(
+        "dataset = \"digits\"",
+        &format!("dataset = \"folder\"\npath = {:?}", data.to_str().unwrap()),
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn train_with(dir: &Path, cfg: &str) -> String {
+    let (_, stderr) = run(
+        dir,
+        &["train", "--config", cfg, "--out", "run", "--device", "cpu", "--max-steps", "2", "--quiet"],
+        1,
+    );
+    assert!(stderr.starts_with("ddpm: "), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+fn write_png(path: &Path, w: u32, h: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::GrayImage::from_fn(w, h, |x, y| image::Luma([(x * 7 + y * 3) as u8]))
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn unknown_and_mistyped_config_keys_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let tiny = std::fs::read_to_string(config("tiny.toml")).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, tiny.replace("log_every = 5", "log_evry = 5")).unwrap();
+    let e = train_with(dir, bad.to_str().unwrap());
+    assert!(e.contains("log_evry") && e.contains("bad.toml"), "{e}");
+    std::fs::write(&bad, tiny.replace("batch_size = 16", "batch_size = \"sixteen\"")).unwrap();
+    let e = train_with(dir, bad.to_str().unwrap());
+    assert!(e.contains("batch_size") || e.contains("sixteen"), "{e}");
+    let (_, e) = run(
+        dir,
+        &["train", "--config", config("tiny.toml").to_str().unwrap(), "--set", "train.nope=1", "--device", "cpu"],
+        1,
+    );
+    assert!(e.contains("nope"), "{e}");
+    let (_, e) = run(dir, &["train", "--config", "missing.toml"], 1);
+    assert!(e.contains("missing.toml"), "{e}");
+}
+
+#[test]
+fn bad_image_folders_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = train_with(dir, &folder_config(dir, "empty.toml", &empty));
+    assert!(e.contains("empty"), "{e}");
+
+    let missing = dir.join("nowhere");
+    let e = train_with(dir, &folder_config(dir, "missing.toml", &missing));
+    assert!(e.contains("nowhere"), "{e}");
+
+    let corrupt = dir.join("corrupt");
+    write_png(&corrupt.join("a.png"), 8, 8);
+    std::fs::write(corrupt.join("broken.png"), b"not a png at all").unwrap();
+    let e = train_with(dir, &folder_config(dir, "corrupt.toml", &corrupt));
+    assert!(e.contains("broken.png"), "{e}");
+
+    let small = dir.join("small");
+    write_png(&small.join("a.png"), 8, 8);
+    write_png(&small.join("tiny.png"), 4, 6);
+    let e = train_with(dir, &folder_config(dir, "small.toml", &small));
+    assert!(e.contains("tiny.png"), "{e}");
+}
+
+#[test]
+fn corrupt_and_truncated_checkpoints_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run_dir = train_tiny(dir, "run", 2, &[]);
+    let good = std::fs::read(run_dir.join("latest.safetensors")).unwrap();
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"\x05\x00\x00\x00\x00\x00\x00\x00hello").unwrap();
+    let missing = dir.join("missing.safetensors");
+    for p in [&truncated, &garbage, &missing] {
+        let p = p.to_str().unwrap();
+        let (_, e) = run(dir, &["sample", "--checkpoint", p, "-n", "1", "--out", "-", "--device", "cpu"], 1);
+        assert!(e.contains(p), "{e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+        let (_, e) = run(dir, &["info", p], 1);
+        assert!(e.contains(p), "{e}");
+    }
+}
+
+#[test]
+fn training_into_an_existing_run_needs_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    train_tiny(dir, "run", 2, &[]);
+    let tiny = config("tiny.toml");
+    let (_, e) = run(
+        dir,
+        &["train", "--config", tiny.to_str().unwrap(), "--out", "run", "--device", "cpu", "--quiet"],
+        1,
+    );
+    assert!(e.contains("--resume"), "{e}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_has_examples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    run(dir, &["sample"], 2);
+    run(dir, &["frobnicate"], 2);
+    run(dir, &["sample", "--checkpoint", "x", "--device", "tpu"], 2);
+    let (out, _) = run(dir, &["train", "--help"], 0);
+    assert!(String::from_utf8(out).unwrap().contains("Examples:"));
+}
+
+#[test]
+fn schedule_prints_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let tiny = config("tiny.toml");
+    let (out, _) = run(dir, &["schedule", "--config", tiny.to_str().unwrap()], 0);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.lines().count(), 101);
+    let (out, _) = run(dir, &["schedule", "--config", tiny.to_str().unwrap(), "--steps", "5"], 0);
+    let text = String::from_utf8(out).unwrap();
+    let ts: Vec<&str> = text.lines().skip(1).map(|l| l.split(',').nth(1).unwrap()).collect();
+    // Trailing spacing of 5 of 100 steps: 19, 39, 59, 79, 99.
+    assert_eq!(ts, ["19", "39", "59", "79", "99"]);
+}

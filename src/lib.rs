@@ -11,6 +11,7 @@ pub mod diffusion;
 pub mod error;
 pub mod oracle;
 pub mod rng;
+pub mod sampler;
 pub mod schedule;
 
 pub use error::{Error, Result};

@@ -1,0 +1,273 @@
+//! Sampling: one loop that walks a respaced schedule from x_T down to x0, calling the model and a
+//! per-sampler `Stepper` at each step, and reporting every step through a callback. It owns the
+//! samplers (ancestral DDPM in `ddpm`, DDIM in `ddim`) and their options; it does not own the
+//! model (any `Denoiser`), the schedule maths (`schedule`, `diffusion`) or randomness (`rng`).
+//!
+//! How later samplers fit without touching the loop: a `Stepper` gets the model through a
+//! `Context` and holds its own state, so a multistep solver keeps the previous x0 in `self`, a
+//! corrector or an inpainting step wraps another `Stepper` (call it, then refine or overwrite x),
+//! and `denoise` starts from any x at any respaced index (SDEdit: a noised image at t = strength T).
+
+mod ddim;
+mod ddpm;
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub use ddim::Ddim;
+pub use ddpm::Ancestral;
+
+use crate::denoiser::Denoiser;
+use crate::diffusion::{x0_and_eps, Parameterization};
+use crate::error::{Error, Result};
+use crate::rng::{BatchNoise, Purpose};
+use crate::schedule::{Schedule, Spacing};
+
+/// Which sampler turns the model into samples.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    /// Ancestral sampling (Ho et al. 2020, Algorithm 2) with the model's variance.
+    #[default]
+    Ddpm,
+    /// DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta = 1 is ancestral.
+    Ddim,
+}
+
+impl SamplerKind {
+    /// The stepper this sampler runs with `opts` (only DDIM reads eta).
+    pub fn stepper(self, opts: &SampleOptions) -> Box<dyn Stepper> {
+        match self {
+            SamplerKind::Ddpm => Box::new(Ancestral),
+            SamplerKind::Ddim => Box::new(Ddim { eta: opts.eta }),
+        }
+    }
+}
+
+impl fmt::Display for SamplerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SamplerKind::Ddpm => "ddpm",
+            SamplerKind::Ddim => "ddim",
+        })
+    }
+}
+
+impl FromStr for SamplerKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ddpm" => Ok(SamplerKind::Ddpm),
+            "ddim" => Ok(SamplerKind::Ddim),
+            _ => Err(Error::Invalid(format!(
+                "unknown sampler {s:?}; expected ddpm or ddim"
+            ))),
+        }
+    }
+}
+
+/// Everything `sample` needs besides the model, the schedule and the output shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleOptions {
+    pub sampler: SamplerKind,
+    /// Number of sampling steps K, 1..=T (K < T respaces the schedule).
+    pub steps: usize,
+    /// How the K steps are chosen among the T training steps.
+    pub spacing: Spacing,
+    /// DDIM's stochasticity in [0, 1]; ignored by the ancestral sampler.
+    pub eta: f64,
+    /// Clamp each predicted x0 to [-1, 1] (data scaled to [-1, 1]).
+    pub clip_x0: bool,
+    pub seed: u64,
+    /// Global index of the batch's first sample: sample `first_index + i` draws its noise from
+    /// stream (seed, SampleNoise, first_index + i), whatever the batch.
+    pub first_index: u64,
+}
+
+impl Default for SampleOptions {
+    /// The DDPM paper's sampler: ancestral over all 1000 steps, x0 clipped.
+    fn default() -> Self {
+        SampleOptions {
+            sampler: SamplerKind::Ddpm,
+            steps: 1000,
+            spacing: Spacing::default(),
+            eta: 0.0,
+            clip_x0: true,
+            seed: 0,
+            first_index: 0,
+        }
+    }
+}
+
+impl SampleOptions {
+    /// Check eta in [0, 1] and steps in 1..=T for a training schedule of `num_timesteps` steps.
+    pub fn validate(&self, num_timesteps: usize) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.eta) {
+            return Err(Error::Invalid(format!(
+                "eta = {} is outside [0, 1]",
+                self.eta
+            )));
+        }
+        if self.steps == 0 || self.steps > num_timesteps {
+            return Err(Error::Invalid(format!(
+                "steps = {} must be between 1 and the {num_timesteps} training timesteps",
+                self.steps
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What `on_step` sees after each step.
+#[derive(Debug)]
+pub struct StepInfo<'a> {
+    /// 0-based number of this step: 0 after the first, total - 1 after the last.
+    pub index: usize,
+    /// Number of steps in this run.
+    pub total: usize,
+    /// The model timestep of this step (original 0..T numbering).
+    pub t: usize,
+    /// x after the step (the sample itself after the last).
+    pub x: &'a Tensor,
+    /// The x0 predicted at this step.
+    pub x0: &'a Tensor,
+}
+
+/// What one step produces.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// x at the previous respaced index (the sample after index 0).
+    pub x: Tensor,
+    /// The predicted x0 the step used.
+    pub x0: Tensor,
+}
+
+/// The model and how to read it, over the respaced schedule the steps walk.
+pub struct Context<'a> {
+    pub model: &'a dyn Denoiser,
+    /// The respaced schedule: coefficients at index i, model timestep `timesteps[i]`.
+    pub schedule: &'a Schedule,
+    pub param: Parameterization,
+    pub clip_x0: bool,
+}
+
+impl Context<'_> {
+    /// The raw model output (as f32) for x_t at respaced index i, called with model timestep
+    /// timesteps[i] for every example.
+    pub fn output(&self, x_t: &Tensor, i: usize) -> Result<Tensor> {
+        let t = *self.schedule.timesteps.get(i).ok_or_else(|| {
+            Error::Invalid(format!(
+                "step index {i} is outside the {}-step sampling schedule",
+                self.schedule.len()
+            ))
+        })?;
+        let out = self.model.forward(x_t, &vec![t; x_t.dim(0)?])?;
+        Ok(out.to_dtype(DType::F32)?)
+    }
+
+    /// (x0, eps) read from a model output at respaced index i, x0 clipped when asked.
+    pub fn x0_and_eps(&self, x_t: &Tensor, i: usize, output: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (pred, _) = self.param.split(output, x_t.dim(1)?)?;
+        let idx = vec![i; x_t.dim(0)?];
+        x0_and_eps(
+            self.schedule,
+            self.param.prediction,
+            x_t,
+            &idx,
+            &pred,
+            self.clip_x0,
+        )
+    }
+}
+
+/// One sampler's update: x_t at respaced index i to x at index i - 1 (x0 after i = 0). A stepper
+/// calls the model through `ctx` as often as it needs and draws noise only from `noise`, and
+/// only when it uses it, so each sample's stream advances the same in any batch.
+pub trait Stepper {
+    fn step(
+        &mut self,
+        ctx: &Context,
+        i: usize,
+        x_t: &Tensor,
+        noise: &mut BatchNoise,
+    ) -> Result<Step>;
+}
+
+/// Draw samples of `shape` ((B, C, H, W) or (B, D)) from `model`, trained with `schedule` and
+/// read through `param`: x_T ~ N(0, I) from each sample's stream, then `opts.steps` steps of
+/// `opts.sampler` over schedule.for_sampling(steps, spacing), `on_step` after each.
+pub fn sample(
+    model: &dyn Denoiser,
+    schedule: &Schedule,
+    param: Parameterization,
+    opts: &SampleOptions,
+    shape: &[usize],
+    device: &Device,
+    on_step: &mut dyn FnMut(&StepInfo) -> Result<()>,
+) -> Result<Tensor> {
+    opts.validate(schedule.len())?;
+    if shape.len() < 2 || shape.contains(&0) {
+        return Err(Error::Invalid(format!(
+            "sample shape {shape:?} must be (B, C, H, W) or (B, D) with no zero dimension"
+        )));
+    }
+    let respaced = schedule.for_sampling(opts.steps, opts.spacing)?;
+    let mut noise = BatchNoise::new(opts.seed, Purpose::SampleNoise, opts.first_index, shape[0]);
+    // x_T ~ N(0, I), row i from sample i's stream.
+    let x_t = noise.randn(&shape[1..], device)?;
+    let ctx = Context {
+        model,
+        schedule: &respaced,
+        param,
+        clip_x0: opts.clip_x0,
+    };
+    let mut stepper = opts.sampler.stepper(opts);
+    denoise(
+        &ctx,
+        stepper.as_mut(),
+        x_t,
+        respaced.len(),
+        &mut noise,
+        on_step,
+    )
+}
+
+/// The loop: from x at respaced index `from - 1` (x_T when from = K) down to the sample,
+/// one `stepper` step per index, `on_step` after each.
+pub fn denoise(
+    ctx: &Context,
+    stepper: &mut dyn Stepper,
+    x: Tensor,
+    from: usize,
+    noise: &mut BatchNoise,
+    on_step: &mut dyn FnMut(&StepInfo) -> Result<()>,
+) -> Result<Tensor> {
+    if from > ctx.schedule.len() {
+        return Err(Error::Invalid(format!(
+            "cannot start at step {from} of a {}-step sampling schedule",
+            ctx.schedule.len()
+        )));
+    }
+    let mut x = x;
+    for (done, i) in (0..from).rev().enumerate() {
+        let step = stepper.step(ctx, i, &x, noise)?;
+        x = step.x;
+        on_step(&StepInfo {
+            index: done,
+            total: from,
+            t: ctx.schedule.timesteps[i],
+            x: &x,
+            x0: &step.x0,
+        })?;
+    }
+    Ok(x)
+}
+
+#[cfg(test)]
+mod oracle_tests;
+#[cfg(test)]
+mod tests;

@@ -9,6 +9,7 @@
 pub mod denoiser;
 pub mod diffusion;
 pub mod error;
+pub mod nn;
 pub mod oracle;
 pub mod rng;
 pub mod sampler;

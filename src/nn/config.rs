@@ -1,0 +1,383 @@
+//! The `[model]` section: the UNet's architecture as data, its defaults (the DDPM paper's
+//! CIFAR-10 model), its validation against an image size, and the layer plan both validation and
+//! the constructor walk, so the two can never disagree about what gets built.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The UNet architecture (Ho et al. 2020, appendix B); the `[model]` section of the config.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UNetConfig {
+    /// Channels of the first level (`ch`); the time embedding has 4 * base_channels.
+    pub base_channels: usize,
+    /// Level i has base_channels * channel_mult[i] channels; one level fewer downsamplings.
+    pub channel_mult: Vec<usize>,
+    /// Residual blocks per level on the way down (the way up has one more).
+    pub num_res_blocks: usize,
+    /// Feature-map *heights* at which a self-attention block follows each residual block
+    /// (compared with the height so that non-square images work; the middle always attends).
+    pub attention_resolutions: Vec<usize>,
+    /// Attention heads; must divide the channels of every attention block.
+    pub num_heads: usize,
+    /// Dropout probability inside the residual blocks, in [0, 1).
+    pub dropout: f64,
+    /// GroupNorm groups; a norm over c channels uses min(norm_groups, c) groups.
+    pub norm_groups: usize,
+    /// Number of classes for class conditioning; None = unconditional.
+    pub num_classes: Option<usize>,
+}
+
+impl Default for UNetConfig {
+    /// The DDPM CIFAR-10 model (35.7M parameters).
+    fn default() -> Self {
+        UNetConfig {
+            base_channels: 128,
+            channel_mult: vec![1, 2, 2, 2],
+            num_res_blocks: 2,
+            attention_resolutions: vec![16],
+            num_heads: 1,
+            dropout: 0.1,
+            norm_groups: 32,
+            num_classes: None,
+        }
+    }
+}
+
+/// One layer of the plan, in forward order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Block {
+    /// A residual block `cin -> cout` at `level` (the number of downsamplings before it).
+    Res {
+        cin: usize,
+        cout: usize,
+        level: usize,
+    },
+    /// Self-attention over `c` channels at feature-map height `height`.
+    Attn { c: usize, height: usize },
+    /// Conv3x3 with stride 2 over `c` channels.
+    Down { c: usize },
+    /// Nearest x2 upsampling, then Conv3x3 over `c` channels.
+    Up { c: usize },
+}
+
+/// The layers the UNet is made of, in the order of ref_unet.py (flat lists, so checkpoint keys
+/// `down.{i}` / `up.{i}` match its state_dict).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub down: Vec<Block>,
+    /// [Res, Attn, Res] at the lowest resolution.
+    pub mid: [Block; 3],
+    pub up: Vec<Block>,
+    /// Channels entering the output GroupNorm.
+    pub out_channels: usize,
+}
+
+impl UNetConfig {
+    /// The time-embedding width: 4 * base_channels.
+    pub fn temb_dim(&self) -> usize {
+        4 * self.base_channels
+    }
+
+    /// Number of downsamplings: levels - 1.
+    pub fn downsamplings(&self) -> usize {
+        self.channel_mult.len().saturating_sub(1)
+    }
+
+    /// GroupNorm groups over `c` channels: min(norm_groups, c).
+    pub fn groups(&self, c: usize) -> usize {
+        self.norm_groups.min(c)
+    }
+
+    /// Check every key and that the model can be built for `image_size` = (height, width).
+    /// Attention resolutions are compared with the feature-map height at each level.
+    pub fn validate(&self, image_size: (usize, usize)) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        for (key, v) in [
+            ("base_channels", self.base_channels),
+            ("num_res_blocks", self.num_res_blocks),
+            ("num_heads", self.num_heads),
+            ("norm_groups", self.norm_groups),
+        ] {
+            if v == 0 {
+                return bad(format!("model.{key} = 0: must be at least 1"));
+            }
+        }
+        if self.base_channels % 2 != 0 || self.base_channels < 4 {
+            return bad(format!(
+                "model.base_channels = {}: the sinusoidal time embedding needs an even width of at least 4",
+                self.base_channels
+            ));
+        }
+        if self.channel_mult.is_empty() {
+            return bad(
+                "model.channel_mult is empty: give at least one level, e.g. [1, 2, 2]".into(),
+            );
+        }
+        if let Some(i) = self.channel_mult.iter().position(|&m| m == 0) {
+            return bad(format!(
+                "model.channel_mult[{i}] = 0: multipliers must be at least 1"
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!(
+                "model.dropout = {}: must lie in [0, 1)",
+                self.dropout
+            ));
+        }
+        if self.num_classes == Some(0) {
+            return bad("model.num_classes = 0: omit it for an unconditional model".into());
+        }
+        let (h, w) = image_size;
+        let levels = self.channel_mult.len();
+        let factor = 1usize << self.downsamplings();
+        if h == 0 || w == 0 || h % factor != 0 || w % factor != 0 {
+            let up = |n: usize| n.max(1).div_ceil(factor) * factor;
+            return bad(format!(
+                "model.channel_mult has {levels} levels, so the image size {h}x{w} must be divisible by {factor}; use {}x{}",
+                up(h),
+                up(w)
+            ));
+        }
+        let heights: Vec<usize> = (0..levels).map(|l| h >> l).collect();
+        if let Some(r) = self
+            .attention_resolutions
+            .iter()
+            .find(|r| !heights.contains(r))
+        {
+            return bad(format!(
+                "model.attention_resolutions contains {r}, but the feature-map heights for {h}x{w} images are {heights:?}; remove it or pick from these"
+            ));
+        }
+        let plan = self.plan(h);
+        for block in plan.down.iter().chain(&plan.mid).chain(&plan.up) {
+            match *block {
+                Block::Res { cin, cout, .. } => {
+                    self.check_groups(cin)?;
+                    self.check_groups(cout)?;
+                }
+                Block::Attn { c, height } => {
+                    self.check_groups(c)?;
+                    if c % self.num_heads != 0 {
+                        return bad(format!(
+                            "model.num_heads = {} does not divide the {c} channels of the attention at height {height}",
+                            self.num_heads
+                        ));
+                    }
+                }
+                Block::Down { .. } | Block::Up { .. } => {}
+            }
+        }
+        self.check_groups(plan.out_channels)
+    }
+
+    fn check_groups(&self, c: usize) -> Result<()> {
+        let g = self.groups(c);
+        if c % g != 0 {
+            return Err(Error::Config(format!(
+                "model.norm_groups = {}: a GroupNorm over {c} channels needs its {g} groups to divide them; make model.base_channels a multiple of model.norm_groups",
+                self.norm_groups
+            )));
+        }
+        Ok(())
+    }
+
+    /// The layer plan for images of height `height` (WORKLOADS.md / ref_unet.py): per level,
+    /// num_res_blocks residual blocks (each followed by attention at attention resolutions),
+    /// then a downsampling except at the last level; the middle; the mirror image upwards with
+    /// num_res_blocks + 1 blocks per level, each eating one skip.
+    pub(crate) fn plan(&self, height: usize) -> Plan {
+        let ch = self.base_channels;
+        let last = self.channel_mult.len().saturating_sub(1);
+        let attends = |level: usize| self.attention_resolutions.contains(&(height >> level));
+        let (mut down, mut up) = (Vec::new(), Vec::new());
+        let mut skips = vec![ch];
+        let mut cur = ch;
+        for (level, &m) in self.channel_mult.iter().enumerate() {
+            for _ in 0..self.num_res_blocks {
+                down.push(Block::Res {
+                    cin: cur,
+                    cout: ch * m,
+                    level,
+                });
+                cur = ch * m;
+                if attends(level) {
+                    down.push(Block::Attn {
+                        c: cur,
+                        height: height >> level,
+                    });
+                }
+                skips.push(cur);
+            }
+            if level != last {
+                down.push(Block::Down { c: cur });
+                skips.push(cur);
+            }
+        }
+        let mid = [
+            Block::Res {
+                cin: cur,
+                cout: cur,
+                level: last,
+            },
+            Block::Attn {
+                c: cur,
+                height: height >> last,
+            },
+            Block::Res {
+                cin: cur,
+                cout: cur,
+                level: last,
+            },
+        ];
+        for (level, &m) in self.channel_mult.iter().enumerate().rev() {
+            for _ in 0..=self.num_res_blocks {
+                let skip = skips.pop().unwrap_or(0);
+                up.push(Block::Res {
+                    cin: cur + skip,
+                    cout: ch * m,
+                    level,
+                });
+                cur = ch * m;
+                if attends(level) {
+                    up.push(Block::Attn {
+                        c: cur,
+                        height: height >> level,
+                    });
+                }
+            }
+            if level != 0 {
+                up.push(Block::Up { c: cur });
+            }
+        }
+        Plan {
+            down,
+            mid,
+            up,
+            out_channels: cur,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w1_like() -> UNetConfig {
+        UNetConfig {
+            base_channels: 64,
+            channel_mult: vec![1, 2, 2],
+            attention_resolutions: vec![8],
+            ..UNetConfig::default()
+        }
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let err = |cfg: UNetConfig, size| cfg.validate(size).unwrap_err().to_string();
+        let d = UNetConfig::default;
+        assert!(d().validate((32, 32)).is_ok());
+        assert!(w1_like().validate((32, 32)).is_ok());
+        let e = err(
+            UNetConfig {
+                channel_mult: vec![1, 2, 2],
+                ..d()
+            },
+            (30, 30),
+        );
+        assert!(
+            e.contains("model.channel_mult has 3 levels") && e.contains("use 32x32"),
+            "{e}"
+        );
+        assert!(err(d(), (32, 20)).contains("use 32x24"));
+        let e = err(
+            UNetConfig {
+                base_channels: 48,
+                ..d()
+            },
+            (32, 32),
+        );
+        assert!(
+            e.contains("model.norm_groups") && e.contains("model.base_channels"),
+            "{e}"
+        );
+        let e = err(
+            UNetConfig {
+                num_heads: 3,
+                ..d()
+            },
+            (32, 32),
+        );
+        assert!(e.contains("model.num_heads = 3"), "{e}");
+        for p in [1.0, -0.1, f64::NAN] {
+            assert!(err(UNetConfig { dropout: p, ..d() }, (32, 32)).contains("model.dropout"));
+        }
+        assert!(err(
+            UNetConfig {
+                channel_mult: vec![],
+                ..d()
+            },
+            (32, 32)
+        )
+        .contains("model.channel_mult"));
+        assert!(err(
+            UNetConfig {
+                channel_mult: vec![1, 0],
+                ..d()
+            },
+            (32, 32)
+        )
+        .contains("channel_mult[1]"));
+        assert!(err(
+            UNetConfig {
+                num_res_blocks: 0,
+                ..d()
+            },
+            (32, 32)
+        )
+        .contains("model.num_res_blocks"));
+        assert!(err(
+            UNetConfig {
+                base_channels: 0,
+                ..d()
+            },
+            (32, 32)
+        )
+        .contains("model.base_channels"));
+        let odd = UNetConfig {
+            base_channels: 5,
+            norm_groups: 1,
+            ..d()
+        };
+        assert!(err(odd, (32, 32)).contains("model.base_channels = 5"));
+        assert!(err(
+            UNetConfig {
+                num_classes: Some(0),
+                ..d()
+            },
+            (32, 32)
+        )
+        .contains("model.num_classes"));
+        let e = err(d(), (8, 8));
+        assert!(
+            e.contains("model.attention_resolutions contains 16") && e.contains("[8, 4, 2, 1]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn config_round_trips_through_toml() {
+        let cfg = UNetConfig {
+            num_classes: Some(10),
+            ..w1_like()
+        };
+        let text = toml::to_string(&cfg).unwrap();
+        assert_eq!(toml::from_str::<UNetConfig>(&text).unwrap(), cfg);
+        assert_eq!(
+            toml::from_str::<UNetConfig>("").unwrap(),
+            UNetConfig::default()
+        );
+        assert!(toml::from_str::<UNetConfig>("channels = 3").is_err());
+    }
+}

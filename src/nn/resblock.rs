@@ -1,0 +1,183 @@
+//! The residual block of the DDPM UNet and its dropout. candle_nn's `Dropout` draws from the
+//! unseedable global generator, so masks here come from a `crate::rng::Stream`: drawn on the
+//! host for the whole forward pass at once, uploaded once, and sliced block by block.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+use crate::error::{Error, Result};
+use crate::rng::Stream;
+
+/// PyTorch's GroupNorm epsilon.
+pub(crate) const GN_EPS: f64 = 1e-5;
+
+/// A 3x3 convolution with padding 1 and the given stride.
+pub(crate) fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        stride,
+        ..Default::default()
+    };
+    Ok(candle_nn::conv2d(cin, cout, 3, cfg, vb)?)
+}
+
+/// A 1x1 convolution.
+pub(crate) fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d> {
+    Ok(candle_nn::conv2d(
+        cin,
+        cout,
+        1,
+        Conv2dConfig::default(),
+        vb,
+    )?)
+}
+
+/// ResBlock(cin, cout) (Ho et al. 2020, appendix B):
+/// h = conv1(SiLU(GN(x))) + temb_proj(SiLU(temb))[:, :, None, None];
+/// out = conv2(Dropout(SiLU(GN(h)))) + (x if cin == cout else skip(x)).
+/// x: (B, cin, H, W) -> (B, cout, H, W). Keys: norm1, conv1, temb_proj, norm2, conv2, skip.
+#[derive(Clone, Debug)]
+pub struct ResBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    temb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    skip: Option<Conv2d>,
+    cout: usize,
+    level: usize,
+}
+
+impl ResBlock {
+    /// A block at `level` (downsamplings before it, used to size its dropout mask);
+    /// `groups(c)` gives the GroupNorm groups over c channels.
+    pub fn new(
+        vb: VarBuilder,
+        (cin, cout): (usize, usize),
+        temb_dim: usize,
+        level: usize,
+        groups: impl Fn(usize) -> usize,
+    ) -> Result<Self> {
+        Ok(ResBlock {
+            norm1: candle_nn::group_norm(groups(cin), cin, GN_EPS, vb.pp("norm1"))?,
+            conv1: conv3x3(cin, cout, 1, vb.pp("conv1"))?,
+            temb_proj: candle_nn::linear(temb_dim, cout, vb.pp("temb_proj"))?,
+            norm2: candle_nn::group_norm(groups(cout), cout, GN_EPS, vb.pp("norm2"))?,
+            conv2: conv3x3(cout, cout, 1, vb.pp("conv2"))?,
+            skip: if cin != cout {
+                Some(conv1x1(cin, cout, vb.pp("skip"))?)
+            } else {
+                None
+            },
+            cout,
+            level,
+        })
+    }
+
+    /// Output channels.
+    pub fn cout(&self) -> usize {
+        self.cout
+    }
+
+    /// Elements of this block's dropout mask for a (batch, _, height, width) input image.
+    pub(crate) fn mask_len(&self, batch: usize, height: usize, width: usize) -> usize {
+        batch * self.cout * (height >> self.level) * (width >> self.level)
+    }
+
+    /// `temb_act` = SiLU(temb): (B, temb_dim), shared by all blocks; `mask` = the dropout mask
+    /// (B, cout, H, W) already scaled by 1/(1-p), or None in eval mode.
+    pub fn forward(&self, x: &Tensor, temb_act: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let t = self
+            .temb_proj
+            .forward(temb_act)?
+            .unsqueeze(2)?
+            .unsqueeze(3)?;
+        let h = h.broadcast_add(&t)?;
+        let mut h = self.norm2.forward(&h)?.silu()?;
+        if let Some(mask) = mask {
+            h = (h * mask)?;
+        }
+        let h = self.conv2.forward(&h)?;
+        let residual = match &self.skip {
+            Some(skip) => skip.forward(x)?,
+            None => x.clone(),
+        };
+        Ok((h + residual)?)
+    }
+}
+
+/// Inverted-dropout mask values: each is 1/(1-p) with probability 1-p, else 0. Two 32-bit draws
+/// per `next_u64`; an element is kept when its draw u (uniform on 0..2^32) has u >= p 2^32.
+pub fn mask_values(stream: &mut Stream, p: f64, n: usize) -> Vec<f32> {
+    let threshold = (p * 4_294_967_296.0) as u64;
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let bits = stream.next_u64();
+        for u in [bits & 0xFFFF_FFFF, bits >> 32] {
+            out.push(if u >= threshold { keep } else { 0.0 });
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+/// All dropout masks of one forward pass, as one uploaded buffer handed out in order.
+pub(crate) struct Masks {
+    data: Tensor,
+    offset: usize,
+}
+
+impl Masks {
+    /// `n` mask values drawn from `stream`, uploaded to `device` as `dtype`.
+    pub fn draw(
+        stream: &mut Stream,
+        p: f64,
+        n: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let data = Tensor::from_vec(mask_values(stream, p, n), n, device)?.to_dtype(dtype)?;
+        Ok(Masks { data, offset: 0 })
+    }
+
+    /// The next mask of shape `dims`, a view into the buffer.
+    pub fn take(&mut self, dims: &[usize]) -> Result<Tensor> {
+        let len: usize = dims.iter().product();
+        if self.offset + len > self.data.elem_count() {
+            return Err(Error::Invalid(format!(
+                "dropout masks exhausted: {} of {} values used, {len} more asked",
+                self.offset,
+                self.data.elem_count()
+            )));
+        }
+        let mask = self.data.narrow(0, self.offset, len)?.reshape(dims)?;
+        self.offset += len;
+        Ok(mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Purpose;
+
+    #[test]
+    fn mask_keeps_fraction_and_scales() {
+        let n = 100_001;
+        let m = mask_values(&mut Stream::new(3, Purpose::Dropout, 0), 0.25, n);
+        assert_eq!(m.len(), n);
+        let kept = m.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+        // Binomial standard error sqrt(0.75 * 0.25 / n) = 0.0014; allow 5 of them.
+        assert!((kept - 0.75).abs() < 0.007, "kept {kept}");
+        assert!(m.iter().all(|&v| v == 0.0 || v == (1.0f32 / 0.75)));
+        let mean = m.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
+        assert!(
+            mask_values(&mut Stream::new(3, Purpose::Dropout, 0), 0.0, 64)
+                .iter()
+                .all(|&v| v == 1.0)
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! The DDPM noise-prediction UNet (Ho et al. 2020, appendix B; WORKLOADS.md; ref_unet.py): its
+//! construction from a `UNetConfig` and its forward pass with per-example timesteps, optional
+//! class labels and seeded dropout. Layers live in `embedding`, `resblock` and `attention`;
+//! initial values in `init`.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+
+use crate::denoiser::Denoiser;
+use crate::error::{Error, Result};
+use crate::nn::attention::Attention;
+use crate::nn::config::{Block, UNetConfig};
+use crate::nn::embedding::TimeEmbedding;
+use crate::nn::resblock::{conv3x3, Masks, ResBlock, GN_EPS};
+use crate::rng::Stream;
+
+/// One entry of the down / up paths (keys `down.{i}` / `up.{i}`, as ref_unet.py's ModuleLists).
+#[derive(Clone, Debug)]
+enum Layer {
+    Res(ResBlock),
+    Attn(Attention),
+    /// Conv3x3 stride 2 (key `conv`).
+    Down(Conv2d),
+    /// Nearest x2, then Conv3x3 (key `conv`).
+    Up(Conv2d),
+}
+
+/// The UNet. Keys: `time_embed.{0,2}`, `label_embed`, `conv_in`, `down.{i}.*`, `mid.{0,1,2}.*`,
+/// `up.{i}.*`, `norm_out`, `conv_out`.
+#[derive(Clone, Debug)]
+pub struct UNet {
+    time_embed: TimeEmbedding,
+    conv_in: Conv2d,
+    down: Vec<Layer>,
+    mid: (ResBlock, Attention, ResBlock),
+    up: Vec<Layer>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    in_channels: usize,
+    downsamplings: usize,
+    dropout: f64,
+}
+
+impl UNet {
+    /// Build the layers of `cfg` for `image_size` = (height, width) images of `in_channels`
+    /// channels, predicting `out_channels` (2 * in_channels when the variance is learned).
+    /// Variables come from `vb` (a VarMap-backed builder creates them; call
+    /// `nn::init_weights` afterwards for seeded values).
+    pub fn new(
+        vb: VarBuilder,
+        cfg: &UNetConfig,
+        in_channels: usize,
+        out_channels: usize,
+        image_size: (usize, usize),
+    ) -> Result<UNet> {
+        cfg.validate(image_size)?;
+        if in_channels == 0 || out_channels == 0 {
+            return Err(Error::Invalid(format!(
+                "a UNet needs at least one input and output channel (got {in_channels} in, {out_channels} out)"
+            )));
+        }
+        let ch = cfg.base_channels;
+        let plan = cfg.plan(image_size.0);
+        let temb_dim = cfg.temb_dim();
+        let groups = |c| cfg.groups(c);
+        let res = |vb: VarBuilder, b: Block| match b {
+            Block::Res { cin, cout, level } => {
+                ResBlock::new(vb, (cin, cout), temb_dim, level, groups)
+            }
+            _ => Err(Error::Invalid(format!(
+                "expected a residual block, planned {b:?}"
+            ))),
+        };
+        let attn = |vb: VarBuilder, c: usize| Attention::new(vb, c, cfg.num_heads, groups(c));
+        let layers = |vb: VarBuilder, blocks: &[Block]| -> Result<Vec<Layer>> {
+            blocks
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| {
+                    let vb = vb.pp(i);
+                    Ok(match b {
+                        Block::Res { .. } => Layer::Res(res(vb, b)?),
+                        Block::Attn { c, .. } => Layer::Attn(attn(vb, c)?),
+                        Block::Down { c } => Layer::Down(conv3x3(c, c, 2, vb.pp("conv"))?),
+                        Block::Up { c } => Layer::Up(conv3x3(c, c, 1, vb.pp("conv"))?),
+                    })
+                })
+                .collect()
+        };
+        let (mid_vb, [m0, m1, m2]) = (vb.pp("mid"), plan.mid);
+        let mid_c = match m1 {
+            Block::Attn { c, .. } => c,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "expected attention, planned {m1:?}"
+                )))
+            }
+        };
+        let c_out = plan.out_channels;
+        Ok(UNet {
+            time_embed: TimeEmbedding::new(vb.clone(), ch, cfg.num_classes)?,
+            conv_in: conv3x3(in_channels, ch, 1, vb.pp("conv_in"))?,
+            down: layers(vb.pp("down"), &plan.down)?,
+            mid: (
+                res(mid_vb.pp(0), m0)?,
+                attn(mid_vb.pp(1), mid_c)?,
+                res(mid_vb.pp(2), m2)?,
+            ),
+            up: layers(vb.pp("up"), &plan.up)?,
+            norm_out: candle_nn::group_norm(groups(c_out), c_out, GN_EPS, vb.pp("norm_out"))?,
+            conv_out: conv3x3(c_out, out_channels, 1, vb.pp("conv_out"))?,
+            in_channels,
+            downsamplings: cfg.downsamplings(),
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// Every residual block in forward order.
+    fn res_blocks(&self) -> impl Iterator<Item = &ResBlock> {
+        fn pick(l: &Layer) -> Option<&ResBlock> {
+            match l {
+                Layer::Res(r) => Some(r),
+                _ => None,
+            }
+        }
+        let down = self.down.iter().filter_map(pick);
+        let up = self.up.iter().filter_map(pick);
+        down.chain([&self.mid.0, &self.mid.2]).chain(up)
+    }
+
+    /// The model output eps_theta(x, t[, y]): x (B, C, H, W) -> (B, out_channels, H, W).
+    /// `t`: one timestep per example; `labels`: one class per example (num_classes = "no
+    /// label"), None = all unlabelled; `dropout`: the stream masks are drawn from (training),
+    /// None = eval mode. H and W must be divisible by 2^(levels - 1); attention placement was
+    /// fixed for the image size given to `new`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t: &[usize],
+        labels: Option<&[u32]>,
+        dropout: Option<&mut Stream>,
+    ) -> Result<Tensor> {
+        let (b, c, hh, ww) = x.dims4()?;
+        let factor = 1usize << self.downsamplings;
+        if c != self.in_channels || hh % factor != 0 || ww % factor != 0 || t.len() != b {
+            return Err(Error::Invalid(format!(
+                "UNet input {:?} with {} timesteps: expected (B, {}, H, W) with H and W divisible by {factor} and one timestep per example",
+                x.dims(),
+                t.len(),
+                self.in_channels
+            )));
+        }
+        let (dev, dtype) = (x.device(), x.dtype());
+        let temb_act = self.time_embed.forward(t, labels, dev, dtype)?.silu()?;
+        let mut masks = match dropout {
+            Some(stream) if self.dropout > 0.0 => {
+                let n = self.res_blocks().map(|r| r.mask_len(b, hh, ww)).sum();
+                Some(Masks::draw(stream, self.dropout, n, dev, dtype)?)
+            }
+            _ => None,
+        };
+        let mut run = |r: &ResBlock, h: &Tensor| -> Result<Tensor> {
+            let mask = match masks.as_mut() {
+                Some(m) => Some(m.take(&[b, r.cout(), h.dim(2)?, h.dim(3)?])?),
+                None => None,
+            };
+            r.forward(h, &temb_act, mask.as_ref())
+        };
+        let mut h = self.conv_in.forward(x)?;
+        let mut skips = vec![h.clone()];
+        for layer in &self.down {
+            match layer {
+                Layer::Res(r) => {
+                    h = run(r, &h)?;
+                    skips.push(h.clone());
+                }
+                Layer::Attn(a) => {
+                    h = a.forward(&h)?;
+                    // The skip is the output of the (residual + attention) pair.
+                    skips.pop();
+                    skips.push(h.clone());
+                }
+                Layer::Down(conv) => {
+                    h = conv.forward(&h)?;
+                    skips.push(h.clone());
+                }
+                Layer::Up(_) => {}
+            }
+        }
+        h = run(&self.mid.0, &h)?;
+        h = self.mid.1.forward(&h)?;
+        h = run(&self.mid.2, &h)?;
+        for layer in &self.up {
+            h = match layer {
+                Layer::Res(r) => {
+                    let skip = skips.pop().ok_or_else(|| {
+                        Error::Invalid("UNet: ran out of skip connections".into())
+                    })?;
+                    run(r, &Tensor::cat(&[&h, &skip], 1)?)?
+                }
+                Layer::Attn(a) => a.forward(&h)?,
+                Layer::Up(conv) => {
+                    let (_, _, ih, iw) = h.dims4()?;
+                    conv.forward(&h.upsample_nearest2d(2 * ih, 2 * iw)?)?
+                }
+                Layer::Down(_) => h,
+            };
+        }
+        Ok(self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?)
+    }
+}
+
+impl Denoiser for UNet {
+    /// Eval mode (no dropout), no labels.
+    fn forward(&self, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
+        UNet::forward(self, x_t, t, None, None)
+    }
+}

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{expect_tensor, reject_unknown};
 use crate::error::{Error, Result};
 
 pub use grad::{clip_grad_norm, GradAccumulator};
@@ -158,8 +159,9 @@ pub struct AdamW {
 impl AdamW {
     /// An optimizer over `vars` (sorted by name here) with zero moments. Every variable must be
     /// f32: these are the master weights, kept in full precision whatever the model computes in.
-    pub fn new(mut vars: Vec<(String, Var)>, cfg: OptimConfig) -> Result<Self> {
+    pub fn new(vars: &[(String, Var)], cfg: OptimConfig) -> Result<Self> {
         cfg.validate()?;
+        let mut vars = vars.to_vec();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(w) = vars.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(Error::Invalid(format!(
@@ -292,36 +294,23 @@ impl AdamW {
             })?;
         let mut moments = Vec::with_capacity(self.slots.len());
         for s in &self.slots {
-            let fetch = |key: String| -> Result<Tensor> {
-                let t = tensors
-                    .get(&key)
-                    .ok_or_else(|| Error::Invalid(format!("optimizer state has no `{key}`")))?;
-                if t.dims() != s.var.dims() {
-                    return Err(Error::Invalid(format!(
-                        "`{key}` has shape {:?} but parameter `{}` has shape {:?}",
-                        t.dims(),
-                        s.name,
-                        s.var.dims()
-                    )));
-                }
+            let fetch = |kind: &str| -> Result<Tensor> {
+                let key = format!("optim.{kind}.{}", s.name);
+                let t = expect_tensor(tensors, &key, s.var.dims(), "optimizer state")?;
                 Ok(t.to_dtype(DType::F32)?.to_device(s.var.device())?)
             };
-            moments.push((
-                fetch(format!("optim.m.{}", s.name))?,
-                fetch(format!("optim.v.{}", s.name))?,
-            ));
+            moments.push((fetch("m")?, fetch("v")?));
         }
-        if let Some(key) = tensors.keys().find(|k| {
-            let Some(rest) = k.strip_prefix("optim.") else {
-                return false;
-            };
+        let known = |rest: &str| {
             let name = rest.strip_prefix("m.").or_else(|| rest.strip_prefix("v."));
-            *k != STEP_KEY && !name.is_some_and(|n| self.slots.iter().any(|s| s.name == n))
-        }) {
-            return Err(Error::Invalid(format!(
-                "optimizer state has `{key}`, which matches no parameter of this model"
-            )));
-        }
+            rest == "step"
+                || name.is_some_and(|n| {
+                    self.slots
+                        .binary_search_by(|s| s.name.as_str().cmp(n))
+                        .is_ok()
+                })
+        };
+        reject_unknown(tensors, "optim.", known, "optimizer state")?;
         for (s, (m, v)) in self.slots.iter_mut().zip(moments) {
             s.m = m;
             s.v = v;

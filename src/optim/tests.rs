@@ -64,7 +64,7 @@ fn adamw_matches_naive_pytorch_adamw() {
                 .collect()
         })
         .collect();
-    let mut opt = AdamW::new(vars.clone(), c.clone()).unwrap();
+    let mut opt = AdamW::new(&vars, c.clone()).unwrap();
     let mut gs = Stream::new(2, Purpose::Eval, 0);
     for t in 1..=6 {
         let lr = c.lr * t as f64 / 6.0;
@@ -135,23 +135,23 @@ fn state_round_trip_resumes_bit_identically() {
         .collect();
 
     let straight = copy_vars(&vars);
-    let mut opt = AdamW::new(straight.clone(), c.clone()).unwrap();
+    let mut opt = AdamW::new(&straight, c.clone()).unwrap();
     run(&mut opt, &straight, &targets, 6);
 
     let first = copy_vars(&vars);
-    let mut opt = AdamW::new(first.clone(), c.clone()).unwrap();
+    let mut opt = AdamW::new(&first, c.clone()).unwrap();
     run(&mut opt, &first, &targets, 3);
     let state: BTreeMap<String, Tensor> = opt.state().unwrap().into_iter().collect();
 
     let resumed = copy_vars(&first);
-    let mut opt = AdamW::new(resumed.clone(), c.clone()).unwrap();
+    let mut opt = AdamW::new(&resumed, c.clone()).unwrap();
     opt.load_state(&state).unwrap();
     assert_eq!(opt.step_count(), 3);
     run(&mut opt, &resumed, &targets, 3);
 
     // Without the state, the same weights drift elsewhere: the test can tell.
     let fresh = copy_vars(&first);
-    let mut opt = AdamW::new(fresh.clone(), c).unwrap();
+    let mut opt = AdamW::new(&fresh, c).unwrap();
     run(&mut opt, &fresh, &targets, 3);
 
     for i in 0..vars.len() {
@@ -168,10 +168,10 @@ fn state_round_trip_resumes_bit_identically() {
 
 #[test]
 fn load_state_names_the_bad_key() {
-    let opt = AdamW::new(params(5), cfg(1e-3, 0.0)).unwrap();
+    let opt = AdamW::new(&params(5), cfg(1e-3, 0.0)).unwrap();
     let good: BTreeMap<String, Tensor> = opt.state().unwrap().into_iter().collect();
     let err = |state: &BTreeMap<String, Tensor>| {
-        let mut o = AdamW::new(params(5), cfg(1e-3, 0.0)).unwrap();
+        let mut o = AdamW::new(&params(5), cfg(1e-3, 0.0)).unwrap();
         o.load_state(state).unwrap_err().to_string()
     };
 
@@ -207,20 +207,20 @@ fn load_state_names_the_bad_key() {
         "model.a".into(),
         Tensor::zeros(1, DType::F32, &cpu()).unwrap(),
     );
-    let mut o = AdamW::new(params(5), cfg(1e-3, 0.0)).unwrap();
+    let mut o = AdamW::new(&params(5), cfg(1e-3, 0.0)).unwrap();
     o.load_state(&whole).unwrap();
 }
 
 #[test]
 fn new_rejects_non_f32_and_duplicate_parameters() {
     let half = Var::zeros(3, DType::BF16, &cpu()).unwrap();
-    let e = AdamW::new(vec![("h".into(), half)], OptimConfig::default())
+    let e = AdamW::new(&[("h".into(), half)], OptimConfig::default())
         .err()
         .unwrap();
     assert!(e.to_string().contains("`h`"), "{e}");
     let a = Var::zeros(3, DType::F32, &cpu()).unwrap();
     let e = AdamW::new(
-        vec![("x".into(), a.clone()), ("x".into(), a)],
+        &[("x".into(), a.clone()), ("x".into(), a)],
         OptimConfig::default(),
     )
     .err()
@@ -294,7 +294,7 @@ fn accumulated_micro_batches_give_the_full_batch_gradient() {
     };
     let full = flat(grad_of(&x).get(w.as_tensor()).unwrap());
 
-    let opt = AdamW::new(vec![("w".into(), w.clone())], OptimConfig::default()).unwrap();
+    let opt = AdamW::new(&[("w".into(), w.clone())], OptimConfig::default()).unwrap();
     let mut acc = opt.accumulator();
     assert!(acc.finish().is_err());
     acc.add(&grad_of(&x.narrow(0, 0, 2).unwrap())).unwrap();

@@ -122,6 +122,9 @@ fn publish_latest(dir: &Path, ckpt: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(Error::checkpoint(&latest, format!("cannot update: {e}")));
     }
+    // POSIX rename is a successful no-op when both names already link to one file; the temp
+    // name must not outlive it.
+    let _ = fs::remove_file(&tmp);
     sync_dir(&latest)
 }
 

@@ -6,10 +6,13 @@
 //! training loop with its optimizer, EMA and checkpoints. The library never prints: long work
 //! reports through callbacks.
 
+pub mod checkpoint;
 pub mod denoiser;
 pub mod diffusion;
+pub mod ema;
 pub mod error;
 pub mod nn;
+pub mod optim;
 pub mod oracle;
 pub mod rng;
 pub mod sampler;

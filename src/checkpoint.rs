@@ -1,0 +1,322 @@
+//! Checkpoint files: one safetensors file holds everything a run needs to resume bit-for-bit
+//! (model weights `model.<name>`, EMA `ema.<name>`, optimizer moments `optim.*`) plus metadata
+//! strings (`format`, `step`, `seed`, the resolved config as TOML under `config`). Writes are
+//! atomic (temp file, fsync, rename, fsync of the directory), so a crash leaves the old file or
+//! the new one, never a torn one. This module moves named tensors in and out of files and
+//! VarMaps; which tensors a run saves is the trainer's business, and which checkpoints a run
+//! directory keeps is `run_dir`'s.
+
+pub mod run_dir;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use safetensors::{SafeTensorError, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::optim::named_vars;
+
+/// The format this version writes and reads; bump it when the layout of keys changes.
+pub const FORMAT: &str = "ddpm-1";
+/// Metadata key of the format version.
+pub const META_FORMAT: &str = "format";
+/// Metadata key of the resolved config (TOML text); every checkpoint has one.
+pub const META_CONFIG: &str = "config";
+/// Metadata key of the number of optimizer steps taken.
+pub const META_STEP: &str = "step";
+/// Metadata key of the run's seed.
+pub const META_SEED: &str = "seed";
+
+/// A checkpoint read back from disk: tensors on the CPU in their stored dtype, and metadata.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// Where it was read from (for error messages).
+    pub path: PathBuf,
+    pub tensors: BTreeMap<String, Tensor>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    /// A metadata value; the error names the file and the key.
+    pub fn meta(&self, key: &str) -> Result<&str> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| Error::checkpoint(&self.path, format!("no `{key}` in its metadata")))
+    }
+
+    /// The resolved config (TOML text); `load` guarantees it is present.
+    pub fn config(&self) -> Result<&str> {
+        self.meta(META_CONFIG)
+    }
+
+    /// The step count recorded in the metadata.
+    pub fn step(&self) -> Result<u64> {
+        let s = self.meta(META_STEP)?;
+        s.parse().map_err(|_| {
+            Error::checkpoint(
+                &self.path,
+                format!("metadata `step` = {s:?} is not a step count"),
+            )
+        })
+    }
+}
+
+/// Write `tensors` and `metadata` to `path` atomically, adding `format` = FORMAT. Tensors may
+/// live on any device (they are copied to the CPU). `metadata` must hold `config`. The file is
+/// assembled in memory first, so saving briefly needs about its size in RAM.
+pub fn save(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let bytes = encode(path, tensors, metadata)?;
+    write_atomic(path, &bytes)
+}
+
+/// The bytes of a checkpoint file (what `save` writes); errors name `path`.
+fn encode(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    if !metadata.contains_key(META_CONFIG) {
+        return Err(Error::checkpoint(
+            path,
+            "refusing to save without `config` metadata",
+        ));
+    }
+    if let Some(f) = metadata.get(META_FORMAT).filter(|f| *f != FORMAT) {
+        return Err(Error::checkpoint(
+            path,
+            format!("cannot save as format `{f}`; this version writes `{FORMAT}`"),
+        ));
+    }
+    let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    meta.insert(META_FORMAT.into(), FORMAT.into());
+    encode_raw(path, tensors, meta)
+}
+
+/// Serialise without checking the metadata (tests use it to forge other formats).
+fn encode_raw(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut seen = BTreeSet::new();
+    let mut cpu = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        if !seen.insert(name.as_str()) {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor `{name}` is given twice"),
+            ));
+        }
+        // candle's byte view unwraps internally; these dtypes have no bytes to give.
+        if matches!(
+            t.dtype(),
+            DType::F6E2M3 | DType::F6E3M2 | DType::F4 | DType::F8E8M0
+        ) {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor `{name}` has unsupported dtype {:?}", t.dtype()),
+            ));
+        }
+        cpu.push((name.clone(), t.to_device(&Device::Cpu)?.contiguous()?));
+    }
+    safetensors::serialize(cpu, Some(meta))
+        .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))
+}
+
+/// The temp file a write to `path` goes through: hidden, in the same directory (so the rename
+/// cannot cross filesystems), and unique per process.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Replace `path` by `bytes` atomically: write a temp file, fsync it, rename it over `path`,
+/// fsync the directory so the rename itself is durable.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        // Best effort: the temp file may not exist, and the error to report is the first one.
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::checkpoint(path, format!("cannot save: {e}")));
+    }
+    sync_dir(path)
+}
+
+/// fsync the directory holding `path`, making a rename or link in it durable.
+fn sync_dir(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| {
+                Error::checkpoint(
+                    path,
+                    format!("cannot sync directory {}: {e}", dir.display()),
+                )
+            })?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Read a checkpoint. Each way a file can be unusable (missing, empty, truncated, not
+/// safetensors, another format, no config) is a one-line error naming the path.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = fs::read(path).map_err(|e| {
+        let msg = if e.kind() == std::io::ErrorKind::NotFound {
+            "not found".to_string()
+        } else {
+            format!("cannot read: {e}")
+        };
+        Error::checkpoint(path, msg)
+    })?;
+    let unreadable = |e: SafeTensorError| Error::checkpoint(path, describe(&e, &bytes));
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(unreadable)?;
+    let metadata: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    match metadata.get(META_FORMAT) {
+        None => {
+            return Err(Error::checkpoint(
+                path,
+                format!("no `format` in its metadata; not a ddpm checkpoint (expected `{FORMAT}`)"),
+            ))
+        }
+        Some(f) if f != FORMAT => {
+            return Err(Error::checkpoint(
+                path,
+                format!("format is `{f}`, but this version reads `{FORMAT}`"),
+            ))
+        }
+        Some(_) => {}
+    }
+    if !metadata.contains_key(META_CONFIG) {
+        return Err(Error::checkpoint(path, "no `config` in its metadata"));
+    }
+    let st = SafeTensors::deserialize(&bytes).map_err(unreadable)?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let t = view
+            .load(&Device::Cpu)
+            .map_err(|e| Error::checkpoint(path, format!("tensor `{name}`: {e}")))?;
+        tensors.insert(name, t);
+    }
+    Ok(Checkpoint {
+        path: path.to_path_buf(),
+        tensors,
+        metadata,
+    })
+}
+
+/// Why safetensors rejected `bytes`, in words: a safetensors header is JSON starting at byte 8,
+/// so a '{' there with too few bytes after it means a cut file rather than a foreign one.
+fn describe(e: &SafeTensorError, bytes: &[u8]) -> String {
+    let cut = bytes.get(8) == Some(&b'{');
+    match e {
+        _ if bytes.is_empty() => "empty file (0 bytes); not a checkpoint".into(),
+        SafeTensorError::InvalidHeaderLength | SafeTensorError::MetadataIncompleteBuffer if cut => {
+            format!("truncated ({} bytes, fewer than its header describes); the write or copy was cut short", bytes.len())
+        }
+        _ => format!("not a safetensors file ({e})"),
+    }
+}
+
+/// The tensor `key` of `tensors`, checked to have shape `dims`; errors say where it was looked
+/// up (`what`: "checkpoint", "optimizer state", ...).
+pub(crate) fn expect_tensor<'a>(
+    tensors: &'a BTreeMap<String, Tensor>,
+    key: &str,
+    dims: &[usize],
+    what: &str,
+) -> Result<&'a Tensor> {
+    let t = tensors
+        .get(key)
+        .ok_or_else(|| Error::Invalid(format!("{what} has no tensor `{key}`")))?;
+    if t.dims() != dims {
+        return Err(Error::Invalid(format!(
+            "`{key}` has shape {:?} in the {what} but the model expects {dims:?}",
+            t.dims()
+        )));
+    }
+    Ok(t)
+}
+
+/// Error on the first key under `prefix` whose remainder is not `known`: a tensor the model
+/// has no place for means the file was written for another architecture.
+pub(crate) fn reject_unknown(
+    tensors: &BTreeMap<String, Tensor>,
+    prefix: &str,
+    known: impl Fn(&str) -> bool,
+    what: &str,
+) -> Result<()> {
+    match tensors
+        .keys()
+        .find(|k| k.strip_prefix(prefix).is_some_and(|rest| !known(rest)))
+    {
+        Some(key) => Err(Error::Invalid(format!(
+            "{what} has `{key}`, which matches no parameter of this model"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Set every variable `name` of `varmap` to `tensors[prefix + name]` (converted to the
+/// variable's dtype and device). All keys are checked before any variable changes: the error
+/// names the first missing or mis-shaped key, or a key under `prefix` the model lacks.
+pub fn load_into(varmap: &VarMap, tensors: &BTreeMap<String, Tensor>, prefix: &str) -> Result<()> {
+    let vars = named_vars(varmap)?;
+    let mut values = Vec::with_capacity(vars.len());
+    for (name, var) in &vars {
+        let t = expect_tensor(
+            tensors,
+            &format!("{prefix}{name}"),
+            var.dims(),
+            "checkpoint",
+        )?;
+        values.push(t.to_dtype(var.dtype())?.to_device(var.device())?);
+    }
+    reject_unknown(
+        tensors,
+        prefix,
+        |n| vars.binary_search_by(|(v, _)| v.as_str().cmp(n)).is_ok(),
+        "checkpoint",
+    )?;
+    for ((_, var), t) in vars.iter().zip(values) {
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

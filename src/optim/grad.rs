@@ -1,0 +1,105 @@
+//! What happens to gradients between `backward()` and the optimizer: averaging over micro-batches
+//! and clipping the global norm. Both see only the parameters they are given; `backward()` also
+//! returns gradients of every intermediate tensor, which are ignored (and never kept alive).
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Scale the gradients of `params` so their global L2 norm is at most `max_norm`
+/// (`torch.nn.utils.clip_grad_norm_`): with ||g|| = sqrt(sum over params of sum g^2), every
+/// gradient is multiplied by max_norm / (||g|| + 1e-6) when ||g|| > max_norm.
+/// Returns ||g|| before clipping. A non-finite norm leaves the gradients as they are, so the
+/// caller can report it rather than train on NaNs.
+pub fn clip_grad_norm<'a>(
+    params: impl IntoIterator<Item = &'a Tensor>,
+    grads: &mut GradStore,
+    max_norm: f64,
+) -> Result<f64> {
+    if !(max_norm.is_finite() && max_norm > 0.0) {
+        return Err(Error::Invalid(format!(
+            "gradient clipping norm {max_norm} must be positive and finite"
+        )));
+    }
+    let params: Vec<&Tensor> = params.into_iter().collect();
+    let mut sums = Vec::with_capacity(params.len());
+    for p in &params {
+        if let Some(g) = grads.get(p) {
+            sums.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+        }
+    }
+    if sums.is_empty() {
+        return Ok(0.0);
+    }
+    // One device-to-host transfer for the whole norm, not one per parameter.
+    let norm = (Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f32>()? as f64).sqrt();
+    if norm.is_finite() && norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        for p in params {
+            if let Some(g) = grads.get(p) {
+                let clipped = (g * scale)?;
+                grads.insert(p, clipped);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// Averages the gradients of k micro-batches: sum over the micro-batches, then divide by k.
+/// With equal micro-batches and a mean loss, this is the gradient of the whole batch.
+pub struct GradAccumulator {
+    params: Vec<Tensor>,
+    sums: Vec<Option<Tensor>>,
+    count: usize,
+}
+
+impl GradAccumulator {
+    /// An empty accumulator for the gradients of `params`.
+    pub fn new<'a>(params: impl IntoIterator<Item = &'a Tensor>) -> Self {
+        let params: Vec<Tensor> = params.into_iter().cloned().collect();
+        let sums = vec![None; params.len()];
+        GradAccumulator {
+            params,
+            sums,
+            count: 0,
+        }
+    }
+
+    /// Micro-batches added since the last `finish`.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Add one micro-batch's gradients (f32, detached; other tensors' gradients are dropped).
+    pub fn add(&mut self, grads: &GradStore) -> Result<()> {
+        for (p, sum) in self.params.iter().zip(&mut self.sums) {
+            if let Some(g) = grads.get(p) {
+                let g = g.to_dtype(DType::F32)?.detach();
+                *sum = Some(match sum.take() {
+                    Some(s) => (s + g)?,
+                    None => g,
+                });
+            }
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The mean gradient over the micro-batches added so far, as a store the optimizer takes;
+    /// the accumulator is empty again afterwards.
+    pub fn finish(&mut self) -> Result<GradStore> {
+        if self.count == 0 {
+            return Err(Error::Invalid("no micro-batch gradients to average".into()));
+        }
+        let k = self.count as f64;
+        let mut out = GradStore::default();
+        for (p, sum) in self.params.iter().zip(&mut self.sums) {
+            if let Some(s) = sum.take() {
+                out.insert(p, (s / k)?);
+            }
+        }
+        self.count = 0;
+        Ok(out)
+    }
+}

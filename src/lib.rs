@@ -12,5 +12,6 @@ pub mod error;
 pub mod oracle;
 pub mod rng;
 pub mod schedule;
+pub mod vlb;
 
 pub use error::{Error, Result};

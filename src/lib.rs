@@ -9,6 +9,7 @@
 pub mod denoiser;
 pub mod diffusion;
 pub mod error;
+pub mod loss;
 pub mod oracle;
 pub mod rng;
 pub mod schedule;

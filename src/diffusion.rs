@@ -278,3 +278,6 @@ pub fn p_mean_variance(
         eps,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,11 +11,13 @@ pub mod denoiser;
 pub mod diffusion;
 pub mod ema;
 pub mod error;
+pub mod loss;
 pub mod nn;
 pub mod optim;
 pub mod oracle;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod vlb;
 
 pub use error::{Error, Result};

@@ -145,7 +145,7 @@ fn temp_path(path: &Path) -> PathBuf {
 
 /// Replace `path` by `bytes` atomically: write a temp file, fsync it, rename it over `path`,
 /// fsync the directory so the rename itself is durable.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let written = OpenOptions::new()
         .write(true)

@@ -31,7 +31,7 @@ impl Generator {
     pub fn load(path: &Path, use_ema: bool, dtype: DType, device: &Device) -> Result<Self> {
         let ckpt = checkpoint::load(path)?;
         let config = train::stored_config(&ckpt, path)?;
-        let step = train::stored_step(&ckpt, path)?;
+        let step = ckpt.step()?;
         let prefix = if use_ema {
             train::EMA_PREFIX
         } else {
@@ -101,7 +101,7 @@ pub fn generate(
         let b = batch_size.min(n - done);
         let batch_opts = SampleOptions {
             first_index: opts.first_index + done as u64,
-            ..opts.clone()
+            ..*opts
         };
         let x = sampler::sample(
             &model,

@@ -46,14 +46,3 @@ pub fn from_tensors(
     unet(cfg, VarBuilder::from_tensors(weights, dtype, device))
         .map_err(|e| Error::Invalid(format!("the stored weights do not fit the model config: {e}")))
 }
-
-/// The variables of a VarMap as (name, tensor), sorted by name.
-pub fn named_tensors(varmap: &VarMap) -> Vec<(String, Tensor)> {
-    let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
-    let mut v: Vec<(String, Tensor)> = data
-        .iter()
-        .map(|(k, var)| (k.clone(), var.as_tensor().clone()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}

@@ -46,7 +46,7 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     let path = &args.checkpoint;
     let ckpt = checkpoint::load(path)?;
     let cfg = train::stored_config(&ckpt, path)?;
-    let step = train::stored_step(&ckpt, path)?;
+    let step = ckpt.step()?;
     let params: usize = ckpt
         .tensors
         .iter()
@@ -56,8 +56,6 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     stdout_line(&format!("# checkpoint: {}", path.display()))?;
     stdout_line(&format!("# step: {step}"))?;
     stdout_line(&format!("# parameters: {params}"))?;
-    if let Some(f) = ckpt.metadata.get("format") {
-        stdout_line(&format!("# format: {f}"))?;
-    }
+    stdout_line(&format!("# format: {}", ckpt.meta(checkpoint::META_FORMAT)?))?;
     stdout_line(&cfg.to_toml()?)
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use candle_core::Device;
 
 pub use run_dir::{RunDir, METRICS_HEADER};
-pub use state::{stored_config, stored_step, weights_with_prefix, TrainState, EMA_PREFIX, MODEL_PREFIX};
+pub use state::{stored_config, weights_with_prefix, TrainState, EMA_PREFIX, MODEL_PREFIX};
 pub use step::{train_step, StepStats};
 
 use crate::checkpoint;
@@ -184,9 +184,8 @@ pub fn train(
 }
 
 fn save(cfg: &Config, dir: &RunDir, state: &TrainState) -> Result<PathBuf> {
-    dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, |p| {
-        state.save(cfg, p)
-    })
+    let (tensors, metadata) = state.checkpoint_contents(cfg)?;
+    dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
 }
 
 /// The state of the run in `dir`, checking that `cfg` describes the same model and data.

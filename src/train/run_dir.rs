@@ -2,11 +2,14 @@
 //! checkpoints (`ckpt-XXXXXXXX.safetensors`, the last `keep` of them, plus `latest.safetensors`).
 //! Which checkpoints to keep is decided by `checkpoint::to_delete`; this module does the I/O.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint;
+use candle_core::Tensor;
+
+use crate::checkpoint::{self, run_dir};
 use crate::error::{Error, Result};
 
 /// Header of metrics.csv.
@@ -22,6 +25,7 @@ impl RunDir {
     /// Open (creating it if needed) the run directory `root`.
     pub fn create(root: &Path) -> Result<Self> {
         fs::create_dir_all(root.join("samples")).map_err(|e| Error::io(root, e))?;
+        run_dir::remove_stale_temps(root)?;
         Ok(RunDir {
             root: root.to_path_buf(),
         })
@@ -29,12 +33,12 @@ impl RunDir {
 
     /// `latest.safetensors`.
     pub fn latest(&self) -> PathBuf {
-        self.root.join(checkpoint::LATEST)
+        self.root.join(run_dir::LATEST)
     }
 
     /// True when the directory already holds checkpoints of a run.
     pub fn has_checkpoints(&self) -> Result<bool> {
-        Ok(self.latest().exists() || !checkpoint::list_steps(&self.root)?.is_empty())
+        Ok(self.latest().exists() || !run_dir::list_checkpoints(&self.root)?.is_empty())
     }
 
     /// Write the resolved config as `config.toml` (atomically).
@@ -47,23 +51,16 @@ impl RunDir {
         self.root.join("samples").join(format!("step-{step:08}.png"))
     }
 
-    /// Save a checkpoint for `step` through `write` (which writes one file atomically), point
-    /// `latest` at it, and delete the checkpoints the retention policy lets go.
+    /// Save the checkpoint of `step`, point `latest` at it, and delete what the retention
+    /// policy (`checkpoint::run_dir::to_delete`) lets go.
     pub fn save_checkpoint(
         &self,
         step: u64,
         keep: usize,
-        write: impl Fn(&Path) -> Result<()>,
+        tensors: &[(String, Tensor)],
+        metadata: &BTreeMap<String, String>,
     ) -> Result<PathBuf> {
-        let path = self.root.join(checkpoint::file_name(step));
-        write(&path)?;
-        checkpoint::update_latest(&self.root, &path)?;
-        let steps = checkpoint::list_steps(&self.root)?;
-        for old in checkpoint::to_delete(&steps, keep) {
-            let p = self.root.join(checkpoint::file_name(old));
-            fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-        }
-        Ok(path)
+        run_dir::save_step(&self.root, step, tensors, metadata, keep)
     }
 
     /// metrics.csv opened for appending; rows after `resume_step` (written after the checkpoint

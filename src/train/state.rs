@@ -8,13 +8,13 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Checkpoint, META_CONFIG, META_SEED};
 use crate::config::Config;
 use crate::ema::Ema;
 use crate::error::{Error, Result};
 use crate::model;
 use crate::nn::UNet;
-use crate::optim::AdamW;
+use crate::optim::{named_vars, AdamW};
 
 /// Prefix of the raw weights in a checkpoint.
 pub const MODEL_PREFIX: &str = "model.";
@@ -39,8 +39,8 @@ impl TrainState {
     /// A fresh run: weights initialised from the seed, zero moments, EMA = weights.
     pub fn fresh(cfg: &Config, device: &Device) -> Result<Self> {
         let (varmap, unet) = model::fresh(cfg, device)?;
-        let vars = sorted_vars(&varmap);
-        let optimizer = AdamW::new(vars.clone(), cfg.optim.clone())?;
+        let vars = named_vars(&varmap)?;
+        let optimizer = AdamW::new(&vars, cfg.optim.clone())?;
         let ema = Ema::new(&vars, cfg.ema.clone())?;
         Ok(TrainState {
             device: device.clone(),
@@ -66,7 +66,7 @@ impl TrainState {
             .ema
             .load_state(&ckpt.tensors)
             .map_err(|e| Error::checkpoint(path, e.to_string()))?;
-        state.step = stored_step(ckpt, path)?;
+        state.step = ckpt.step()?;
         Ok(state)
     }
 
@@ -90,47 +90,32 @@ impl TrainState {
         self.ema.weights().iter().cloned().collect()
     }
 
-    /// Write the whole state to `path` atomically.
-    pub fn save(&self, cfg: &Config, path: &Path) -> Result<()> {
-        let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        for (name, var) in &self.vars {
-            tensors.push((format!("{MODEL_PREFIX}{name}"), var.as_tensor().clone()));
-        }
+    /// The checkpoint contents of the state: tensors (`model.*`, `ema.*`, `optim.*`) and
+    /// metadata (seed, parameter count and the full config; the step is added on saving).
+    pub fn checkpoint_contents(
+        &self,
+        cfg: &Config,
+    ) -> Result<(Vec<(String, Tensor)>, BTreeMap<String, String>)> {
+        let mut tensors: Vec<(String, Tensor)> = self
+            .vars
+            .iter()
+            .map(|(name, var)| (format!("{MODEL_PREFIX}{name}"), var.as_tensor().clone()))
+            .collect();
         tensors.extend(self.ema.state());
-        tensors.extend(self.optimizer.state());
-        let mut metadata = BTreeMap::new();
-        metadata.insert("step".to_string(), self.step.to_string());
-        metadata.insert("seed".to_string(), cfg.train.seed.to_string());
-        metadata.insert("config".to_string(), cfg.to_toml()?);
-        metadata.insert(
-            "parameters".to_string(),
-            self.vars
-                .iter()
-                .map(|(_, v)| v.elem_count())
-                .sum::<usize>()
-                .to_string(),
-        );
-        checkpoint::save(path, &tensors, &metadata)
+        tensors.extend(self.optimizer.state()?);
+        let parameters: usize = self.vars.iter().map(|(_, v)| v.elem_count()).sum();
+        let metadata = BTreeMap::from([
+            (META_SEED.to_string(), cfg.train.seed.to_string()),
+            (META_CONFIG.to_string(), cfg.to_toml()?),
+            ("parameters".to_string(), parameters.to_string()),
+        ]);
+        Ok((tensors, metadata))
     }
-}
-
-/// The step a checkpoint was written at.
-pub fn stored_step(ckpt: &Checkpoint, path: &Path) -> Result<u64> {
-    let raw = ckpt
-        .metadata
-        .get("step")
-        .ok_or_else(|| Error::checkpoint(path, "no `step` in its metadata"))?;
-    raw.parse()
-        .map_err(|_| Error::checkpoint(path, format!("`step` = {raw:?} is not a number")))
 }
 
 /// The config a checkpoint was trained with.
 pub fn stored_config(ckpt: &Checkpoint, path: &Path) -> Result<Config> {
-    let text = ckpt
-        .metadata
-        .get("config")
-        .ok_or_else(|| Error::checkpoint(path, "no `config` in its metadata"))?;
-    Config::from_toml(text, &format!("{} (stored config)", path.display()))
+    Config::from_toml(ckpt.config()?, &format!("{} (stored config)", path.display()))
 }
 
 /// The weights under `prefix` (`model.` or `ema.`) with the prefix removed.
@@ -139,11 +124,4 @@ pub fn weights_with_prefix(ckpt: &Checkpoint, prefix: &str) -> HashMap<String, T
         .iter()
         .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
         .collect()
-}
-
-fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
-    let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
-    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
 }

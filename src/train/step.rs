@@ -3,7 +3,7 @@
 //! micro-batches), clip, update AdamW and the EMA. Everything random is keyed by the step number,
 //! so a run resumed at step s does exactly what an uninterrupted run does at step s.
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 
 use crate::config::Config;
 use crate::data::Batch;
@@ -11,7 +11,7 @@ use crate::diffusion::q_sample;
 use crate::error::{Error, Result};
 use crate::loss::training_losses;
 use crate::nn::UNet;
-use crate::optim::{clip_grad_norm, lr_at, GradAccumulator};
+use crate::optim::lr_at;
 use crate::rng::{Purpose, Stream};
 use crate::schedule::Schedule;
 
@@ -55,8 +55,7 @@ pub fn train_step(
     let step = state.step;
     let device = state.device.clone();
     let mut streams = StepStreams::new(cfg.train.seed, step);
-    let vars: Vec<Var> = state.vars.iter().map(|(_, v)| v.clone()).collect();
-    let mut acc = GradAccumulator::new(&vars);
+    let mut acc = state.optimizer.accumulator();
     let mut loss_sum = 0f32;
     let compute_dtype = cfg.train.precision.dtype();
     let net = state.compute_unet(cfg, compute_dtype)?;
@@ -89,11 +88,10 @@ pub fn train_step(
         loss_sum += loss;
         acc.add(&terms.loss.backward()?)?;
     }
-    let mut grads = acc.mean()?;
-    let grad_norm = match cfg.optim.grad_clip {
-        Some(max) => clip_grad_norm(&mut grads, &vars, max)?,
-        None => clip_grad_norm(&mut grads, &vars, f64::INFINITY)?,
-    };
+    let mut grads = acc.finish()?;
+    // Without clipping the norm is still measured (for metrics.csv); f64::MAX never clips.
+    let max_norm = cfg.optim.grad_clip.unwrap_or(f64::MAX);
+    let grad_norm = state.optimizer.clip_grad_norm(&mut grads, max_norm)?;
     if !grad_norm.is_finite() {
         return Err(Error::NonFinite {
             step: step + 1,
@@ -103,7 +101,7 @@ pub fn train_step(
     let lr = lr_at(&cfg.optim, step);
     state.optimizer.step(&grads, lr)?;
     state.step += 1;
-    state.ema.update(&state.vars, state.step)?;
+    state.ema.update(state.step)?;
     Ok(StepStats {
         loss: loss_sum / micro_batches.len() as f32,
         grad_norm,

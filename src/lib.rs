@@ -6,6 +6,7 @@
 //! training loop with its optimizer, EMA and checkpoints. The library never prints: long work
 //! reports through callbacks.
 
+pub mod data;
 pub mod denoiser;
 pub mod diffusion;
 pub mod error;

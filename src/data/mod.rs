@@ -6,6 +6,8 @@
 pub mod config;
 pub mod digits;
 pub mod folder;
+pub mod loader;
+pub mod order;
 pub mod transform;
 
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 pub use config::{DataConfig, DatasetKind, ImageSize};
 pub use digits::Digits;
 pub use folder::ImageFolder;
+pub use loader::{Batch, Loader, LoaderOptions};
 
 use crate::error::Result;
 

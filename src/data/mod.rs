@@ -6,6 +6,7 @@
 pub mod config;
 pub mod digits;
 pub mod folder;
+pub mod images;
 pub mod loader;
 pub mod order;
 pub mod transform;

@@ -7,6 +7,7 @@
 //! reports through callbacks.
 
 pub mod checkpoint;
+pub mod data;
 pub mod denoiser;
 pub mod diffusion;
 pub mod ema;

@@ -7,6 +7,7 @@
 //! reports through callbacks.
 
 pub mod denoiser;
+pub mod device;
 pub mod diffusion;
 pub mod error;
 pub mod oracle;

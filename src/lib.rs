@@ -11,6 +11,7 @@ pub mod device;
 pub mod diffusion;
 pub mod error;
 pub mod oracle;
+pub mod precision;
 pub mod rng;
 pub mod schedule;
 

@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod denoiser;
+pub mod device;
 pub mod diffusion;
 pub mod ema;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod loss;
 pub mod nn;
 pub mod optim;
 pub mod oracle;
+pub mod precision;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;

@@ -250,8 +250,8 @@ impl SampleConfig {
 impl Config {
     /// Parse TOML text; `origin` (a path or "checkpoint") prefixes every error.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
         Ok(cfg)
     }
 
@@ -291,7 +291,8 @@ impl Config {
 
     /// The config as TOML text (what the run directory and checkpoints store).
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string(self).map_err(|e| Error::Config(format!("cannot serialise the config: {e}")))
+        toml::to_string(self)
+            .map_err(|e| Error::Config(format!("cannot serialise the config: {e}")))
     }
 
     /// Network output channels: C, or 2C with a learned variance.
@@ -308,7 +309,9 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        })
         .collect();
     lines.join(" ").replace(" ,", ",")
 }
@@ -323,7 +326,9 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     })?;
     let path: Vec<&str> = key.trim().split('.').collect();
     if path.iter().any(|p| p.is_empty()) {
-        return Err(Error::Config(format!("--set {assignment}: empty key segment")));
+        return Err(Error::Config(format!(
+            "--set {assignment}: empty key segment"
+        )));
     }
     let value = parse_value(raw.trim());
     let (last, parents) = path.split_last().expect("split on a non-empty key");
@@ -332,9 +337,9 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
         let entry = node
             .entry(p.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        node = entry.as_table_mut().ok_or_else(|| {
-            Error::Config(format!("--set {assignment}: `{p}` is not a section"))
-        })?;
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::Config(format!("--set {assignment}: `{p}` is not a section")))?;
     }
     node.insert(last.to_string(), value);
     Ok(())
@@ -352,10 +357,15 @@ fn parse_value(raw: &str) -> toml::Value {
 mod tests {
     use super::*;
 
+    /// Load `text` after a `[data]` section the default (CIFAR-10) model fits: 32x32 RGB.
     fn load_str(text: &str, overrides: &[&str]) -> Result<Config> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(
+            &path,
+            format!("[data]\nimage_size = 32\nchannels = 3\n{text}"),
+        )
+        .unwrap();
         let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
         Config::load(&path, &o)
     }
@@ -371,9 +381,13 @@ mod tests {
 
     #[test]
     fn unknown_and_mistyped_keys_are_named() {
-        let e = load_str("[train]\nstepz = 3\n", &[]).unwrap_err().to_string();
+        let e = load_str("[train]\nstepz = 3\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stepz") && e.contains("c.toml"), "{e}");
-        let e = load_str("[train]\nsteps = \"many\"\n", &[]).unwrap_err().to_string();
+        let e = load_str("[train]\nsteps = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("steps") || e.contains("many"), "{e}");
         let e = load_str("[trian]\n", &[]).unwrap_err().to_string();
         assert!(e.contains("trian"), "{e}");
@@ -404,6 +418,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("diffusion.prediction"), "{e}");
-        assert!(load_str("[diffusion]\nzero_terminal_snr = true\nprediction = \"v\"\n", &[]).is_ok());
+        assert!(load_str(
+            "[diffusion]\nzero_terminal_snr = true\nprediction = \"v\"\n",
+            &[]
+        )
+        .is_ok());
     }
 }

@@ -39,7 +39,10 @@ impl Generator {
         };
         let weights = train::weights_with_prefix(&ckpt, prefix);
         if weights.is_empty() {
-            return Err(Error::checkpoint(path, format!("holds no `{prefix}*` weights")));
+            return Err(Error::checkpoint(
+                path,
+                format!("holds no `{prefix}*` weights"),
+            ));
         }
         let unet = model::from_tensors(&config, weights, dtype, device)
             .map_err(|e| Error::checkpoint(path, e.to_string()))?;
@@ -68,7 +71,9 @@ struct CastDenoiser<'a> {
 
 impl Denoiser for CastDenoiser<'_> {
     fn forward(&self, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
-        let out = self.unet.forward(&x_t.to_dtype(self.dtype)?, t, None, None)?;
+        let out = self
+            .unet
+            .forward(&x_t.to_dtype(self.dtype)?, t, None, None)?;
         Ok(out.to_dtype(DType::F32)?)
     }
 }
@@ -91,7 +96,9 @@ pub fn generate(
     progress: Progress,
 ) -> Result<Tensor> {
     if n == 0 || batch_size == 0 {
-        return Err(Error::Invalid("the number of images and the batch size must be at least 1".into()));
+        return Err(Error::Invalid(
+            "the number of images and the batch size must be at least 1".into(),
+        ));
     }
     let model = CastDenoiser { unet, dtype };
     let (h, w) = model::image_hw(cfg);
@@ -154,6 +161,6 @@ pub fn training_grid(
         &state.device,
         &mut |_, _, _, _| Ok(()),
     )?;
-    let grid = images::grid(&images::to_images(&x)?, None, 1)?;
+    let grid = images::grid(&images::to_images(&x)?, None)?;
     images::save_png(&grid, path)
 }

@@ -24,7 +24,10 @@ fn train_then_sample_to_a_folder_a_grid_and_stdout() {
     let rows: Vec<&str> = metrics.lines().collect();
     assert_eq!(rows[0], "step,loss,lr,grad_norm,images_per_sec,elapsed_s");
     // log_every = 5: rows at 5, 10 and the final 12.
-    let steps: Vec<&str> = rows[1..].iter().map(|r| r.split(',').next().unwrap()).collect();
+    let steps: Vec<&str> = rows[1..]
+        .iter()
+        .map(|r| r.split(',').next().unwrap())
+        .collect();
     assert_eq!(steps, ["5", "10", "12"]);
 
     let ckpt = run_dir.join("latest.safetensors");
@@ -32,10 +35,27 @@ fn train_then_sample_to_a_folder_a_grid_and_stdout() {
     // A folder of PNGs of the right size and channels; stdout lists them.
     let (out, _) = run(
         dir,
-        &["sample", "--checkpoint", ckpt, "-n", "5", "--batch-size", "2", "--out-dir", "imgs", "--device", "cpu", "--quiet"],
+        &[
+            "sample",
+            "--checkpoint",
+            ckpt,
+            "-n",
+            "5",
+            "--batch-size",
+            "2",
+            "--out-dir",
+            "imgs",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
         0,
     );
-    let listed: Vec<String> = String::from_utf8(out).unwrap().lines().map(String::from).collect();
+    let listed: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     assert_eq!(listed.len(), 5);
     for p in &listed {
         let img = image::open(dir.join(p)).unwrap();
@@ -45,7 +65,20 @@ fn train_then_sample_to_a_folder_a_grid_and_stdout() {
     // --out - gives one valid PNG (a grid of the 4 images, upscaled) and nothing else.
     let (png, _) = run(
         dir,
-        &["sample", "--checkpoint", ckpt, "-n", "4", "--out", "-", "--scale", "2", "--quiet", "--device", "cpu"],
+        &[
+            "sample",
+            "--checkpoint",
+            ckpt,
+            "-n",
+            "4",
+            "--out",
+            "-",
+            "--scale",
+            "2",
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
         0,
     );
     let grid = read_png(&png);
@@ -53,13 +86,29 @@ fn train_then_sample_to_a_folder_a_grid_and_stdout() {
     // --format npy on stdout: a valid .npy of shape (3, 1, 8, 8) float32 in [-1, 1].
     let (npy, _) = run(
         dir,
-        &["sample", "--checkpoint", ckpt, "-n", "3", "--format", "npy", "--out", "-", "--quiet", "--device", "cpu"],
+        &[
+            "sample",
+            "--checkpoint",
+            ckpt,
+            "-n",
+            "3",
+            "--format",
+            "npy",
+            "--out",
+            "-",
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
         0,
     );
     assert_eq!(&npy[..6], b"\x93NUMPY");
     let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
     let header = std::str::from_utf8(&npy[10..10 + header_len]).unwrap();
-    assert!(header.contains("'descr': '<f4'") && header.contains("(3, 1, 8, 8)"), "{header}");
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("(3, 1, 8, 8)"),
+        "{header}"
+    );
     let data = &npy[10 + header_len..];
     assert_eq!(data.len(), 3 * 64 * 4);
     for c in data.chunks_exact(4) {
@@ -76,7 +125,20 @@ fn sample_i_does_not_depend_on_batch_size_or_split() {
     let ckpt = run_dir.join("latest.safetensors");
     let ckpt = ckpt.to_str().unwrap();
     let npy = |extra: &[&str]| {
-        let mut a = vec!["sample", "--checkpoint", ckpt, "--format", "npy", "--out", "-", "--quiet", "--device", "cpu", "--seed", "9"];
+        let mut a = vec![
+            "sample",
+            "--checkpoint",
+            ckpt,
+            "--format",
+            "npy",
+            "--out",
+            "-",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--seed",
+            "9",
+        ];
         a.extend_from_slice(extra);
         run(dir, &a, 0).0
     };
@@ -119,7 +181,11 @@ fn resuming_is_bit_identical_to_training_straight_through() {
     }
     // The resumed run's metrics read as one run.
     let m = std::fs::read_to_string(split.join("metrics.csv")).unwrap();
-    let steps: Vec<&str> = m.lines().skip(1).map(|r| r.split(',').next().unwrap()).collect();
+    let steps: Vec<&str> = m
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').next().unwrap())
+        .collect();
     assert_eq!(steps, ["5", "7", "10", "14"]);
 }
 
@@ -132,8 +198,22 @@ fn sigint_saves_a_loadable_checkpoint_and_exits_130() {
     let bin = assert_cmd::cargo::cargo_bin("ddpm");
     let mut child = std::process::Command::new(bin)
         .current_dir(dir)
-        .args(["train", "--config", tiny.to_str().unwrap(), "--out", run_dir.to_str().unwrap()])
-        .args(["--device", "cpu", "--max-steps", "1000000", "--set", "train.log_every=1", "--quiet"])
+        .args([
+            "train",
+            "--config",
+            tiny.to_str().unwrap(),
+            "--out",
+            run_dir.to_str().unwrap(),
+        ])
+        .args([
+            "--device",
+            "cpu",
+            "--max-steps",
+            "1000000",
+            "--set",
+            "train.log_every=1",
+            "--quiet",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -8,7 +8,6 @@ mod schedule;
 mod train;
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -62,4 +61,3 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => schedule::info(a),
     }
 }
-

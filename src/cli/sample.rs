@@ -102,7 +102,12 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if args.scale == 0 {
         anyhow::bail!("--scale must be at least 1");
     }
-    let gen = Generator::load(&args.checkpoint, !args.no_ema, args.precision.dtype(), &device)?;
+    let gen = Generator::load(
+        &args.checkpoint,
+        !args.no_ema,
+        args.precision.dtype(),
+        &device,
+    )?;
     let cfg = &gen.config;
     let sampler = if args.ddim {
         SamplerKind::Ddim
@@ -138,7 +143,9 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         &mut |done, n, step, steps| {
             let pos = (done.div_ceil(batch) * steps + step) as u64;
             progress.update(pos, || format!("image {}/{n}", (done + 1).min(n)));
-            progress.line(false, || format!("sampling: batch from image {done} of {n}, step {step}/{steps}"));
+            progress.line(false, || {
+                format!("sampling: batch from image {done} of {n}, step {step}/{steps}")
+            });
             Ok(())
         },
     )?;
@@ -157,7 +164,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
                 let img = if imgs.len() == 1 {
                     images::upscale(&imgs[0], args.scale)
                 } else {
-                    images::grid(&imgs, None, args.scale)?
+                    images::upscale(&images::grid(&imgs, None)?, args.scale)
                 };
                 images::encode_png(&img)?
             }
@@ -167,20 +174,19 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     match (&args.out, &args.out_dir) {
         (Some(p), _) if p.as_os_str() == "-" => stdout_bytes(&one_file(&x)?)?,
         (Some(p), _) => {
-            ddpm::checkpoint::write_atomic(p, &one_file(&x)?)?;
+            ddpm::atomic::write(p, &one_file(&x)?)?;
             written.push(p.clone());
         }
         (None, dir) => {
             let dir = dir.clone().unwrap_or_else(|| PathBuf::from("samples"));
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| ddpm::Error::io(&dir, e))?;
+            std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
             if format == Format::Npy {
                 let p = dir.join("samples.npy");
-                ddpm::checkpoint::write_atomic(&p, &images::encode_npy(&x)?)?;
+                ddpm::atomic::write(&p, &images::encode_npy(&x)?)?;
                 written.push(p);
             } else if args.grid {
                 let p = dir.join("grid.png");
-                ddpm::checkpoint::write_atomic(&p, &one_file(&x)?)?;
+                ddpm::atomic::write(&p, &one_file(&x)?)?;
                 written.push(p);
             } else {
                 for (i, img) in images::to_images(&x)?.iter().enumerate() {

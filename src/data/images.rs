@@ -114,31 +114,12 @@ pub fn encode_png(img: &DynamicImage) -> Result<Vec<u8>> {
     Ok(bytes.into_inner())
 }
 
-/// Write `bytes` to `path` atomically: a temporary file in the same folder, then a rename,
-/// so a reader never sees half a file. Missing parent folders are created.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{} is not a file path", path.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = parent.join(tmp_name);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
-
 /// Save `img` as PNG at `path`, atomically.
 pub fn save_png(img: &DynamicImage, path: &Path) -> Result<()> {
-    write_atomic(path, &encode_png(img)?)
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    crate::atomic::write(path, &encode_png(img)?)
 }
 
 /// NumPy .npy v1.0 bytes: magic, header dict `{'descr': '<f4', 'fortran_order': False,

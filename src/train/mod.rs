@@ -19,7 +19,7 @@ pub use step::{train_step, StepStats};
 
 use crate::checkpoint;
 use crate::config::Config;
-use crate::data::{self, Loader};
+use crate::data::{self, Loader, LoaderOptions};
 use crate::error::{Error, Result};
 use crate::generate;
 
@@ -105,11 +105,12 @@ pub fn train(
     let accum = cfg.train.grad_accum as u64;
     let mut loader = Loader::new(
         dataset,
-        cfg.train.micro_batch(),
-        cfg.train.seed,
-        cfg.data.random_flip,
-        state.step * accum,
-        &cfg.data,
+        LoaderOptions::from_config(
+            &cfg.data,
+            cfg.train.micro_batch(),
+            cfg.train.seed,
+            state.step * accum,
+        ),
     )?;
     on_event(Event::Started {
         step: state.step,
@@ -134,9 +135,13 @@ pub fn train(
             return Err(Error::Interrupted { step: state.step });
         }
         let batches = (0..accum)
-            .map(|_| loader.next_batch())
+            .map(|_| {
+                loader
+                    .next()
+                    .unwrap_or_else(|| Err(Error::Data("the data loader stopped".into())))
+            })
             .collect::<Result<Vec<_>>>()?;
-        last = train_step(cfg, &schedule, &mut state, &batches)?;
+        last = train_step(cfg, &schedule, &mut state, batches)?;
         let step = state.step;
         if steady_start.is_none() {
             steady_start = Some((Instant::now(), step));
@@ -149,7 +154,14 @@ pub fn train(
             images_per_sec: ips,
         })?;
         if step % cfg.train.log_every == 0 || step == total {
-            metrics.row(step, last.loss, last.lr, last.grad_norm, ips, start.elapsed().as_secs_f64())?;
+            metrics.row(
+                step,
+                last.loss,
+                last.lr,
+                last.grad_norm,
+                ips,
+                start.elapsed().as_secs_f64(),
+            )?;
             on_event(Event::Logged {
                 step,
                 stats: last,
@@ -206,8 +218,14 @@ fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainStat
         ("optim", stored.optim == cfg.optim),
         ("ema", stored.ema == cfg.ema),
         ("train.seed", stored.train.seed == cfg.train.seed),
-        ("train.batch_size", stored.train.batch_size == cfg.train.batch_size),
-        ("train.grad_accum", stored.train.grad_accum == cfg.train.grad_accum),
+        (
+            "train.batch_size",
+            stored.train.batch_size == cfg.train.batch_size,
+        ),
+        (
+            "train.grad_accum",
+            stored.train.grad_accum == cfg.train.grad_accum,
+        ),
     ];
     if let Some((section, _)) = same.iter().find(|(_, eq)| !eq) {
         return Err(Error::Config(format!(

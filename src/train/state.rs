@@ -21,6 +21,9 @@ pub const MODEL_PREFIX: &str = "model.";
 /// Prefix of the EMA weights in a checkpoint.
 pub const EMA_PREFIX: &str = "ema.";
 
+/// Named tensors and metadata strings, as a checkpoint file holds them.
+pub type CheckpointContents = (Vec<(String, Tensor)>, BTreeMap<String, String>);
+
 /// The mutable state of a run.
 pub struct TrainState {
     pub device: Device,
@@ -92,10 +95,7 @@ impl TrainState {
 
     /// The checkpoint contents of the state: tensors (`model.*`, `ema.*`, `optim.*`) and
     /// metadata (seed, parameter count and the full config; the step is added on saving).
-    pub fn checkpoint_contents(
-        &self,
-        cfg: &Config,
-    ) -> Result<(Vec<(String, Tensor)>, BTreeMap<String, String>)> {
+    pub fn checkpoint_contents(&self, cfg: &Config) -> Result<CheckpointContents> {
         let mut tensors: Vec<(String, Tensor)> = self
             .vars
             .iter()
@@ -115,7 +115,10 @@ impl TrainState {
 
 /// The config a checkpoint was trained with.
 pub fn stored_config(ckpt: &Checkpoint, path: &Path) -> Result<Config> {
-    Config::from_toml(ckpt.config()?, &format!("{} (stored config)", path.display()))
+    Config::from_toml(
+        ckpt.config()?,
+        &format!("{} (stored config)", path.display()),
+    )
 }
 
 /// The weights under `prefix` (`model.` or `ema.`) with the prefix removed.

@@ -50,7 +50,7 @@ pub fn train_step(
     cfg: &Config,
     schedule: &Schedule,
     state: &mut TrainState,
-    micro_batches: &[Batch],
+    micro_batches: Vec<Batch>,
 ) -> Result<StepStats> {
     let step = state.step;
     let device = state.device.clone();
@@ -59,15 +59,25 @@ pub fn train_step(
     let mut loss_sum = 0f32;
     let compute_dtype = cfg.train.precision.dtype();
     let net = state.compute_unet(cfg, compute_dtype)?;
+    let count = micro_batches.len();
     for batch in micro_batches {
-        let x0 = batch.to_tensor(&device)?;
+        let labels = batch.labels.clone();
+        let (x0, _) = batch.into_tensors(&device)?;
         let b = x0.dim(0)?;
         let t: Vec<usize> = (0..b)
             .map(|_| streams.timesteps.below(schedule.len()))
             .collect();
         let eps = streams.noise.randn(x0.shape(), &device)?;
         let x_t = q_sample(schedule, &x0, &t, &eps)?;
-        let out = forward(&net, &x_t, &t, batch, &mut streams.dropout, cfg, compute_dtype)?;
+        let out = forward(
+            &net,
+            &x_t,
+            &t,
+            labels.as_deref(),
+            &mut streams.dropout,
+            cfg,
+            compute_dtype,
+        )?;
         let terms = training_losses(
             schedule,
             cfg.diffusion.parameterization(),
@@ -103,7 +113,7 @@ pub fn train_step(
     state.step += 1;
     state.ema.update(state.step)?;
     Ok(StepStats {
-        loss: loss_sum / micro_batches.len() as f32,
+        loss: loss_sum / count as f32,
         grad_norm,
         lr,
     })
@@ -114,12 +124,11 @@ fn forward(
     net: &UNet,
     x_t: &Tensor,
     t: &[usize],
-    batch: &Batch,
+    labels: Option<&[u32]>,
     dropout: &mut Stream,
     cfg: &Config,
     dtype: DType,
 ) -> Result<Tensor> {
-    let labels = batch.labels.as_deref();
     let rate = cfg.model.dropout;
     let stream = if rate > 0.0 { Some(dropout) } else { None };
     let out = net.forward(&x_t.to_dtype(dtype)?, t, labels, stream)?;

@@ -1,9 +1,10 @@
 //! Sampling: one loop that walks a respaced schedule from x_T down to x0, calling the model and a
 //! per-sampler `Stepper` at each step, and reporting every step through a callback. It owns the
 //! samplers and their options: ancestral DDPM (`ddpm`), DDIM (`ddim`), predictor-corrector
-//! (`pc`), the probability-flow ODE solvers DPM-Solver++ 2M (`dpm_solver`) and Heun (`heun`).
-//! It does not own the model (any `Denoiser`), the schedule maths (`schedule`, `diffusion`) or
-//! randomness (`rng`).
+//! (`pc`), the probability-flow ODE solvers DPM-Solver++ 2M (`dpm_solver`) and Heun (`heun`);
+//! and the ways to start or steer the loop: SDEdit (`edit`), inpainting (`inpaint`), DDIM
+//! inversion and latent interpolation (`latent`). It does not own the model (any `Denoiser`),
+//! the schedule maths (`schedule`, `diffusion`) or randomness (`rng`).
 //!
 //! How samplers fit without touching the loop: a `Stepper` gets the model through a `Context`
 //! and holds its own state, so a multistep solver keeps the previous x0 in `self`, a corrector or
@@ -13,7 +14,10 @@
 mod ddim;
 mod ddpm;
 mod dpm_solver;
+mod edit;
 mod heun;
+mod inpaint;
+mod latent;
 mod pc;
 
 use std::fmt;
@@ -25,7 +29,10 @@ use serde::{Deserialize, Serialize};
 pub use ddim::Ddim;
 pub use ddpm::Ancestral;
 pub use dpm_solver::DpmSolver2M;
+pub use edit::sample_from;
 pub use heun::Heun;
+pub use inpaint::{inpaint, Inpaint, Inpainting};
+pub use latent::{ddim_invert, sample_from_latent, slerp, InvertOptions};
 pub use pc::{Langevin, PredictorCorrector};
 
 use crate::denoiser::Denoiser;
@@ -340,6 +347,12 @@ pub fn denoise(
     Ok(x)
 }
 
+#[cfg(test)]
+mod edit_tests;
+#[cfg(test)]
+mod inpaint_tests;
+#[cfg(test)]
+mod latent_tests;
 #[cfg(test)]
 mod ode_tests;
 #[cfg(test)]

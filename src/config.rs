@@ -190,7 +190,7 @@ impl TrainConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct SampleConfig {
     pub sampler: SamplerKind,
-    /// Sampling steps; absent = all T for ddpm, 50 for ddim.
+    /// Sampling steps; absent = all T for ddpm and pc, 50 for ddim, 20 for dpm++2m and heun.
     pub steps: Option<usize>,
     /// DDIM's eta (0 = deterministic).
     pub eta: f64,
@@ -201,6 +201,10 @@ pub struct SampleConfig {
     pub batch_size: usize,
     /// Sample with the EMA weights (false: the raw weights).
     pub use_ema: bool,
+    /// Langevin corrector steps after each predictor step (sampler "pc").
+    pub corrector_steps: usize,
+    /// Target signal-to-noise ratio that sets the corrector's step size (sampler "pc").
+    pub snr: f64,
 }
 
 impl Default for SampleConfig {
@@ -213,6 +217,8 @@ impl Default for SampleConfig {
             clip_x0: true,
             batch_size: 64,
             use_ema: true,
+            corrector_steps: 1,
+            snr: 0.16,
         }
     }
 }
@@ -221,8 +227,9 @@ impl SampleConfig {
     /// The number of steps for `sampler` over a T-step schedule.
     pub fn steps_for(&self, sampler: SamplerKind, timesteps: usize) -> usize {
         self.steps.unwrap_or(match sampler {
+            SamplerKind::Ddpm | SamplerKind::Pc => timesteps,
             SamplerKind::Ddim => 50.min(timesteps),
-            _ => timesteps,
+            SamplerKind::DpmSolver2M | SamplerKind::Heun => 20.min(timesteps),
         })
     }
 
@@ -242,6 +249,12 @@ impl SampleConfig {
         }
         if self.batch_size == 0 {
             return Err(Error::Config("sample.batch_size must be at least 1".into()));
+        }
+        if !(self.snr.is_finite() && self.snr > 0.0) {
+            return Err(Error::Config(format!(
+                "sample.snr = {} must be a positive number",
+                self.snr
+            )));
         }
         Ok(())
     }

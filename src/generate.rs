@@ -136,6 +136,8 @@ pub fn sample_options(cfg: &Config, sampler: SamplerKind, seed: u64) -> SampleOp
         clip_x0: s.clip_x0,
         seed,
         first_index: 0,
+        corrector_steps: s.corrector_steps,
+        snr: s.snr,
     }
 }
 

@@ -52,12 +52,19 @@ pub struct SampleArgs {
     /// Use DDIM (same as --sampler ddim).
     #[arg(long, conflicts_with = "sampler")]
     pub ddim: bool,
-    /// ddpm (ancestral) or ddim [default: sample.sampler].
+    /// ddpm (ancestral), ddim, pc (ancestral + Langevin corrector), dpm++2m or heun (ODE)
+    /// [default: sample.sampler].
     #[arg(long)]
     pub sampler: Option<SamplerKind>,
     /// DDIM's eta: 0 deterministic, 1 ancestral-like [default: sample.eta].
     #[arg(long)]
     pub eta: Option<f64>,
+    /// Langevin corrector steps per step, for --sampler pc [default: sample.corrector_steps].
+    #[arg(long)]
+    pub corrector_steps: Option<usize>,
+    /// Corrector target signal-to-noise ratio, for --sampler pc [default: sample.snr].
+    #[arg(long)]
+    pub snr: Option<f64>,
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -120,6 +127,12 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     }
     if let Some(eta) = args.eta {
         opts.eta = eta;
+    }
+    if let Some(n) = args.corrector_steps {
+        opts.corrector_steps = n;
+    }
+    if let Some(r) = args.snr {
+        opts.snr = r;
     }
     opts.first_index = args.first_index;
     opts.validate(gen.schedule.len())?;

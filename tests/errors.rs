@@ -206,3 +206,51 @@ fn schedule_prints_csv() {
     // Trailing spacing of 5 of 100 steps: 19, 39, 59, 79, 99.
     assert_eq!(ts, ["19", "39", "59", "79", "99"]);
 }
+
+#[test]
+fn a_diverging_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let tiny = config("tiny.toml");
+    // A learning rate of 1e30 blows the weights up after the first real update.
+    let (_, e) = run(
+        dir,
+        &[
+            "train",
+            "--config",
+            tiny.to_str().unwrap(),
+            "--out",
+            "run",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--set",
+            "optim.lr=1e30",
+            "--set",
+            "optim.warmup_steps=0",
+            "--set",
+            "train.checkpoint_every=1",
+        ],
+        1,
+    );
+    assert!(e.contains("at step"), "{e}");
+    let failed: u64 = e
+        .split("at step ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no step number in {e}"));
+    let (info, _) = run(dir, &["info", "run/latest.safetensors"], 0);
+    let info = String::from_utf8(info).unwrap();
+    let saved: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("# step: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        saved,
+        failed - 1,
+        "the last good checkpoint is the step before the failure"
+    );
+}

@@ -91,8 +91,9 @@ pub fn train_step(
         let loss = terms.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !loss.is_finite() {
             return Err(Error::NonFinite {
+                what: "the loss",
                 step: step + 1,
-                value: loss,
+                value: loss as f64,
             });
         }
         loss_sum += loss;
@@ -104,8 +105,9 @@ pub fn train_step(
     let grad_norm = state.optimizer.clip_grad_norm(&mut grads, max_norm)?;
     if !grad_norm.is_finite() {
         return Err(Error::NonFinite {
+            what: "the gradient norm",
             step: step + 1,
-            value: grad_norm as f32,
+            value: grad_norm,
         });
     }
     let lr = lr_at(&cfg.optim, step);

@@ -80,12 +80,12 @@ fn auto() -> (Device, Option<String>) {
 
 #[cfg(feature = "cuda")]
 fn auto() -> (Device, Option<String>) {
-    match open_cuda(0) {
+    match try_cuda(0) {
         Ok(device) => (device, None),
-        Err(e) => {
-            let notice = format!("no CUDA device available ({e}); using the CPU");
-            (Device::Cpu, Some(one_line(&notice)))
-        }
+        Err((why, _)) => (
+            Device::Cpu,
+            Some(format!("no CUDA device available ({why}); using the CPU")),
+        ),
     }
 }
 
@@ -99,35 +99,44 @@ fn open_cuda(ordinal: usize) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn open_cuda(ordinal: usize) -> Result<Device> {
+    try_cuda(ordinal)
+        .map_err(|(why, fix)| Error::Invalid(format!("--device cuda:{ordinal}: {why}; {fix}")))
+}
+
+/// CUDA device `ordinal`, or why it cannot be opened and what to do, each one line.
+#[cfg(feature = "cuda")]
+fn try_cuda(ordinal: usize) -> std::result::Result<Device, (String, String)> {
     use candle_core::cuda::cudarc::driver::CudaContext;
 
-    // Ask for the count first: it distinguishes "no driver" from "no such device", and a
-    // failing driver call returns an error here instead of deep inside candle.
+    let without_gpu = || "use --device cpu (or auto) on a machine without a GPU".to_string();
+    // Ask for the count first: it tells "no driver" from "no such device", and a failing
+    // driver call is answered here rather than from deep inside candle.
     let count = CudaContext::device_count().map_err(|e| {
-        Error::Invalid(one_line(&format!(
-            "--device cuda:{ordinal}: the CUDA driver does not answer ({e}); \
-             is there an NVIDIA GPU and driver on this machine? Use --device cpu otherwise"
-        )))
+        let why = format!("CUDA driver error {:?}", e.0);
+        (why, without_gpu())
     })?;
     let count = usize::try_from(count).unwrap_or(0);
     if ordinal >= count {
-        return Err(Error::Invalid(format!(
-            "--device cuda:{ordinal}: this machine has {count} CUDA device(s); \
-             use cuda:0..cuda:{} or --device cpu",
-            count.saturating_sub(1)
-        )));
+        return Err(match count {
+            0 => ("this machine has no CUDA device".to_string(), without_gpu()),
+            1 => (
+                "this machine has one CUDA device".to_string(),
+                "use cuda:0".to_string(),
+            ),
+            n => (
+                format!("this machine has {n} CUDA devices"),
+                format!("use cuda:0 to cuda:{}", n - 1),
+            ),
+        });
     }
     Device::new_cuda(ordinal).map_err(|e| {
-        Error::Invalid(one_line(&format!(
-            "--device cuda:{ordinal}: cannot open the GPU ({e})"
-        )))
+        // Driver errors can span lines; notices and errors are printed as one.
+        let why = format!("cannot open it ({e})");
+        (
+            why.split_whitespace().collect::<Vec<_>>().join(" "),
+            without_gpu(),
+        )
     })
-}
-
-/// Driver errors can span lines; notices and errors are printed as one.
-#[cfg(feature = "cuda")]
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -163,6 +163,9 @@ pub fn training_grid(
         &state.device,
         &mut |_, _, _, _| Ok(()),
     )?;
+    // Tiny images (8x8 digits) are upscaled so each cell is at least 32 pixels on its short side.
+    let (h, w) = model::image_hw(cfg);
+    let scale = (32 / h.min(w).max(1)).max(1) as u32;
     let grid = images::grid(&images::to_images(&x)?, None)?;
-    images::save_png(&grid, path)
+    images::save_png(&images::upscale(&grid, scale), path)
 }

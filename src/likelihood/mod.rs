@@ -2,8 +2,10 @@
 //! bound (`vlb`, improved-diffusion's `calc_bpd_loop`) and the exact likelihood of the
 //! probability-flow ODE (`ode`). This module owns the loop over batches of a `Dataset`, the
 //! per-example statistics (means with standard errors) and the per-timestep table; the formulas
-//! of the bound live in `vlb`, the ODE in `ode`, the model behind any `Denoiser`.
+//! of the bound live in `vlb`, the ODE in `ode`, its divergence estimator in `divergence`, the
+//! model behind any `Denoiser`.
 
+mod divergence;
 mod ode;
 
 use std::fmt;
@@ -12,9 +14,10 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
+pub use divergence::Probe;
 pub use ode::{
-    ode_log_likelihood, ode_nll, ode_nodes, ode_noise, OdeLikelihood, OdeNll, OdeOptions, Probe,
-    HALF_BIN, ODE_STREAMS,
+    ode_log_likelihood, ode_nll, ode_nodes, ode_noise, OdeLikelihood, OdeNll, OdeOptions, HALF_BIN,
+    ODE_STREAMS,
 };
 
 use crate::data::Dataset;

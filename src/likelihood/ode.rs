@@ -27,16 +27,16 @@
 //! timestep (near t = 0 several round to one and the ODE takes fewer, larger steps).
 
 use std::f64::consts::{LN_2, PI};
-use std::fmt;
-use std::str::FromStr;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 
 use crate::denoiser::Denoiser;
-use crate::diffusion::{x0_and_eps, Parameterization};
+use crate::diffusion::Parameterization;
 use crate::error::{Error, Result};
 use crate::rng::{BatchNoise, Purpose};
 use crate::schedule::Schedule;
+
+use super::divergence::{eps_and_divergence, Probe, Probes};
 
 /// Half the width of a bin of 8-bit data in [-1, 1]: levels 2/255 apart, as in `vlb`'s decoder.
 pub const HALF_BIN: f64 = 1.0 / 255.0;
@@ -44,51 +44,6 @@ pub const HALF_BIN: f64 = 1.0 / 255.0;
 /// Eval streams of the ODE start here (one per example): the bound's noise uses indices from 0,
 /// one per example, so the two methods never share draws.
 pub const ODE_STREAMS: u64 = 1 << 40;
-
-/// How the divergence tr(d eps_hat / dx) is estimated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Probe {
-    /// Hutchinson with v uniform in {-1, 1}^D: E[v^T J v] = tr J, variance 2 sum_{i != j} J_ij^2
-    /// (for symmetric J), never more than the Gaussian's.
-    #[default]
-    Rademacher,
-    /// Hutchinson with v ~ N(0, I): variance 2 ||J||_F^2 for symmetric J.
-    Gaussian,
-    /// The exact trace: D backward passes with the basis vectors (small D only, e.g. tests).
-    Exact,
-}
-
-impl Probe {
-    /// The name used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Probe::Rademacher => "rademacher",
-            Probe::Gaussian => "gaussian",
-            Probe::Exact => "exact",
-        }
-    }
-}
-
-impl fmt::Display for Probe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Probe {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        [Probe::Rademacher, Probe::Gaussian, Probe::Exact]
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "unknown probe {s:?}; expected rademacher, gaussian or exact"
-                ))
-            })
-    }
-}
 
 /// How the ODE is solved and its divergence estimated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,9 +221,8 @@ struct Field<'a> {
 }
 
 impl Field<'_> {
-    /// (eps_hat at x = s_i y, unclipped; g[k][b]) with g = sigma_i s_i v^T (d eps_hat / dx) v for
-    /// each probe v, the integrand of the log density in lambda. v^T J v comes from the gradient
-    /// of v . eps_hat(x) with respect to x, which is J^T v.
+    /// (eps_hat at x = s_i y; g[k][b]) with g = sigma_i s_i v^T (d eps_hat / dx) v for each probe
+    /// series k: the integrand of the log density in lambda.
     fn eval(
         &self,
         y: &Tensor,
@@ -276,85 +230,25 @@ impl Field<'_> {
         noise: &mut BatchNoise,
     ) -> Result<(Tensor, Vec<Vec<f64>>)> {
         let s = self.schedule.sqrt_alphas_cumprod[i];
-        let batch = y.dim(0)?;
-        let x = Var::from_tensor(&(y * s)?)?;
-        let t = self.schedule.timesteps[i];
-        let output = self
-            .model
-            .forward(x.as_tensor(), &vec![t; batch])?
-            .to_dtype(DType::F32)?;
-        let (pred, _) = self.param.split(&output, y.dim(1)?)?;
-        let idx = vec![i; batch];
-        let (_, eps) = x0_and_eps(
+        let probes = Probes {
+            probe: self.opts.probe,
+            series: self.opts.series(),
+        };
+        let (eps, mut g) = eps_and_divergence(
+            self.model,
             self.schedule,
-            self.param.prediction,
-            x.as_tensor(),
-            &idx,
-            &pred,
-            false,
+            self.param,
+            &(y * s)?,
+            i,
+            probes,
+            noise,
         )?;
         let scale = sigma(self.schedule, i) * s;
-        let per_example = y.dims()[1..].to_vec();
-        let quad = |v: &Tensor| -> Result<Vec<f64>> {
-            let grads = (&eps * v)?.sum_all()?.backward()?;
-            let jtv = grads.get(x.as_tensor()).ok_or_else(|| {
-                Error::Invalid(
-                    "the model's output is not differentiable with respect to its input; the ODE \
-                     likelihood needs candle's autograd through the model"
-                        .into(),
-                )
-            })?;
-            let q: Vec<f32> = (jtv * v)?.flatten_from(1)?.sum(1)?.to_vec1()?;
-            Ok(q.into_iter().map(|q| scale * q as f64).collect())
-        };
-        let g = match self.opts.probe {
-            Probe::Exact => {
-                let dims: usize = per_example.iter().product();
-                let mut total = vec![0.0; batch];
-                for j in 0..dims {
-                    let mut basis = vec![0f32; dims];
-                    basis[j] = 1.0;
-                    let v = Tensor::from_vec(basis, per_example.as_slice(), y.device())?
-                        .unsqueeze(0)?
-                        .broadcast_as(y.shape())?
-                        .contiguous()?;
-                    for (acc, q) in total.iter_mut().zip(quad(&v)?) {
-                        *acc += q;
-                    }
-                }
-                vec![total]
-            }
-            probe => (0..self.opts.probes)
-                .map(|_| quad(&draw_probe(probe, noise, &per_example, y)?))
-                .collect::<Result<_>>()?,
-        };
-        Ok((eps.detach(), g))
+        for v in g.iter_mut().flatten() {
+            *v *= scale;
+        }
+        Ok((eps, g))
     }
-}
-
-/// One probe (B, ...): row b from example b's stream.
-fn draw_probe(
-    probe: Probe,
-    noise: &mut BatchNoise,
-    per_example: &[usize],
-    like: &Tensor,
-) -> Result<Tensor> {
-    if probe == Probe::Gaussian {
-        return noise.randn(per_example, like.device());
-    }
-    let n: usize = per_example.iter().product();
-    let mut data = Vec::with_capacity(n * noise.len());
-    for b in 0..noise.len() {
-        let stream = noise.stream(b);
-        data.extend((0..n).map(|_| {
-            if stream.next_u64() >> 63 == 0 {
-                1f32
-            } else {
-                -1f32
-            }
-        }));
-    }
-    Ok(Tensor::from_vec(data, like.shape(), like.device())?)
 }
 
 /// The ODE's estimate for 8-bit data x0 (B, ...) in [-1, 1], in bits per dimension.

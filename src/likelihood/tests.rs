@@ -85,10 +85,18 @@ fn evaluation_adds_up_and_does_not_depend_on_the_batch_size() {
         };
         let mut calls = Vec::new();
         let param = Parameterization::default();
-        let r = evaluate(&model, &s, param, &Tiny, &Device::Cpu, &opts, &mut |d, t| {
-            calls.push((d, t));
-            Ok(())
-        })
+        let r = evaluate(
+            &model,
+            &s,
+            param,
+            &Tiny,
+            &Device::Cpu,
+            &opts,
+            &mut |d, t| {
+                calls.push((d, t));
+                Ok(())
+            },
+        )
         .unwrap();
         let total = total_evaluations(&s, &opts).unwrap();
         assert_eq!(calls.last(), Some(&(total, total)));

@@ -1,6 +1,7 @@
 //! Command-line types (clap) and the glue from arguments to library calls. Architecture lives
 //! in the config and the checkpoint; flags are for paths, counts, seeds and the device.
 
+mod eval;
 mod output;
 mod progress;
 mod sample;
@@ -18,6 +19,7 @@ Examples:
   ddpm train --config configs/digits.toml --out runs/digits
   ddpm sample --checkpoint runs/digits/latest.safetensors --steps 50 --ddim --grid --out grid.png
   ddpm sample --checkpoint C --format npy --out - | python3 -c 'import numpy,sys; print(numpy.load(sys.stdin.buffer).shape)'
+  ddpm eval --checkpoint runs/digits/latest.safetensors --method both
   ddpm schedule --config configs/digits.toml --steps 10
   ddpm info runs/digits/latest.safetensors
 
@@ -39,6 +41,9 @@ pub enum Command {
     /// Generate images from a checkpoint.
     #[command(after_help = sample::EXAMPLES)]
     Sample(sample::SampleArgs),
+    /// Likelihood of a dataset in bits/dim: the variational bound and the probability-flow ODE.
+    #[command(after_help = eval::EXAMPLES)]
+    Eval(eval::EvalArgs),
     /// Print a config's noise schedule as CSV.
     Schedule(schedule::ScheduleArgs),
     /// Print a checkpoint's config, step and parameter count.
@@ -57,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Schedule(a) => schedule::run(a),
         Command::Info(a) => schedule::info(a),
     }

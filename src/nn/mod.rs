@@ -6,6 +6,7 @@ pub mod attention;
 pub mod config;
 pub mod embedding;
 pub mod init;
+pub mod kernels;
 pub mod resblock;
 pub mod unet;
 

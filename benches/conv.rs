@@ -28,6 +28,7 @@ fn our_conv(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
 }
 
 fn conv(c: &mut Criterion) {
+    common::setup();
     let mut g = c.benchmark_group("conv3x3");
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)

@@ -1,7 +1,8 @@
 //! The UNet at the reference workloads' shapes: forward (eval) and forward + backward of
 //! L_simple at W1 (3x32x32, batch 32) and W3 (1x16x16, batch 64); one DDIM step at W2 (batch 16);
 //! one ancestral step at W4 (batch 64); one AdamW update of W1's 6.5M parameters. Seeded, few
-//! samples: `cargo bench --bench unet` takes a few minutes.
+//! samples. `candle_forward_backward` is the same step on candle's own ops (the "before"):
+//! `cargo bench --bench unet -- ours` skips it and takes about a minute.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 use ddpm::diffusion::Parameterization;
+use ddpm::nn::kernels::with_candle_ops;
 use ddpm::optim::{named_vars, AdamW, OptimConfig};
 use ddpm::rng::{BatchNoise, Purpose};
 use ddpm::sampler::{Ancestral, Context, Ddim, Stepper};
@@ -27,14 +29,20 @@ fn forward_and_backward(c: &mut Criterion, w: &Workload) {
     let x0 = data_batch(w, 1);
     let x = randn(1, 0, &w.dims());
     let t: Vec<usize> = (0..w.batch).map(|i| (i * 37) % 1000).collect();
-    g.bench_function(BenchmarkId::new("forward", w.batch), |b| {
+    g.bench_function(BenchmarkId::new("ours_forward", w.batch), |b| {
         b.iter(|| unet.forward(&x, &t, None, None).unwrap())
     });
     let mut step = 0;
-    g.bench_function(BenchmarkId::new("forward_backward", w.batch), |b| {
+    g.bench_function(BenchmarkId::new("ours_forward_backward", w.batch), |b| {
         b.iter(|| {
             step += 1;
             l_simple(&unet, &sched, &x0, step).backward().unwrap()
+        })
+    });
+    g.bench_function(BenchmarkId::new("candle_forward_backward", w.batch), |b| {
+        b.iter(|| {
+            step += 1;
+            with_candle_ops(|| l_simple(&unet, &sched, &x0, step).backward().unwrap())
         })
     });
     g.finish();
@@ -63,9 +71,9 @@ fn sampler_steps(c: &mut Criterion) {
         let x = randn(2, 0, &w.dims());
         let mut noise = BatchNoise::new(0, Purpose::SampleNoise, 0, w.batch);
         let name = if steps == 50 {
-            "W2_ddim"
+            "ours_W2_ddim"
         } else {
-            "W4_ancestral"
+            "ours_W4_ancestral"
         };
         // A middle step: the same work as any other.
         let i = steps / 2;
@@ -90,11 +98,14 @@ fn optimizer_step(c: &mut Criterion) {
         ..OptimConfig::default()
     };
     let mut opt = AdamW::new(&named_vars(&varmap).unwrap(), cfg).unwrap();
-    g.bench_function("W1_params", |b| b.iter(|| opt.step(&grads, 2e-4).unwrap()));
+    g.bench_function("ours_W1_params", |b| {
+        b.iter(|| opt.step(&grads, 2e-4).unwrap())
+    });
     g.finish();
 }
 
 fn benches(c: &mut Criterion) {
+    common::setup();
     forward_and_backward(c, &w1(32));
     forward_and_backward(c, &w3(64));
     sampler_steps(c);

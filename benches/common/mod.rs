@@ -62,6 +62,11 @@ pub fn w3(batch: usize) -> Workload {
     }
 }
 
+/// What every bench process does first: the allocator settings `ddpm` recommends for CPU runs.
+pub fn setup() {
+    ddpm::nn::kernels::tune_allocator();
+}
+
 /// The model of `w` with seeded weights. The zero-initialised output layers get small seeded
 /// values too, so gradients flow everywhere as they do after a few training steps.
 pub fn build(w: &Workload, seed: u64) -> (VarMap, UNet) {

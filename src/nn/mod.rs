@@ -7,6 +7,7 @@ pub mod config;
 pub mod embedding;
 pub mod init;
 pub mod kernels;
+pub mod layers;
 pub mod resblock;
 pub mod unet;
 

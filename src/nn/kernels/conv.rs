@@ -116,7 +116,8 @@ impl CustomOp3 for Conv2d {
         let g = Geom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
         let (x, w) = (values(xs, xl, "x")?, values(ws, wl, "w")?);
         let bias = bias_values(bs, bl, &g)?;
-        let mut y = vec![0f32; g.b * g.cout * g.ho * g.wo];
+        // SAFETY: both paths write every output value (all rows of every (b, co) plane).
+        let mut y = unsafe { par::output(g.b * g.cout * g.ho * g.wo) };
         if g.winograd() {
             let u = winograd::transform_weights(w, g.cout, g.cin, false);
             winograd::convolve(&g, g.cin, g.cout, x, &u, Some(&bias), &mut y);
@@ -184,7 +185,8 @@ impl CustomOp3 for Conv2dBackward {
             values(ws, wl, "w")?,
         );
         let nx = if self.need_dx { x.len() } else { 0 };
-        let mut out = vec![0f32; nx + w.len() + g.b * g.cout];
+        // SAFETY: every path below assigns all of dx (when asked), dw and db.
+        let mut out = unsafe { par::output(nx + w.len() + g.b * g.cout) };
         let (dx, rest) = out.split_at_mut(nx);
         let (dw, db) = rest.split_at_mut(w.len());
         if g.winograd() {

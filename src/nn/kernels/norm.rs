@@ -123,19 +123,33 @@ fn backward_group(
         let dzs = &mut dx[c * hw..][..hw];
         let (a, b) = (rstd * gamma[c], beta[c] - mean * rstd * gamma[c]);
         let (mut s_dz, mut s_dzx) = ([0f32; 8], [0f32; 8]);
-        for ((xc, dyc), dzc) in xs.chunks(8).zip(dys.chunks(8)).zip(dzs.chunks_mut(8)) {
-            for i in 0..xc.len() {
-                let dz = if silu {
-                    let z = xc[i] * a + b;
-                    let s = sigmoid(z);
-                    dyc[i] * s * (1.0 + z * (1.0 - s))
-                } else {
-                    dyc[i]
-                };
+        let dz_at = |x: f32, dy: f32| {
+            if silu {
+                let z = x * a + b;
+                let s = sigmoid(z);
+                dy * s * (1.0 + z * (1.0 - s))
+            } else {
+                dy
+            }
+        };
+        let whole = hw / 8 * 8;
+        for ((xc, dyc), dzc) in xs[..whole]
+            .chunks_exact(8)
+            .zip(dys[..whole].chunks_exact(8))
+            .zip(dzs[..whole].chunks_exact_mut(8))
+        {
+            for i in 0..8 {
+                let dz = dz_at(xc[i], dyc[i]);
                 dzc[i] = dz;
                 s_dz[i] += dz;
                 s_dzx[i] += dz * ((xc[i] - mean) * rstd);
             }
+        }
+        for i in whole..hw {
+            let dz = dz_at(xs[i], dys[i]);
+            dzs[i] = dz;
+            s_dz[0] += dz;
+            s_dzx[0] += dz * ((xs[i] - mean) * rstd);
         }
         let (s_dz, s_dzx): (f32, f32) = (s_dz.iter().sum(), s_dzx.iter().sum());
         dgb[c] += s_dzx;
@@ -186,7 +200,8 @@ impl CustomOp3 for Norm {
         }
         let cpg = c / self.groups;
         let n = cpg * hw;
-        let mut y = vec![0f32; x.len()];
+        // SAFETY: the items cover every group of every example.
+        let mut y = unsafe { par::output(x.len()) };
         let out = Shared::new(&mut y);
         par::for_each(b * self.groups, |item, _| {
             let g = item % self.groups;
@@ -260,7 +275,9 @@ impl CustomOp3 for NormBackward {
         let (gamma, beta) = gb.split_at(c);
         let cpg = c / groups;
         let n = cpg * hw;
-        let mut out = vec![0f32; x.len() + 2 * c];
+        // SAFETY: the items assign every value of dx; dgamma and dbeta are zeroed below.
+        let mut out = unsafe { par::output(x.len() + 2 * c) };
+        out[x.len()..].fill(0.0);
         // Per-example (dgamma, dbeta) partial sums, reduced over the batch at the end.
         let mut partial = vec![0f32; b * 2 * c];
         let (dx_out, parts) = (Shared::new(&mut out), Shared::new(&mut partial));

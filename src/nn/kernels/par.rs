@@ -33,6 +33,19 @@ pub fn for_each(n: usize, f: impl Fn(usize, usize) + Sync) {
     });
 }
 
+/// A vector of `n` values for a kernel to fill, skipping the zeroing pass (a full extra pass
+/// over large outputs), as candle's own CPU kernels do.
+///
+/// # Safety
+/// The caller must write every value before anything reads it.
+#[allow(clippy::uninit_vec)]
+pub unsafe fn output(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: capacity n; the caller's contract covers initialisation.
+    unsafe { v.set_len(n) };
+    v
+}
+
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }

@@ -24,7 +24,8 @@ impl CustomOp1 for Upsample2x {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, [n, c, h, w]) = values(s, l)?;
-        let mut y = vec![0f32; 4 * x.len()];
+        // SAFETY: every output plane is written in full.
+        let mut y = unsafe { par::output(4 * x.len()) };
         let out = Shared::new(&mut y);
         par::for_each(n * c, |plane, _| {
             // SAFETY: item `plane` alone writes its output plane.
@@ -61,7 +62,8 @@ impl CustomOp1 for Downsum2x {
         if h2 % 2 != 0 || w2 % 2 != 0 {
             candle_core::bail!("upsample backward: odd gradient {:?}", l.dims());
         }
-        let mut dx = vec![0f32; n * c * h * w];
+        // SAFETY: every output plane is written in full.
+        let mut dx = unsafe { par::output(n * c * h * w) };
         let out = Shared::new(&mut dx);
         par::for_each(n * c, |plane, _| {
             // SAFETY: item `plane` alone writes its output plane.

@@ -92,18 +92,23 @@ fn weights_from_points(du: &[f32], cout: usize, cin: usize, dw: &mut [f32]) {
 /// and O[j] = row[2j], j = 0..=tw, zero outside the image (E[0] is the left padding column).
 #[inline(always)]
 fn split_columns(src: Option<&[f32]>, w: usize, e: &mut [f32], o: &mut [f32]) {
-    e.fill(0.0);
-    o.fill(0.0);
-    if let Some(src) = src {
-        let (e1, o1) = (&mut e[1..=w / 2], &mut o[..w / 2]);
-        for ((pair, ej), oj) in src.chunks_exact(2).zip(e1).zip(o1) {
-            *oj = pair[0];
-            *ej = pair[1];
-        }
-        if w % 2 == 1 {
-            o[w / 2] = src[w - 1];
-        }
+    let Some(src) = src else {
+        e.fill(0.0);
+        o.fill(0.0);
+        return;
+    };
+    let tw = w.div_ceil(2);
+    let (e1, o1) = (&mut e[1..=w / 2], &mut o[..w / 2]);
+    for ((pair, ej), oj) in src.chunks_exact(2).zip(e1).zip(o1) {
+        *oj = pair[0];
+        *ej = pair[1];
     }
+    if w % 2 == 1 {
+        o[w / 2] = src[w - 1];
+        e[tw] = 0.0;
+    }
+    e[0] = 0.0;
+    o[tw] = 0.0;
 }
 
 multiversion! {
@@ -260,17 +265,19 @@ fn grad_output_transform(
             for (i, row) in rows.chunks_exact_mut(2 * tw).enumerate() {
                 let oy = 2 * ty + i;
                 let (e, o) = row.split_at_mut(tw);
-                e.fill(0.0);
-                o.fill(0.0);
                 if oy < g.h {
                     let src = &plane[oy * g.w..][..g.w];
-                    for (j, pair) in src.chunks_exact(2).enumerate() {
-                        e[j] = pair[0];
-                        o[j] = pair[1];
+                    for ((pair, ej), oj) in src.chunks_exact(2).zip(e.iter_mut()).zip(o.iter_mut()) {
+                        *ej = pair[0];
+                        *oj = pair[1];
                     }
                     if g.w % 2 == 1 {
                         e[tw - 1] = src[g.w - 1];
+                        o[tw - 1] = 0.0;
                     }
+                } else {
+                    e.fill(0.0);
+                    o.fill(0.0);
                 }
             }
             let (a0, a1) = rows.split_at(2 * tw);

@@ -1,21 +1,24 @@
 //! Self-attention over the H x W positions of a feature map, with a residual connection (the
 //! DDPM UNet's AttnBlock). Everything else about the UNet lives in `unet`.
 
-use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_core::{DType, Tensor, D};
+use candle_nn::VarBuilder;
 
 use crate::error::Result;
-use crate::nn::resblock::{conv1x1, GN_EPS};
+use crate::nn::layers::{Conv, Norm};
+// The naive-loop test below reads the epsilon through `super::*`.
+#[cfg(test)]
+use crate::nn::layers::GN_EPS;
 
 /// out = x + proj(softmax(q^T k / sqrt(d)) v), q, k, v = 1x1 convolutions of GN(x), per head
 /// of d = c / heads channels. x: (B, c, H, W). Keys: norm, q, k, v, proj.
 #[derive(Clone, Debug)]
 pub struct Attention {
-    norm: GroupNorm,
-    q: Conv2d,
-    k: Conv2d,
-    v: Conv2d,
-    proj: Conv2d,
+    norm: Norm,
+    q: Conv,
+    k: Conv,
+    v: Conv,
+    proj: Conv,
     heads: usize,
 }
 
@@ -23,13 +26,25 @@ impl Attention {
     /// Attention over `c` channels split into `heads` heads, with `groups` GroupNorm groups.
     pub fn new(vb: VarBuilder, c: usize, heads: usize, groups: usize) -> Result<Self> {
         Ok(Attention {
-            norm: candle_nn::group_norm(groups, c, GN_EPS, vb.pp("norm"))?,
-            q: conv1x1(c, c, vb.pp("q"))?,
-            k: conv1x1(c, c, vb.pp("k"))?,
-            v: conv1x1(c, c, vb.pp("v"))?,
-            proj: conv1x1(c, c, vb.pp("proj"))?,
+            norm: Norm::new(groups, c, vb.pp("norm"))?,
+            q: Conv::k1(c, c, vb.pp("q"))?,
+            k: Conv::k1(c, c, vb.pp("k"))?,
+            v: Conv::k1(c, c, vb.pp("v"))?,
+            proj: Conv::k1(c, c, vb.pp("proj"))?,
             heads,
         })
+    }
+
+    /// The same block over the same storage, recording no autograd graph.
+    pub fn detached(&self) -> Self {
+        Attention {
+            norm: self.norm.detached(),
+            q: self.q.detached(),
+            k: self.k.detached(),
+            v: self.v.detached(),
+            proj: self.proj.detached(),
+            heads: self.heads,
+        }
     }
 
     /// x: (B, c, H, W) -> (B, c, H, W).

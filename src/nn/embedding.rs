@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use crate::error::{Error, Result};
+use crate::nn::layers::detached_linear;
 
 /// The frequencies of the sinusoidal embedding of width `dim` (even, >= 4):
 /// f_i = exp(-ln(1e4) i / (half - 1)), i = 0..half, half = dim / 2   (ref_unet.py).
@@ -54,6 +55,19 @@ impl TimeEmbedding {
             lin2,
             labels,
         })
+    }
+
+    /// The same embedding over the same storage, recording no autograd graph.
+    pub fn detached(&self) -> Self {
+        TimeEmbedding {
+            freqs: self.freqs.clone(),
+            lin1: detached_linear(&self.lin1),
+            lin2: detached_linear(&self.lin2),
+            labels: self.labels.as_ref().map(|(table, n)| {
+                let hidden = table.hidden_size();
+                (Embedding::new(table.embeddings().detach(), hidden), *n)
+            }),
+        }
     }
 
     /// The embedding (B, 4 * dim) in `dtype` for timesteps `t` and optional `labels` (each in

@@ -6,6 +6,8 @@ pub mod attention;
 pub mod config;
 pub mod embedding;
 pub mod init;
+pub mod kernels;
+pub mod layers;
 pub mod resblock;
 pub mod unet;
 

@@ -3,34 +3,11 @@
 //! host for the whole forward pass at once, uploaded once, and sliced block by block.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use crate::error::{Error, Result};
+use crate::nn::layers::{detached_linear, Conv, Norm};
 use crate::rng::Stream;
-
-/// PyTorch's GroupNorm epsilon.
-pub(crate) const GN_EPS: f64 = 1e-5;
-
-/// A 3x3 convolution with padding 1 and the given stride.
-pub(crate) fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        stride,
-        ..Default::default()
-    };
-    Ok(candle_nn::conv2d(cin, cout, 3, cfg, vb)?)
-}
-
-/// A 1x1 convolution.
-pub(crate) fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d> {
-    Ok(candle_nn::conv2d(
-        cin,
-        cout,
-        1,
-        Conv2dConfig::default(),
-        vb,
-    )?)
-}
 
 /// ResBlock(cin, cout) (Ho et al. 2020, appendix B):
 /// h = conv1(SiLU(GN(x))) + temb_proj(SiLU(temb))[:, :, None, None];
@@ -38,12 +15,12 @@ pub(crate) fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d>
 /// x: (B, cin, H, W) -> (B, cout, H, W). Keys: norm1, conv1, temb_proj, norm2, conv2, skip.
 #[derive(Clone, Debug)]
 pub struct ResBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
+    norm1: Norm,
+    conv1: Conv,
     temb_proj: Linear,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    skip: Option<Conv2d>,
+    norm2: Norm,
+    conv2: Conv,
+    skip: Option<Conv>,
     cout: usize,
     level: usize,
 }
@@ -59,13 +36,13 @@ impl ResBlock {
         groups: impl Fn(usize) -> usize,
     ) -> Result<Self> {
         Ok(ResBlock {
-            norm1: candle_nn::group_norm(groups(cin), cin, GN_EPS, vb.pp("norm1"))?,
-            conv1: conv3x3(cin, cout, 1, vb.pp("conv1"))?,
+            norm1: Norm::new(groups(cin), cin, vb.pp("norm1"))?,
+            conv1: Conv::k3(cin, cout, 1, vb.pp("conv1"))?,
             temb_proj: candle_nn::linear(temb_dim, cout, vb.pp("temb_proj"))?,
-            norm2: candle_nn::group_norm(groups(cout), cout, GN_EPS, vb.pp("norm2"))?,
-            conv2: conv3x3(cout, cout, 1, vb.pp("conv2"))?,
+            norm2: Norm::new(groups(cout), cout, vb.pp("norm2"))?,
+            conv2: Conv::k3(cout, cout, 1, vb.pp("conv2"))?,
             skip: if cin != cout {
-                Some(conv1x1(cin, cout, vb.pp("skip"))?)
+                Some(Conv::k1(cin, cout, vb.pp("skip"))?)
             } else {
                 None
             },
@@ -85,16 +62,14 @@ impl ResBlock {
     }
 
     /// `temb_act` = SiLU(temb): (B, temb_dim), shared by all blocks; `mask` = the dropout mask
-    /// (B, cout, H, W) already scaled by 1/(1-p), or None in eval mode.
+    /// (B, cout, H, W) already scaled by 1/(1-p), or None in eval mode. The time embedding's
+    /// projection (B, cout) rides in conv1's bias.
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let t = self
-            .temb_proj
-            .forward(temb_act)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
-        let mut h = self.norm2.forward(&h)?.silu()?;
+        let t = self.temb_proj.forward(temb_act)?;
+        let h = self
+            .conv1
+            .forward_shifted(&self.norm1.forward_silu(x)?, &t)?;
+        let mut h = self.norm2.forward_silu(&h)?;
         if let Some(mask) = mask {
             h = (h * mask)?;
         }
@@ -104,6 +79,19 @@ impl ResBlock {
             None => x.clone(),
         };
         Ok((h + residual)?)
+    }
+
+    /// The same block over the same storage, recording no autograd graph.
+    pub fn detached(&self) -> Self {
+        ResBlock {
+            norm1: self.norm1.detached(),
+            conv1: self.conv1.detached(),
+            temb_proj: detached_linear(&self.temb_proj),
+            norm2: self.norm2.detached(),
+            conv2: self.conv2.detached(),
+            skip: self.skip.as_ref().map(Conv::detached),
+            ..*self
+        }
     }
 }
 

@@ -3,15 +3,17 @@
 //! class labels and seeded dropout. Layers live in `embedding`, `resblock` and `attention`;
 //! initial values in `init`.
 
-use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 
 use crate::denoiser::Denoiser;
 use crate::error::{Error, Result};
 use crate::nn::attention::Attention;
 use crate::nn::config::{Block, UNetConfig};
 use crate::nn::embedding::TimeEmbedding;
-use crate::nn::resblock::{conv3x3, Masks, ResBlock, GN_EPS};
+use crate::nn::kernels;
+use crate::nn::layers::{Conv, Norm};
+use crate::nn::resblock::{Masks, ResBlock};
 use crate::rng::Stream;
 
 /// One entry of the down / up paths (keys `down.{i}` / `up.{i}`, as ref_unet.py's ModuleLists).
@@ -20,9 +22,9 @@ enum Layer {
     Res(ResBlock),
     Attn(Attention),
     /// Conv3x3 stride 2 (key `conv`).
-    Down(Conv2d),
+    Down(Conv),
     /// Nearest x2, then Conv3x3 (key `conv`).
-    Up(Conv2d),
+    Up(Conv),
 }
 
 /// The UNet. Keys: `time_embed.{0,2}`, `label_embed`, `conv_in`, `down.{i}.*`, `mid.{0,1,2}.*`,
@@ -30,12 +32,12 @@ enum Layer {
 #[derive(Clone, Debug)]
 pub struct UNet {
     time_embed: TimeEmbedding,
-    conv_in: Conv2d,
+    conv_in: Conv,
     down: Vec<Layer>,
     mid: (ResBlock, Attention, ResBlock),
     up: Vec<Layer>,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
+    norm_out: Norm,
+    conv_out: Conv,
     in_channels: usize,
     downsamplings: usize,
     dropout: f64,
@@ -81,8 +83,8 @@ impl UNet {
                     Ok(match b {
                         Block::Res { .. } => Layer::Res(res(vb, b)?),
                         Block::Attn { c, .. } => Layer::Attn(attn(vb, c)?),
-                        Block::Down { c } => Layer::Down(conv3x3(c, c, 2, vb.pp("conv"))?),
-                        Block::Up { c } => Layer::Up(conv3x3(c, c, 1, vb.pp("conv"))?),
+                        Block::Down { c } => Layer::Down(Conv::k3(c, c, 2, vb.pp("conv"))?),
+                        Block::Up { c } => Layer::Up(Conv::k3(c, c, 1, vb.pp("conv"))?),
                     })
                 })
                 .collect()
@@ -99,7 +101,7 @@ impl UNet {
         let c_out = plan.out_channels;
         Ok(UNet {
             time_embed: TimeEmbedding::new(vb.clone(), ch, cfg.num_classes)?,
-            conv_in: conv3x3(in_channels, ch, 1, vb.pp("conv_in"))?,
+            conv_in: Conv::k3(in_channels, ch, 1, vb.pp("conv_in"))?,
             down: layers(vb.pp("down"), &plan.down)?,
             mid: (
                 res(mid_vb.pp(0), m0)?,
@@ -107,8 +109,8 @@ impl UNet {
                 res(mid_vb.pp(2), m2)?,
             ),
             up: layers(vb.pp("up"), &plan.up)?,
-            norm_out: candle_nn::group_norm(groups(c_out), c_out, GN_EPS, vb.pp("norm_out"))?,
-            conv_out: conv3x3(c_out, out_channels, 1, vb.pp("conv_out"))?,
+            norm_out: Norm::new(groups(c_out), c_out, vb.pp("norm_out"))?,
+            conv_out: Conv::k3(c_out, out_channels, 1, vb.pp("conv_out"))?,
             in_channels,
             downsamplings: cfg.downsamplings(),
             dropout: cfg.dropout,
@@ -199,20 +201,43 @@ impl UNet {
                     run(r, &Tensor::cat(&[&h, &skip], 1)?)?
                 }
                 Layer::Attn(a) => a.forward(&h)?,
-                Layer::Up(conv) => {
-                    let (_, _, ih, iw) = h.dims4()?;
-                    conv.forward(&h.upsample_nearest2d(2 * ih, 2 * iw)?)?
-                }
+                Layer::Up(conv) => conv.forward(&kernels::upsample_nearest2x(&h)?)?,
                 Layer::Down(_) => h,
             };
         }
-        Ok(self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
+    }
+
+    /// The same model over the same weights (updates to them show through) that records no
+    /// autograd graph: for sampling and evaluation, where every intermediate can be freed as
+    /// soon as the next layer has read it.
+    pub fn detached(&self) -> UNet {
+        let layer = |l: &Layer| match l {
+            Layer::Res(r) => Layer::Res(r.detached()),
+            Layer::Attn(a) => Layer::Attn(a.detached()),
+            Layer::Down(c) => Layer::Down(c.detached()),
+            Layer::Up(c) => Layer::Up(c.detached()),
+        };
+        UNet {
+            time_embed: self.time_embed.detached(),
+            conv_in: self.conv_in.detached(),
+            down: self.down.iter().map(layer).collect(),
+            mid: (
+                self.mid.0.detached(),
+                self.mid.1.detached(),
+                self.mid.2.detached(),
+            ),
+            up: self.up.iter().map(layer).collect(),
+            norm_out: self.norm_out.detached(),
+            conv_out: self.conv_out.detached(),
+            ..*self
+        }
     }
 }
 
 impl Denoiser for UNet {
-    /// Eval mode (no dropout), no labels.
+    /// Eval mode (no dropout), no labels, no autograd graph.
     fn forward(&self, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
-        UNet::forward(self, x_t, t, None, None)
+        UNet::forward(&self.detached(), &x_t.detach(), t, None, None)
     }
 }

@@ -1,0 +1,50 @@
+//! Our own CPU kernels for the UNet's hot operations, as candle custom ops with backward:
+//! convolution (`conv`: Winograd F(2x2, 3x3) and im2col + GEMM on the `gemm` crate), GroupNorm
+//! fused with SiLU (`norm`) and nearest 2x upsampling (`resample`). candle's
+//! CPU convolution and its backward run at a fraction of the machine's GEMM speed (candle issue
+//! #3119); these run near it. Each public function takes the f32 CPU path when `enabled` and
+//! falls back to candle's own ops on other devices and dtypes, so CUDA keeps working unchanged.
+//! A CPU process should also call `tune_allocator` once (see `alloc`).
+
+mod alloc;
+pub mod conv;
+mod im2col;
+pub mod norm;
+mod par;
+pub mod resample;
+mod winograd;
+
+#[cfg(test)]
+mod tests;
+
+use std::cell::Cell;
+
+use candle_core::{DType, Tensor};
+
+pub use alloc::tune_allocator;
+pub use conv::conv2d;
+pub use norm::group_norm;
+pub use resample::upsample_nearest2x;
+
+thread_local! {
+    static CANDLE_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether `x` takes our kernels: an f32 tensor on the CPU, outside `with_candle_ops`.
+pub fn enabled(x: &Tensor) -> bool {
+    !CANDLE_ONLY.get() && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Run `f` with every layer on this thread using candle's own ops instead of our kernels, as
+/// on other devices: the reference the kernels are compared with, in tests and benches.
+/// (Backward passes follow whatever ops the forward recorded.)
+pub fn with_candle_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CANDLE_ONLY.set(self.0);
+        }
+    }
+    let _restore = Restore(CANDLE_ONLY.replace(true));
+    f()
+}

@@ -1,0 +1,179 @@
+//! The plumbing every kernel shares: parallel loops over candle's CPU thread pool, per-thread
+//! scratch buffers reused across calls, a pointer for work items that write disjoint parts of
+//! one output, and `multiversion!`, which compiles a loop twice (baseline x86-64 and
+//! AVX2+FMA) and picks at run time, since the crate itself is built for baseline x86-64.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::utils::barrier_pool;
+
+/// Threads a parallel loop runs on: candle's pool workers plus the calling thread.
+pub fn threads() -> usize {
+    barrier_pool().n_workers() + 1
+}
+
+/// Run `f(item, thread)` for every item in 0..n, items handed out one at a time to whichever
+/// thread is free; `thread` is in 0..threads(), so it can index per-thread accumulators.
+pub fn for_each(n: usize, f: impl Fn(usize, usize) + Sync) {
+    if n == 0 {
+        return;
+    }
+    if n == 1 || threads() == 1 {
+        (0..n).for_each(|i| f(i, 0));
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    barrier_pool().execute(|thread| loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        f(i, thread);
+    });
+}
+
+/// A vector of `n` values for a kernel to fill, skipping the zeroing pass (a full extra pass
+/// over large outputs), as candle's own CPU kernels do.
+///
+/// # Safety
+/// The caller must write every value before anything reads it.
+#[allow(clippy::uninit_vec)]
+pub unsafe fn output(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: capacity n; the caller's contract covers initialisation.
+    unsafe { v.set_len(n) };
+    v
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Call `f` with this thread's scratch buffer of `len` values, kept between calls so work
+/// items do not allocate. Its contents are whatever the last user left: write before reading.
+pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Only reachable if a kernel nests scratch use; stay correct and allocate.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// An output buffer shared by parallel work items that each write their own disjoint part.
+#[derive(Clone, Copy)]
+pub struct Shared {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `Shared` is only a pointer; the callers of `slice` guarantee that concurrent users
+// touch disjoint ranges, and the buffer outlives the parallel loop that uses it.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    pub fn new(buf: &mut [f32]) -> Self {
+        Shared {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+
+    /// A raw pointer to value `start`, for GEMM destinations with strides.
+    pub fn ptr(&self, start: usize) -> *mut f32 {
+        assert!(start <= self.len, "Shared::ptr out of bounds");
+        self.ptr.wrapping_add(start)
+    }
+
+    /// The values start..start + len.
+    ///
+    /// # Safety
+    /// No other live slice obtained from this `Shared` may overlap the range, and the buffer
+    /// must still be alive.
+    // Handing out disjoint mutable views from a shared handle is this type's purpose.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.len, "Shared::slice out of bounds");
+        // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
+/// Define a function whose body is compiled twice, for baseline x86-64 and for AVX2+FMA, and
+/// run the fast copy when the CPU has those features. Everything the body calls must be
+/// `#[inline(always)]` to benefit.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn inner($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
+                    inner($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `fast` was compiled for.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            inner($($arg),*)
+        }
+    };
+}
+
+pub(crate) use multiversion;
+
+/// One row-major f32 GEMM on the calling thread: dst (m, n) = [dst +] lhs (m, k) @ rhs (k, n),
+/// each operand given by (pointer, row stride, column stride), so transposed views cost
+/// nothing. `accumulate` adds to dst instead of overwriting it.
+///
+/// # Safety
+/// Every pointer must address a buffer holding all the elements its strides reach, and dst
+/// must not overlap lhs or rhs.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller; gemm computes dst = alpha dst + beta lhs rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2 as isize,
+            dst.1 as isize,
+            accumulate,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}

@@ -1,0 +1,253 @@
+//! Each kernel against candle's own op on seeded random inputs: forward values and the
+//! gradients candle's backprop computes through it, to a stated tolerance.
+
+use candle_core::{Device, Tensor, Var};
+
+use super::*;
+use crate::rng::{Purpose, Stream};
+
+fn randn(index: u64, dims: &[usize]) -> Tensor {
+    Stream::new(7, Purpose::Eval, index)
+        .randn(dims, &Device::Cpu)
+        .unwrap()
+}
+
+fn var(index: u64, dims: &[usize]) -> Var {
+    Var::from_tensor(&randn(index, dims)).unwrap()
+}
+
+/// max |a - b| / max(1, max |b|): the error relative to the reference's scale.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    diff / scale
+}
+
+/// Forward and gradients of `ours` and `reference` applied to the same variables, with the
+/// same random upstream gradient r (loss = sum(f(vars) r)); asserts each relative error < tol.
+fn check_op(
+    vars: &[&Var],
+    ours: impl Fn(&[Tensor]) -> Tensor,
+    reference: impl Fn(&[Tensor]) -> Tensor,
+    tol: f32,
+    what: &str,
+) {
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let (y, want) = (ours(&ts), reference(&ts));
+    let e = rel_err(&y, &want);
+    assert!(e < tol, "{what}: forward error {e}");
+    let r = randn(99, y.dims());
+    let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gw = (want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (i, v) in vars.iter().enumerate() {
+        let (a, b) = (g.get(v).unwrap(), gw.get(v).unwrap());
+        let e = rel_err(a, b);
+        assert!(e < tol, "{what}: gradient {i} error {e}");
+    }
+}
+
+fn candle_conv(t: &[Tensor], stride: usize, pad: usize) -> Tensor {
+    let y = t[0].conv2d(&t[1], pad, stride, 1, 1).unwrap();
+    let bias = if t[2].rank() == 1 {
+        t[2].unsqueeze(0).unwrap()
+    } else {
+        t[2].clone()
+    };
+    y.broadcast_add(&bias.unsqueeze(2).unwrap().unsqueeze(3).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn conv2d_matches_candle_forward_and_gradients() {
+    // (b, cin, cout, h, w, k, stride, pad, per-example bias): Winograd (wide 3x3, even and odd
+    // maps), im2col (thin 3x3, strided 3x3, 1x1). f32 sums over <= 9 * 24 products of N(0, 1)
+    // values: 1e-4 of the output scale leaves ~10x margin over the errors seen (< 1e-5).
+    let cases = [
+        (2, 16, 24, 6, 10, 3, 1, 1, false),
+        (3, 24, 16, 5, 7, 3, 1, 1, true),
+        (2, 3, 16, 6, 6, 3, 1, 1, false),
+        (2, 16, 3, 6, 6, 3, 1, 1, true),
+        (2, 8, 12, 8, 6, 3, 2, 1, false),
+        (2, 8, 8, 7, 5, 3, 2, 1, true),
+        (3, 12, 20, 4, 5, 1, 1, 0, false),
+    ];
+    for (i, (b, cin, cout, h, w, k, stride, pad, per_example)) in cases.into_iter().enumerate() {
+        let i = 10 * i as u64;
+        let x = var(i, &[b, cin, h, w]);
+        let wt = var(i + 1, &[cout, cin, k, k]);
+        let bias = if per_example {
+            var(i + 2, &[b, cout])
+        } else {
+            var(i + 2, &[cout])
+        };
+        check_op(
+            &[&x, &wt, &bias],
+            |t| conv::conv2d(&t[0], &t[1], &t[2], stride, pad).unwrap(),
+            |t| candle_conv(t, stride, pad),
+            1e-4,
+            &format!("conv case {}", i / 10),
+        );
+    }
+}
+
+#[test]
+fn conv2d_skips_the_input_gradient_of_a_constant_input() {
+    let x = randn(1, &[2, 16, 4, 4]);
+    let w = var(2, &[16, 16, 3, 3]);
+    let b = var(3, &[16]);
+    let y = conv::conv2d(&x, &w, &b, 1, 1).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&x).is_none());
+    // d sum(y) / d b[co] = number of outputs per channel summed over the batch.
+    let db: Vec<f32> = grads.get(&b).unwrap().to_vec1().unwrap();
+    assert!(db.iter().all(|&v| v == 32.0), "{db:?}");
+}
+
+#[test]
+fn fast_exp_and_sigmoid_match_f64() {
+    // Taylor degree 6 on |r| <= ln2/2 leaves < 2e-7 relative error, f32 rounding a little
+    // more: measured 2.4e-7 (2 ulp) over this grid.
+    let mut worst = 0f64;
+    for i in 0..=200_000 {
+        let x = -87.0 + 175.0 * i as f64 / 200_000.0;
+        let got = norm::exp(x as f32) as f64;
+        let want = (x as f32 as f64).exp();
+        worst = worst.max(((got - want) / want).abs());
+    }
+    assert!(worst < 4e-7, "exp relative error {worst}");
+    for z in [-100f32, -20.0, -1.0, 0.0, 0.5, 30.0, 100.0] {
+        let want = 1.0 / (1.0 + (-(z as f64)).exp());
+        assert!(
+            (norm::sigmoid(z) as f64 - want).abs() < 1e-7,
+            "sigmoid({z})"
+        );
+    }
+}
+
+#[test]
+fn group_norm_matches_candle_forward_and_gradients() {
+    // (dims, groups, silu, offset): 4-d and 3-d inputs, 1 and several channels per group, with
+    // a large common offset (the two-pass variance must not lose it). Sums over <= 60 values:
+    // 1e-4 of the output scale is ~10x the errors seen.
+    let cases: [(&[usize], usize, bool, f64); 4] = [
+        (&[2, 8, 5, 3], 4, true, 0.0),
+        (&[3, 6, 4, 4], 6, false, 0.0),
+        (&[2, 8, 10], 2, true, 10.0),
+        (&[1, 4, 3, 5], 1, false, -3.0),
+    ];
+    for (i, (dims, groups, silu, offset)) in cases.into_iter().enumerate() {
+        let i = 10 * i as u64;
+        let c = dims[1];
+        let x = Var::from_tensor(&(randn(i, dims) + offset).unwrap()).unwrap();
+        let gamma = var(i + 1, &[c]);
+        let beta = var(i + 2, &[c]);
+        check_op(
+            &[&x, &gamma, &beta],
+            |t| norm::group_norm(&t[0], &t[1], &t[2], groups, 1e-5, silu).unwrap(),
+            |t| {
+                let gn =
+                    candle_nn::GroupNorm::new(t[1].clone(), t[2].clone(), c, groups, 1e-5).unwrap();
+                let y = candle_core::Module::forward(&gn, &t[0]).unwrap();
+                if silu {
+                    y.silu().unwrap()
+                } else {
+                    y
+                }
+            },
+            1e-4,
+            &format!("group norm case {}", i / 10),
+        );
+    }
+}
+
+#[test]
+fn upsample_matches_candle_forward_and_gradient() {
+    let x = var(5, &[2, 3, 4, 5]);
+    check_op(
+        &[&x],
+        |t| resample::upsample_nearest2x(&t[0]).unwrap(),
+        |t| t[0].upsample_nearest2d(8, 10).unwrap(),
+        1e-6,
+        "upsample",
+    );
+}
+
+mod unet {
+    use candle_core::DType;
+    use candle_nn::{VarBuilder, VarMap};
+
+    use super::*;
+    use crate::denoiser::Denoiser;
+    use crate::nn::{init_weights, UNet, UNetConfig};
+
+    /// ch 16, [1, 2], 1 block, attention at 4, 2 heads, 8 groups, on 1x8x8 images; every
+    /// variable seeded (including the zero-initialised output layers), so all gradients are live.
+    fn model() -> (VarMap, UNet) {
+        let cfg = UNetConfig {
+            base_channels: 16,
+            channel_mult: vec![1, 2],
+            num_res_blocks: 1,
+            attention_resolutions: vec![4],
+            num_heads: 2,
+            dropout: 0.0,
+            norm_groups: 8,
+            num_classes: None,
+        };
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let unet = UNet::new(vb, &cfg, 1, 1, (8, 8)).unwrap();
+        init_weights(&varmap, 4).unwrap();
+        for (i, var) in varmap.all_vars().iter().enumerate() {
+            let noise = (randn(1000 + i as u64, var.dims()) * 0.1).unwrap();
+            var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
+        }
+        (varmap, unet)
+    }
+
+    #[test]
+    fn unet_output_and_gradients_match_candle_ops() {
+        // The same model, input and upstream gradient through our kernels and through candle's
+        // ops: every output and parameter gradient within 1e-4 of its tensor's scale (the two
+        // differ only in f32 summation order; the largest error seen is 3e-6).
+        let (varmap, unet) = model();
+        let x = randn(1, &[3, 1, 8, 8]);
+        let t = [3, 500, 999];
+        let r = randn(2, &[3, 1, 8, 8]);
+        let run = || {
+            let out = unet.forward(&x, &t, None, None).unwrap();
+            let grads = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            (out, grads)
+        };
+        let (ours, g_ours) = run();
+        let (want, g_want) = with_candle_ops(run);
+        let e = rel_err(&ours, &want);
+        assert!(e < 1e-4, "output error {e}");
+        let data = varmap.data().lock().unwrap();
+        assert!(data.len() > 50);
+        for (name, var) in data.iter() {
+            let (a, b) = (g_ours.get(var).unwrap(), g_want.get(var).unwrap());
+            let e = rel_err(a, b);
+            assert!(e < 1e-4, "gradient of {name}: error {e}");
+        }
+    }
+
+    #[test]
+    fn sampling_forward_records_no_graph_and_matches_training_forward() {
+        let (_varmap, unet) = model();
+        let x = randn(3, &[2, 1, 8, 8]);
+        let t = [10, 700];
+        let tracked = unet.forward(&x, &t, None, None).unwrap();
+        let eval = Denoiser::forward(&unet, &x, &t).unwrap();
+        assert!(tracked.track_op() && !eval.track_op());
+        assert_eq!(
+            tracked.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            eval.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The UNet's convolution and GroupNorm layers: the same variables as candle_nn's `conv2d` and
+//! `group_norm` (same keys, shapes and init hints, so checkpoints and `init` see no
+//! difference), run through `kernels` (our CPU kernels; candle's ops on other devices).
+
+use candle_core::Tensor;
+use candle_nn::{Conv2dConfig, Init, VarBuilder};
+
+use crate::error::{Error, Result};
+use crate::nn::kernels;
+
+/// PyTorch's GroupNorm epsilon.
+pub(crate) const GN_EPS: f64 = 1e-5;
+
+/// A 2-D convolution with bias. Keys: `weight` (cout, cin, k, k), `bias` (cout).
+#[derive(Clone, Debug)]
+pub struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv {
+    /// A k x k convolution `cin -> cout`.
+    pub fn new(
+        (cin, cout): (usize, usize),
+        k: usize,
+        stride: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let conv = candle_nn::conv2d(cin, cout, k, cfg, vb)?;
+        let bias = conv
+            .bias()
+            .cloned()
+            .ok_or_else(|| Error::Invalid("conv2d was built without a bias".into()))?;
+        Ok(Conv {
+            weight: conv.weight().clone(),
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    /// A 3x3 convolution with padding 1 and the given stride.
+    pub fn k3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        Conv::new((cin, cout), 3, stride, 1, vb)
+    }
+
+    /// A 1x1 convolution.
+    pub fn k1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        Conv::new((cin, cout), 1, 1, 0, vb)
+    }
+
+    /// x (B, cin, H, W) -> (B, cout, H', W').
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        kernels::conv2d(x, &self.weight, &self.bias, self.stride, self.padding)
+    }
+
+    /// The convolution plus a per-example bias `shift` (B, cout), folded into the layer's own
+    /// bias so it costs no pass over the output.
+    pub fn forward_shifted(&self, x: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        let bias = shift.broadcast_add(&self.bias)?;
+        kernels::conv2d(x, &self.weight, &bias, self.stride, self.padding)
+    }
+
+    /// The same layer over the same storage, recording no autograd graph.
+    pub fn detached(&self) -> Self {
+        Conv {
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+            ..*self
+        }
+    }
+}
+
+/// GroupNorm over `groups` groups, optionally followed by SiLU. Keys: `weight`, `bias` (c).
+#[derive(Clone, Debug)]
+pub struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+}
+
+impl Norm {
+    pub fn new(groups: usize, c: usize, vb: VarBuilder) -> Result<Self> {
+        if groups == 0 || c % groups != 0 {
+            return Err(Error::Invalid(format!(
+                "GroupNorm: {groups} groups do not divide {c} channels"
+            )));
+        }
+        Ok(Norm {
+            weight: vb.get_with_hints(c, "weight", Init::Const(1.))?,
+            bias: vb.get_with_hints(c, "bias", Init::Const(0.))?,
+            groups,
+        })
+    }
+
+    /// GN(x): x (B, c, ...).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        kernels::group_norm(x, &self.weight, &self.bias, self.groups, GN_EPS, false)
+    }
+
+    /// SiLU(GN(x)) in one pass.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        kernels::group_norm(x, &self.weight, &self.bias, self.groups, GN_EPS, true)
+    }
+
+    /// The same layer over the same storage, recording no autograd graph.
+    pub fn detached(&self) -> Self {
+        Norm {
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+            groups: self.groups,
+        }
+    }
+}
+
+/// A candle_nn Linear over the same storage, recording no autograd graph.
+pub(crate) fn detached_linear(l: &candle_nn::Linear) -> candle_nn::Linear {
+    candle_nn::Linear::new(l.weight().detach(), l.bias().map(Tensor::detach))
+}

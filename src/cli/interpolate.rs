@@ -23,12 +23,12 @@ pub const EXAMPLES: &str = "\
 Examples:
   ddpm interpolate --checkpoint C --seeds 1,2 --frames 8 --scale 4 --out strip.png
   ddpm interpolate --checkpoint C --seeds 1,2 --sampler dpm++2m --frames 30 --out-dir frames
-  ddpm interpolate --checkpoint C --from a.png --to b.png --refine 2 --frames 8 --out strip.png
+  ddpm interpolate --checkpoint C --from a.png --to b.png --frames 8 --out strip.png
 
 With --seeds A,B the end frames are exactly `ddpm sample --seed A -n 1` and `--seed B` with the
 same --sampler and --steps (DDIM at eta 0). With --from/--to the images are DDIM-inverted to
-their x_T (each --refine costs one more model call per step and shrinks the reconstruction
-error about tenfold), so the end frames reconstruct them. stdout: the written paths, one per
+their x_T and sampled back without x0 clipping (which inversion cannot undo), so the end frames
+reconstruct them; --refine sets how closely (plain inversion, 0, is first-order accurate). stdout: the written paths, one per
 line (nothing with --out -).";
 
 /// `ddpm interpolate`
@@ -57,8 +57,9 @@ pub struct InterpolateArgs {
     /// Denoising (and inversion) steps [default: sample.steps, else 50 for ddim, 20 otherwise].
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Fixed-point refinements per DDIM inversion step (--from/--to).
-    #[arg(long, default_value_t = 2)]
+    /// Fixed-point refinements per DDIM inversion step (--from/--to): each costs one more model
+    /// call per step on the two end images only, and brings the end frames closer to them.
+    #[arg(long, default_value_t = 5)]
     pub refine: usize,
     #[command(flatten)]
     pub classes: ClassArgs,
@@ -119,6 +120,11 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     let cfg = &gen.config;
     let mut opts = generate::sample_options(cfg, sampler, 0);
     opts.eta = 0.0;
+    // DDIM inversion does not clip x0 (clipping is not invertible), so the way back must not
+    // either, or the end frames would not reconstruct the images.
+    if args.from.is_some() {
+        opts.clip_x0 = false;
+    }
     if let Some(k) = args.steps {
         opts.steps = k;
     }

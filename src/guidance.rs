@@ -39,7 +39,7 @@ impl<'a> Guided<'a> {
         let n = model.num_classes();
         if let Some(bad) = labels.iter().find(|&&y| y as usize > n) {
             return Err(Error::Invalid(format!(
-                "class {bad} is outside 0..{n} (the model has {n} classes)"
+                "class {bad} is outside 0..={n} (the model has {n} classes; {n} is the null label)"
             )));
         }
         check_scale(scale)?;

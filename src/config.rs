@@ -16,9 +16,10 @@ use crate::error::{Error, Result};
 use crate::loss::{LossKind, LossOptions};
 use crate::nn::UNetConfig;
 use crate::optim::OptimConfig;
-use crate::precision::Precision;
 use crate::sampler::SamplerKind;
 use crate::schedule::{BetaSchedule, Schedule, Spacing};
+
+pub use crate::train::TrainConfig;
 
 /// The whole configuration of a run; also stored in every checkpoint.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -115,76 +116,6 @@ impl DiffusionConfig {
     }
 }
 
-/// `[train]`: how long, how big, how often to log, sample and checkpoint.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Total optimizer steps; training always ends.
-    pub steps: u64,
-    /// Examples per optimizer step (split into `grad_accum` micro-batches).
-    pub batch_size: usize,
-    /// Micro-batches whose gradients are averaged per optimizer step.
-    pub grad_accum: usize,
-    pub precision: Precision,
-    /// The one seed every random stream derives from.
-    pub seed: u64,
-    /// Steps between rows of metrics.csv and log lines.
-    pub log_every: u64,
-    /// Steps between EMA sample grids in samples/ (0 = never).
-    pub sample_every: u64,
-    /// Images in each sample grid.
-    pub sample_count: usize,
-    /// Steps between checkpoints (one is always written at the end).
-    pub checkpoint_every: u64,
-    /// Checkpoints kept besides latest.safetensors.
-    pub keep_checkpoints: usize,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            steps: 800_000,
-            batch_size: 128,
-            grad_accum: 1,
-            precision: Precision::F32,
-            seed: 0,
-            log_every: 100,
-            sample_every: 10_000,
-            sample_count: 16,
-            checkpoint_every: 10_000,
-            keep_checkpoints: 3,
-        }
-    }
-}
-
-impl TrainConfig {
-    fn validate(&self) -> Result<()> {
-        let positive = [
-            ("train.steps", self.steps),
-            ("train.batch_size", self.batch_size as u64),
-            ("train.grad_accum", self.grad_accum as u64),
-            ("train.log_every", self.log_every),
-            ("train.checkpoint_every", self.checkpoint_every),
-            ("train.sample_count", self.sample_count as u64),
-        ];
-        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::Config(format!("{key} must be at least 1")));
-        }
-        if self.batch_size % self.grad_accum != 0 {
-            return Err(Error::Config(format!(
-                "train.batch_size = {} is not divisible by train.grad_accum = {}",
-                self.batch_size, self.grad_accum
-            )));
-        }
-        Ok(())
-    }
-
-    /// Examples per micro-batch.
-    pub fn micro_batch(&self) -> usize {
-        self.batch_size / self.grad_accum
-    }
-}
-
 /// `[sample]`: the defaults of `ddpm sample` (flags override them).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -205,6 +136,10 @@ pub struct SampleConfig {
     pub corrector_steps: usize,
     /// Target signal-to-noise ratio that sets the corrector's step size (sampler "pc").
     pub snr: f64,
+    /// Classifier-free guidance scale w for class-conditional models: eps_u + w (eps_c - eps_u);
+    /// 1 samples the model's own p(x | class) at one forward per step; > 1 trades diversity
+    /// for fidelity to the class, at two.
+    pub guidance: f64,
 }
 
 impl Default for SampleConfig {
@@ -219,6 +154,7 @@ impl Default for SampleConfig {
             use_ema: true,
             corrector_steps: 1,
             snr: 0.16,
+            guidance: 1.0,
         }
     }
 }
@@ -256,7 +192,8 @@ impl SampleConfig {
                 self.snr
             )));
         }
-        Ok(())
+        crate::guidance::check_scale(self.guidance)
+            .map_err(|e| Error::Config(format!("sample.{e}")))
     }
 }
 
@@ -294,12 +231,16 @@ impl Config {
         self.ema.validate()?;
         self.train.validate()?;
         self.sample.validate(self.diffusion.timesteps)?;
-        if self.data.class_labels && self.model.num_classes.is_none() {
-            return Err(Error::Config(
+        match (self.data.class_labels, self.model.num_classes) {
+            (true, None) => Err(Error::Config(
                 "data.class_labels = true needs model.num_classes (the number of classes)".into(),
-            ));
+            )),
+            (false, Some(n)) => Err(Error::Config(format!(
+                "model.num_classes = {n} but data.class_labels = false: the model would never \
+                 see a label; set data.class_labels = true or remove model.num_classes"
+            ))),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The config as TOML text (what the run directory and checkpoints store).
@@ -436,5 +377,28 @@ mod tests {
             &[]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn class_conditioning_keys_are_checked_together() {
+        let e = load_str("", &["data.class_labels=true"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.num_classes"), "{e}");
+        let e = load_str("", &["model.num_classes=10"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.class_labels"), "{e}");
+        let cfg = load_str("", &["model.num_classes=10", "data.class_labels=true"]).unwrap();
+        assert_eq!(cfg.train.label_dropout, 0.1);
+        assert_eq!(cfg.sample.guidance, 1.0);
+        let e = load_str("", &["train.label_dropout=1.5"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.label_dropout"), "{e}");
+        let e = load_str("", &["sample.guidance=-1"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sample.guidance"), "{e}");
     }
 }

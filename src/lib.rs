@@ -16,6 +16,7 @@ pub mod diffusion;
 pub mod ema;
 pub mod error;
 pub mod generate;
+pub mod guidance;
 pub mod likelihood;
 pub mod loss;
 pub mod model;

@@ -165,13 +165,14 @@ fn model_tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-#[test]
-fn resuming_is_bit_identical_to_training_straight_through() {
+/// Train `extra`'s run straight to 14 steps and in two goes (7, then --resume to 14): the
+/// checkpoints must agree bit for bit, and the metrics read as one run.
+fn assert_resume_is_exact(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let straight = train_tiny(dir, "straight", 14, &[]);
-    let split = train_tiny(dir, "split", 7, &[]);
-    train_tiny(dir, "split", 14, &["--resume"]);
+    let straight = train_tiny(dir, "straight", 14, extra);
+    let split = train_tiny(dir, "split", 7, extra);
+    train_tiny(dir, "split", 14, &[extra, &["--resume"]].concat());
     let a = model_tensors(&straight.join("latest.safetensors"));
     let b = model_tensors(&split.join("latest.safetensors"));
     assert_eq!(a.len(), b.len());
@@ -179,7 +180,6 @@ fn resuming_is_bit_identical_to_training_straight_through() {
         assert_eq!(ka, kb);
         assert!(da == db, "{ka} differs after resume");
     }
-    // The resumed run's metrics read as one run.
     let m = std::fs::read_to_string(split.join("metrics.csv")).unwrap();
     let steps: Vec<&str> = m
         .lines()
@@ -187,6 +187,25 @@ fn resuming_is_bit_identical_to_training_straight_through() {
         .map(|r| r.split(',').next().unwrap())
         .collect();
     assert_eq!(steps, ["5", "7", "10", "14"]);
+}
+
+#[test]
+fn resuming_is_bit_identical_to_training_straight_through() {
+    assert_resume_is_exact(&[]);
+}
+
+/// Label dropout draws from the step's own stream, so a conditional run resumes exactly too
+/// (label_dropout 0.5 makes about half the labels null at every step).
+#[test]
+fn resuming_a_class_conditional_run_is_bit_identical() {
+    assert_resume_is_exact(&[
+        "--set",
+        "data.class_labels=true",
+        "--set",
+        "model.num_classes=10",
+        "--set",
+        "train.label_dropout=0.5",
+    ]);
 }
 
 #[test]

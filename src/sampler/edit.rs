@@ -14,7 +14,7 @@ use crate::schedule::Schedule;
 /// How many of the respaced steps (ascending model timesteps `timesteps`) lie at or below
 /// t = strength T in the paper's 1-based numbering: those with t_k + 1 <= strength T. Trailing
 /// spacing makes it floor(strength K), as diffusers' img2img runs.
-pub(super) fn steps_below(timesteps: &[usize], strength: f64, num_timesteps: usize) -> usize {
+pub(crate) fn steps_below(timesteps: &[usize], strength: f64, num_timesteps: usize) -> usize {
     let t_start = strength * num_timesteps as f64;
     // The 1e-9 keeps 0.5 * 1000 from missing t = 499 through rounding.
     timesteps

@@ -30,6 +30,7 @@ pub use ddim::Ddim;
 pub use ddpm::Ancestral;
 pub use dpm_solver::DpmSolver2M;
 pub use edit::sample_from;
+pub(crate) use edit::steps_below;
 pub use heun::Heun;
 pub use inpaint::{inpaint, Inpaint, Inpainting};
 pub use latent::{ddim_invert, sample_from_latent, slerp, InvertOptions};

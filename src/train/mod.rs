@@ -2,6 +2,7 @@
 //! `step` (pure), the carried state in `state`, the files in `run_dir`. The loop never prints;
 //! it reports through `on_event`, and stops cleanly — checkpoint first — when `interrupt` is set.
 
+mod config;
 mod run_dir;
 mod state;
 mod step;
@@ -13,6 +14,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 
+pub use config::TrainConfig;
 pub use run_dir::{RunDir, METRICS_HEADER};
 pub use state::{stored_config, weights_with_prefix, TrainState, EMA_PREFIX, MODEL_PREFIX};
 pub use step::{train_step, StepStats};
@@ -87,6 +89,7 @@ pub fn train(
     cfg.train.precision.check(device)?;
     let schedule = cfg.diffusion.schedule()?;
     let dataset = data::open(&cfg.data)?;
+    check_classes(cfg, dataset.num_classes())?;
     let dir = RunDir::create(&opts.run_dir)?;
     let mut state = if opts.resume {
         resume_state(cfg, device, &dir)?
@@ -195,6 +198,24 @@ pub fn train(
     })
 }
 
+/// A labelled dataset must have exactly the model's model.num_classes classes: the label
+/// embedding has one row per class plus the null label, which a larger class would hit.
+fn check_classes(cfg: &Config, found: Option<usize>) -> Result<()> {
+    if !cfg.data.class_labels || found == cfg.model.num_classes {
+        return Ok(());
+    }
+    let source = match &cfg.data.path {
+        Some(p) => format!("{} (one class per subfolder)", p.display()),
+        None => "the digits dataset".into(),
+    };
+    Err(Error::Config(match (cfg.model.num_classes, found) {
+        (Some(want), Some(n)) => format!(
+            "model.num_classes = {want} but {source} has {n} classes; set model.num_classes = {n}"
+        ),
+        _ => format!("data.class_labels = true but {source} gives no labels"),
+    }))
+}
+
 fn save(cfg: &Config, dir: &RunDir, state: &TrainState) -> Result<PathBuf> {
     let (tensors, metadata) = state.checkpoint_contents(cfg)?;
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
@@ -225,6 +246,10 @@ fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainStat
         (
             "train.grad_accum",
             stored.train.grad_accum == cfg.train.grad_accum,
+        ),
+        (
+            "train.label_dropout",
+            stored.train.label_dropout == cfg.train.label_dropout,
         ),
     ];
     if let Some((section, _)) = same.iter().find(|(_, eq)| !eq) {

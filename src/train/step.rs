@@ -1,7 +1,9 @@
 //! One optimizer step, free of I/O: draw timesteps and noise from the step's streams, noise the
 //! batch with q(x_t | x0), run the network, take the loss and its gradients (averaged over the
-//! micro-batches), clip, update AdamW and the EMA. Everything random is keyed by the step number,
-//! so a run resumed at step s does exactly what an uninterrupted run does at step s.
+//! micro-batches), clip, update AdamW and the EMA. Class labels, when the data has them, are
+//! first replaced by the null label with probability train.label_dropout. Everything random is
+//! keyed by the step number, so a run resumed at step s does exactly what an uninterrupted run
+//! does at step s.
 
 use candle_core::{DType, Tensor};
 
@@ -9,6 +11,7 @@ use crate::config::Config;
 use crate::data::Batch;
 use crate::diffusion::q_sample;
 use crate::error::{Error, Result};
+use crate::guidance::drop_labels;
 use crate::loss::training_losses;
 use crate::nn::UNet;
 use crate::optim::lr_at;
@@ -33,6 +36,7 @@ struct StepStreams {
     timesteps: Stream,
     noise: Stream,
     dropout: Stream,
+    labels: Stream,
 }
 
 impl StepStreams {
@@ -41,6 +45,7 @@ impl StepStreams {
             timesteps: Stream::new(seed, Purpose::Timesteps, step),
             noise: Stream::new(seed, Purpose::TrainNoise, step),
             dropout: Stream::new(seed, Purpose::Dropout, step),
+            labels: Stream::new(seed, Purpose::Labels, step),
         }
     }
 }
@@ -61,7 +66,10 @@ pub fn train_step(
     let net = state.compute_unet(cfg, compute_dtype)?;
     let count = micro_batches.len();
     for batch in micro_batches {
-        let labels = batch.labels.clone();
+        let mut labels = batch.labels.clone();
+        if let (Some(y), Some(n)) = (labels.as_mut(), cfg.model.num_classes) {
+            drop_labels(y, n as u32, cfg.train.label_dropout, &mut streams.labels);
+        }
         let (x0, _) = batch.into_tensors(&device)?;
         let b = x0.dim(0)?;
         let t: Vec<usize> = (0..b)

@@ -33,6 +33,28 @@ pub fn for_each(n: usize, f: impl Fn(usize, usize) + Sync) {
     });
 }
 
+/// Partial sums a reduction keeps, at most: items are split into this many fixed runs.
+const REDUCE_SLOTS: usize = 16;
+
+/// The number of partial sums `for_each_in_slots` uses for `n` items.
+pub fn slots(n: usize) -> usize {
+    n.clamp(1, REDUCE_SLOTS)
+}
+
+/// Run `f(item, slot)` for every item in 0..n, where slot s (in 0..slots(n)) covers the fixed
+/// run of items s n / S .. (s + 1) n / S, in order, on one thread. A reduction that accumulates
+/// into per-slot partials and then sums them in slot order is therefore deterministic: the
+/// same bits whatever the thread count or scheduling (per-thread partials would not be, since
+/// which items a thread takes changes from run to run).
+pub fn for_each_in_slots(n: usize, f: impl Fn(usize, usize) + Sync) {
+    let s = slots(n);
+    for_each(s, |slot, _| {
+        for item in slot * n / s..(slot + 1) * n / s {
+            f(item, slot);
+        }
+    });
+}
+
 /// A vector of `n` values for a kernel to fill, skipping the zeroing pass (a full extra pass
 /// over large outputs), as candle's own CPU kernels do.
 ///

@@ -359,10 +359,12 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (th, tw) = tiles(g);
     let rows = (2 * rows_per_chunk(g, g.cin, g.cout)).min(g.b * th);
     let total = g.b * th;
-    let per_thread = POINTS * g.cout * g.cin;
-    let mut partial = vec![0f32; par::threads() * per_thread];
+    let per_slot = POINTS * g.cout * g.cin;
+    let items = total.div_ceil(rows);
+    // Per-slot partials summed in slot order: deterministic whatever the thread scheduling.
+    let mut partial = vec![0f32; par::slots(items) * per_slot];
     let parts = Shared::new(&mut partial);
-    par::for_each(total.div_ceil(rows), |item, thread| {
+    par::for_each_in_slots(items, |item, slot| {
         let r0 = item * rows;
         let r1 = (r0 + rows).min(total);
         let n = (r1 - r0) * tw;
@@ -374,12 +376,12 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             grad_output_transform(g, dy, r0, r1, d, buf);
             for xi in 0..POINTS {
                 let plane = g.cout * g.cin;
-                // SAFETY: each thread accumulates into its own partial dU[xi] (cout, cin); D[xi]
+                // SAFETY: each slot (one thread) accumulates into its own partial dU[xi]; D[xi]
                 // is (cout, n) and V[xi]^T (n, cin) a transposed view of (cin, n).
                 unsafe {
                     gemm(
                         (g.cout, g.cin, n),
-                        (parts.ptr(thread * per_thread + xi * plane), g.cin, 1),
+                        (parts.ptr(slot * per_slot + xi * plane), g.cin, 1),
                         (d[xi * g.cout * n..].as_ptr(), n, 1),
                         (v[xi * g.cin * n..].as_ptr(), 1, n),
                         true,
@@ -388,8 +390,8 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             }
         });
     });
-    let mut du = vec![0f32; per_thread];
-    for part in partial.chunks_exact(per_thread) {
+    let mut du = vec![0f32; per_slot];
+    for part in partial.chunks_exact(per_slot) {
         du.iter_mut().zip(part).for_each(|(d, v)| *d += v);
     }
     weights_from_points(&du, g.cout, g.cin, dw);

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{expect_tensor, reject_unknown};
 use crate::error::{Error, Result};
+use crate::optim::sorted_unique;
 
 /// EMA settings, the `[ema]` section.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -92,14 +93,7 @@ impl Ema {
     /// An EMA of `vars` (sorted by name here) starting at their current values.
     pub fn new(vars: &[(String, Var)], cfg: EmaConfig) -> Result<Self> {
         cfg.validate()?;
-        let mut vars = vars.to_vec();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        if let Some(w) = vars.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(Error::Invalid(format!(
-                "parameter `{}` is listed twice",
-                w[0].0
-            )));
-        }
+        let vars = sorted_unique(vars)?;
         let weights = vars
             .iter()
             .map(|(n, v)| Ok((n.clone(), snapshot(v)?)))

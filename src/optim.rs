@@ -141,6 +141,20 @@ pub fn named_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
     Ok(vars)
 }
 
+/// `vars` sorted by name, or an error naming a parameter listed twice: the optimizer and the
+/// EMA both key their state by name, so a duplicate would silently share it.
+pub(crate) fn sorted_unique(vars: &[(String, Var)]) -> Result<Vec<(String, Var)>> {
+    let mut vars = vars.to_vec();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = vars.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(Error::Invalid(format!(
+            "parameter `{}` is listed twice",
+            w[0].0
+        )));
+    }
+    Ok(vars)
+}
+
 /// One parameter with its moments (f32, on the parameter's device).
 struct Slot {
     name: String,
@@ -161,14 +175,7 @@ impl AdamW {
     /// f32: these are the master weights, kept in full precision whatever the model computes in.
     pub fn new(vars: &[(String, Var)], cfg: OptimConfig) -> Result<Self> {
         cfg.validate()?;
-        let mut vars = vars.to_vec();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        if let Some(w) = vars.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(Error::Invalid(format!(
-                "parameter `{}` is listed twice",
-                w[0].0
-            )));
-        }
+        let vars = sorted_unique(vars)?;
         let slots = vars
             .into_iter()
             .map(|(name, var)| {

@@ -106,14 +106,7 @@ impl Dataset for Digits {
     }
 
     fn example(&self, i: usize, flip: bool, out: &mut [f32]) -> Result<Option<u32>> {
-        if i >= self.len() || out.len() != self.example_len() {
-            return Err(Error::Invalid(format!(
-                "digits example {i} into {} values: the dataset has {} examples of {} values",
-                out.len(),
-                self.len(),
-                self.example_len()
-            )));
-        }
+        self.check_example("digits", i, out)?;
         let (first, rest) = out.split_at_mut(self.size.area());
         render(&self.pixels[i], self.size, flip, first);
         for ch in rest.chunks_exact_mut(self.size.area()) {

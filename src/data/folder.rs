@@ -117,14 +117,7 @@ impl Dataset for ImageFolder {
     }
 
     fn example(&self, i: usize, flip: bool, out: &mut [f32]) -> Result<Option<u32>> {
-        if i >= self.len() || out.len() != self.example_len() {
-            return Err(Error::Invalid(format!(
-                "folder example {i} into {} values: the dataset has {} examples of {} values",
-                out.len(),
-                self.len(),
-                self.example_len()
-            )));
-        }
+        self.check_example("folder", i, out)?;
         let owned;
         let bytes: &[u8] = match self.cache.as_ref().map(|c| &c[i]) {
             Some(slot) => match slot.get() {

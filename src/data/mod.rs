@@ -18,7 +18,7 @@ pub use digits::Digits;
 pub use folder::ImageFolder;
 pub use loader::{Batch, Loader, LoaderOptions};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A fixed, indexable set of images of one size and channel count.
 pub trait Dataset: Send + Sync {
@@ -44,6 +44,20 @@ pub trait Dataset: Send + Sync {
     /// Write example `i` (mirrored left-right when `flip`) into `out` as C*H*W values in
     /// [-1, 1], CHW order; return its class label when the dataset has labels.
     fn example(&self, i: usize, flip: bool, out: &mut [f32]) -> Result<Option<u32>>;
+
+    /// Ok when `i` names an example and `out` holds exactly one; else an error naming the
+    /// dataset (`what`): every `example` starts with this check.
+    fn check_example(&self, what: &str, i: usize, out: &[f32]) -> Result<()> {
+        if i < self.len() && out.len() == self.example_len() {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "{what} example {i} into {} values: the dataset has {} examples of {} values",
+            out.len(),
+            self.len(),
+            self.example_len()
+        )))
+    }
 
     /// Number of classes when examples carry labels, else None.
     fn num_classes(&self) -> Option<usize>;

@@ -12,6 +12,7 @@ mod im2col;
 pub mod norm;
 mod par;
 pub mod resample;
+mod transforms;
 mod winograd;
 
 #[cfg(test)]

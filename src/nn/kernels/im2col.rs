@@ -148,10 +148,7 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             });
         }
     });
-    dw.fill(0.0);
-    for part in partial.chunks_exact(per_thread) {
-        dw.iter_mut().zip(part).for_each(|(d, v)| *d += v);
-    }
+    par::sum_parts(&partial, dw);
 }
 
 /// dx[b] = col2im(W^T dy[b]), one image per work item. dx: (b, cin, h, w).

@@ -46,6 +46,28 @@ pub unsafe fn output(n: usize) -> Vec<f32> {
     v
 }
 
+/// dst = the sum of the per-thread `parts` (each dst.len() long), in parallel over blocks.
+pub fn sum_parts(parts: &[f32], dst: &mut [f32]) {
+    const BLOCK: usize = 4096;
+    let len = dst.len();
+    let out = Shared::new(dst);
+    for_each(len.div_ceil(BLOCK), |block, _| {
+        let start = block * BLOCK;
+        let n = BLOCK.min(len - start);
+        // SAFETY: block `block` alone writes dst[start..start + n].
+        let d = unsafe { out.slice(start, n) };
+        let mut parts = parts.chunks_exact(len);
+        if let Some(first) = parts.next() {
+            d.copy_from_slice(&first[start..start + n]);
+        }
+        for part in parts {
+            d.iter_mut()
+                .zip(&part[start..start + n])
+                .for_each(|(d, v)| *d += v);
+        }
+    });
+}
+
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }

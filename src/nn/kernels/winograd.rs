@@ -14,7 +14,7 @@ use super::conv::Geom;
 use super::par::{self, gemm, multiversion, Shared};
 use super::transforms;
 
-use transforms::{Points, ALPHA, POINTS};
+use transforms::{Chunk, Points, ALPHA, POINTS};
 
 /// (tile rows per image, tiles per tile row) for an h x w map: 2x2 output tiles, the last ones
 /// padded when h or w is odd.
@@ -152,52 +152,37 @@ pub fn transform_weights(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<
     u
 }
 
-/// dW[co, ci] = G^T dU[co, ci] G from dU (36, cout, cin); dw: (cout, cin, 3, 3).
+/// dW[co, ci] = G^T dU[co, ci] G from dU (36, cout, cin); dw: (cout, cin, 3, 3). Parallel
+/// over output channels.
 fn weights_from_points(du: &[f32], cout: usize, cin: usize, dw: &mut [f32]) {
     let plane = cout * cin;
-    for (idx, out) in dw.chunks_exact_mut(9).enumerate() {
-        let p = |i: usize, k: usize| du[(ALPHA * i + k) * plane + idx];
-        // Over the point rows i first (giving ky), then over the columns k (giving kx).
-        let rows: [[f32; 3]; ALPHA] =
-            std::array::from_fn(|k| gt_rows(std::array::from_fn(|i| p(i, k))));
-        for a in 0..3 {
-            let v = gt_rows(std::array::from_fn(|k| rows[k][a]));
-            out[a * 3..a * 3 + 3].copy_from_slice(&v);
+    let out = Shared::new(dw);
+    par::for_each(cout, |co, _| {
+        // SAFETY: item co alone writes dw[co].
+        let dst = unsafe { out.slice(co * cin * 9, cin * 9) };
+        for (ci, out) in dst.chunks_exact_mut(9).enumerate() {
+            let idx = co * cin + ci;
+            let p = |i: usize, k: usize| du[(ALPHA * i + k) * plane + idx];
+            // Over the point rows i first (giving ky), then over the columns k (giving kx).
+            let rows: [[f32; 3]; ALPHA] =
+                std::array::from_fn(|k| gt_rows(std::array::from_fn(|i| p(i, k))));
+            for a in 0..3 {
+                let v = gt_rows(std::array::from_fn(|k| rows[k][a]));
+                out[a * 3..a * 3 + 3].copy_from_slice(&v);
+            }
         }
-    }
-}
-
-/// The tile-row segments of the chunk r0..r1 (global tile rows, th per image):
-/// (image, ty0, ty1, offset of the segment's first tile in the chunk).
-fn segments(
-    th: usize,
-    tw: usize,
-    (r0, r1): (usize, usize),
-) -> impl Iterator<Item = (usize, usize, usize, usize)> {
-    let mut r = r0;
-    std::iter::from_fn(move || {
-        if r >= r1 {
-            return None;
-        }
-        let (b, ty0) = (r / th, r % th);
-        let ty1 = th.min(ty0 + (r1 - r));
-        let seg = (b, ty0, ty1, (r - r0) * tw);
-        r += ty1 - ty0;
-        Some(seg)
-    })
+    });
 }
 
 multiversion! {
 /// V (36, chans, n) for the chunk r0..r1 of x (b, chans, h, w).
 fn input_chunk(g: &Geom, chans: usize, x: &[f32], r0: usize, r1: usize, v: &mut [f32], buf: &mut [f32]) {
-    let (th, tw) = tiles(g);
-    let n = (r1 - r0) * tw;
-    for (b, ty0, ty1, j0) in segments(th, tw, (r0, r1)) {
-        for c in 0..chans {
-            let plane = &x[(b * chans + c) * g.h * g.w..][..g.h * g.w];
-            let at = Points { stride: chans * n, off: c * n + j0 };
-            transforms::input(plane, (g.h, g.w), (ty0, ty1), v, at, buf);
-        }
+    let chunk = Chunk { h: g.h, w: g.w, r0, r1 };
+    let (n, hw) = (chunk.len(), g.h * g.w);
+    for c in 0..chans {
+        let plane = |b: usize| &x[(b * chans + c) * hw..][..hw];
+        let at = Points { stride: chans * n, off: c * n };
+        transforms::input(&chunk, plane, v, at, buf);
     }
 }
 }
@@ -205,14 +190,12 @@ fn input_chunk(g: &Geom, chans: usize, x: &[f32], r0: usize, r1: usize, v: &mut 
 multiversion! {
 /// D (36, cout, n) for the chunk r0..r1 of dy (b, cout, h, w).
 fn grad_output_chunk(g: &Geom, dy: &[f32], r0: usize, r1: usize, d: &mut [f32], buf: &mut [f32]) {
-    let (th, tw) = tiles(g);
-    let n = (r1 - r0) * tw;
-    for (b, ty0, ty1, j0) in segments(th, tw, (r0, r1)) {
-        for co in 0..g.cout {
-            let plane = &dy[(b * g.cout + co) * g.h * g.w..][..g.h * g.w];
-            let at = Points { stride: g.cout * n, off: co * n + j0 };
-            transforms::grad_output(plane, (g.h, g.w), (ty0, ty1), d, at, buf);
-        }
+    let chunk = Chunk { h: g.h, w: g.w, r0, r1 };
+    let (n, hw) = (chunk.len(), g.h * g.w);
+    for co in 0..g.cout {
+        let plane = |b: usize| &dy[(b * g.cout + co) * hw..][..hw];
+        let at = Points { stride: g.cout * n, off: co * n };
+        transforms::grad_output(&chunk, plane, d, at, buf);
     }
 }
 }
@@ -220,26 +203,25 @@ fn grad_output_chunk(g: &Geom, dy: &[f32], r0: usize, r1: usize, d: &mut [f32], 
 multiversion! {
 /// The output rows of the chunk r0..r1 from M (36, couts, n), plus bias[b, co].
 fn output_chunk(g: &Geom, couts: usize, m: &[f32], bias: Option<&[f32]>, r0: usize, r1: usize, y: Shared, buf: &mut [f32]) {
-    let (th, tw) = tiles(g);
-    let n = (r1 - r0) * tw;
-    for (b, ty0, ty1, j0) in segments(th, tw, (r0, r1)) {
-        let (first, rows) = (transforms::TILE * ty0, (transforms::TILE * ty1).min(g.h));
-        for co in 0..couts {
-            let at = Points { stride: couts * n, off: co * n + j0 };
-            let bias = bias.map_or(0.0, |bias| bias[b * couts + co]);
-            let start = ((b * couts + co) * g.h + first) * g.w;
-            // SAFETY: output rows 4 ty0 .. 4 ty1 of plane (b, co) belong to this chunk alone.
-            let dst = unsafe { y.slice(start, (rows - first) * g.w) };
-            transforms::output(m, at, bias, (g.h, g.w), (ty0, ty1), dst, buf);
-        }
+    let chunk = Chunk { h: g.h, w: g.w, r0, r1 };
+    let n = chunk.len();
+    for co in 0..couts {
+        let at = Points { stride: couts * n, off: co * n };
+        let bias = |b: usize| bias.map_or(0.0, |bias| bias[b * couts + co]);
+        // SAFETY: the rows of the chunk's tile rows in plane (b, co) belong to this chunk alone,
+        // and each tile row's rows are handed out once.
+        let rows = |b: usize, first: usize, count: usize| unsafe {
+            y.slice(((b * couts + co) * g.h + first) * g.w, count * g.w)
+        };
+        transforms::output(&chunk, m, at, bias, rows, buf);
     }
 }
 }
 
 /// Scratch for the transforms of one chunk of `rows` tile rows.
 fn transform_scratch(g: &Geom, rows: usize) -> usize {
-    let (th, tw) = tiles(g);
-    transforms::scratch(rows.min(th), tw)
+    let (_, tw) = tiles(g);
+    transforms::scratch(rows * tw, tw)
 }
 
 /// y = x * g + bias with U = `transform_weights(..)` of shape (36, couts, cins): the forward
@@ -319,9 +301,8 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             }
         });
     });
-    let mut du = vec![0f32; per_thread];
-    for part in partial.chunks_exact(per_thread) {
-        du.iter_mut().zip(part).for_each(|(d, v)| *d += v);
-    }
+    // SAFETY: sum_parts assigns every value.
+    let mut du = unsafe { par::output(per_thread) };
+    par::sum_parts(&partial, &mut du);
     weights_from_points(&du, g.cout, g.cin, dw);
 }

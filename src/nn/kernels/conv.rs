@@ -1,6 +1,7 @@
 //! 2-D convolution with a per-example bias as a candle custom op with backward: the forward
-//! and both gradients run on our kernels (Winograd for 3x3 stride-1 convolutions between wide
-//! layers, im2col + GEMM otherwise). On other devices and dtypes `conv2d` is candle's own op.
+//! and all three gradients run on our kernels (Winograd for 3x3 stride-1 convolutions between
+//! wide layers, im2col + GEMM otherwise). On other devices and dtypes `conv2d` is candle's own
+//! op. The input gradient is skipped when the input needs none (the UNet's x_t).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -57,7 +58,7 @@ impl Geom {
         self.cin * self.k * self.k
     }
 
-    /// Whether Winograd F(2x2, 3x3) applies and pays: 3x3, stride 1, padding 1, and both
+    /// Whether Winograd F(4x4, 3x3) applies and pays: 3x3, stride 1, padding 1, and both
     /// channel counts wide enough for its GEMMs (thin layers keep im2col's deeper GEMM).
     fn winograd(&self) -> bool {
         self.k == 3 && self.stride == 1 && self.pad == 1 && self.cin >= 16 && self.cout >= 16

@@ -4,7 +4,7 @@
 //! unfolded patch matrix stays small enough to live in cache, and every GEMM runs on one thread.
 
 use super::conv::Geom;
-use super::par::{self, gemm, Shared};
+use super::par::{self, gemm, Partials, Shared};
 
 /// Output rows per work item, so the unfolded (cin k k, rows wo) patch matrix stays ~256 KB.
 fn rows_per_item(g: &Geom) -> usize {
@@ -117,22 +117,23 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let rows = rows_per_item(g);
     let bands = g.ho.div_ceil(rows);
     let (p, kk) = (g.ho * g.wo, g.kk());
-    let per_thread = g.cout * kk;
-    let mut partial = vec![0f32; par::threads() * per_thread];
-    let parts = Shared::new(&mut partial);
+    let mut partial = Partials::new(g.cout * kk);
+    let parts = partial.shared();
     par::for_each(g.b * bands, |item, thread| {
         let (b, r0) = (item / bands, (item % bands) * rows);
         let r1 = (r0 + rows).min(g.ho);
         let (p0, pc) = (r0 * g.wo, (r1 - r0) * g.wo);
         let xb = &x[b * g.x_image()..][..g.x_image()];
         let dyb = &dy[b * g.cout * p + p0..];
+        // SAFETY: `thread` is this thread's own index.
+        let dw_part = unsafe { par::part(&parts, thread) };
         let run = |rhs: (*const f32, usize, usize)| {
             // SAFETY: each thread accumulates into its own partial; lhs is dy[b, :, band]
             // (row stride p), rhs the band's patches transposed, (pc, kk).
             unsafe {
                 gemm(
                     (g.cout, kk, pc),
-                    (parts.ptr(thread * per_thread), kk, 1),
+                    (dw_part, kk, 1),
                     (dyb.as_ptr(), p, 1),
                     rhs,
                     true,
@@ -148,7 +149,7 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             });
         }
     });
-    par::sum_parts(&partial, dw);
+    partial.sum_into(dw);
 }
 
 /// dx[b] = col2im(W^T dy[b]), one image per work item. dx: (b, cin, h, w).

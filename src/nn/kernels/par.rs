@@ -4,7 +4,7 @@
 //! AVX2+FMA) and picks at run time, since the crate itself is built for baseline x86-64.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use candle_core::utils::barrier_pool;
 
@@ -46,26 +46,69 @@ pub unsafe fn output(n: usize) -> Vec<f32> {
     v
 }
 
-/// dst = the sum of the per-thread `parts` (each dst.len() long), in parallel over blocks.
-pub fn sum_parts(parts: &[f32], dst: &mut [f32]) {
-    const BLOCK: usize = 4096;
-    let len = dst.len();
-    let out = Shared::new(dst);
-    for_each(len.div_ceil(BLOCK), |block, _| {
-        let start = block * BLOCK;
-        let n = BLOCK.min(len - start);
-        // SAFETY: block `block` alone writes dst[start..start + n].
-        let d = unsafe { out.slice(start, n) };
-        let mut parts = parts.chunks_exact(len);
-        if let Some(first) = parts.next() {
-            d.copy_from_slice(&first[start..start + n]);
+/// Per-thread accumulators of `len` values each, zeroed by each thread on its first use (in
+/// parallel, and only for threads that get work) instead of all at once up front.
+pub struct Partials {
+    buf: Vec<f32>,
+    len: usize,
+    touched: Vec<AtomicBool>,
+}
+
+impl Partials {
+    pub fn new(len: usize) -> Self {
+        let n = threads();
+        Partials {
+            // SAFETY: a thread's part is zeroed before its first use (`get`), and only touched
+            // parts are ever read (`sum_into`).
+            buf: unsafe { output(n * len) },
+            len,
+            touched: (0..n).map(|_| AtomicBool::new(false)).collect(),
         }
-        for part in parts {
-            d.iter_mut()
-                .zip(&part[start..start + n])
-                .for_each(|(d, v)| *d += v);
-        }
-    });
+    }
+
+    /// A handle for the parallel loop.
+    pub fn shared(&mut self) -> (Shared, &[AtomicBool], usize) {
+        (Shared::new(&mut self.buf), &self.touched, self.len)
+    }
+
+    /// dst = the sum of the parts the threads used, in parallel over blocks.
+    pub fn sum_into(&self, dst: &mut [f32]) {
+        const BLOCK: usize = 4096;
+        let used: Vec<&[f32]> = self
+            .buf
+            .chunks_exact(self.len)
+            .zip(&self.touched)
+            .filter(|(_, t)| t.load(Ordering::Relaxed))
+            .map(|(part, _)| part)
+            .collect();
+        let len = dst.len().min(self.len);
+        let out = Shared::new(dst);
+        for_each(len.div_ceil(BLOCK), |block, _| {
+            let start = block * BLOCK;
+            let n = BLOCK.min(len - start);
+            // SAFETY: block `block` alone writes dst[start..start + n].
+            let d = unsafe { out.slice(start, n) };
+            d.fill(0.0);
+            for part in &used {
+                d.iter_mut()
+                    .zip(&part[start..start + n])
+                    .for_each(|(d, v)| *d += v);
+            }
+        });
+    }
+}
+
+/// Thread `thread`'s part of a `Partials` (from `shared`), zeroed on its first use.
+///
+/// # Safety
+/// Only thread `thread` may call this for its index while the loop runs.
+pub unsafe fn part(handle: &(Shared, &[AtomicBool], usize), thread: usize) -> *mut f32 {
+    let (buf, touched, len) = handle;
+    if !touched[thread].swap(true, Ordering::Relaxed) {
+        // SAFETY: this thread's part, written by this thread only.
+        unsafe { buf.slice(thread * len, *len) }.fill(0.0);
+    }
+    buf.ptr(thread * len)
 }
 
 thread_local! {

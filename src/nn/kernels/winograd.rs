@@ -11,13 +11,13 @@
 //! dW = G^T dU G (the transpose of the forward map in g).
 
 use super::conv::Geom;
-use super::par::{self, gemm, multiversion, Shared};
+use super::par::{self, gemm, multiversion, Partials, Shared};
 use super::transforms;
 
 use transforms::{Chunk, Points, ALPHA, POINTS};
 
-/// (tile rows per image, tiles per tile row) for an h x w map: 2x2 output tiles, the last ones
-/// padded when h or w is odd.
+/// (tile rows per image, tiles per tile row) of the map: 4x4 output tiles, the last ones
+/// padded when h or w is not a multiple of 4.
 fn tiles(g: &Geom) -> (usize, usize) {
     transforms::tiles(g.h, g.w)
 }
@@ -272,9 +272,9 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (th, tw) = tiles(g);
     let rows = (2 * rows_per_chunk(g, g.cin, g.cout)).min(g.b * th);
     let total = g.b * th;
-    let per_thread = POINTS * g.cout * g.cin;
-    let mut partial = vec![0f32; par::threads() * per_thread];
-    let parts = Shared::new(&mut partial);
+    let plane = g.cout * g.cin;
+    let mut partial = Partials::new(POINTS * plane);
+    let parts = partial.shared();
     par::for_each(total.div_ceil(rows), |item, thread| {
         let r0 = item * rows;
         let r1 = (r0 + rows).min(total);
@@ -285,14 +285,15 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             let (d, buf) = rest.split_at_mut(dlen);
             input_chunk(g, g.cin, x, r0, r1, v, buf);
             grad_output_chunk(g, dy, r0, r1, d, buf);
+            // SAFETY: `thread` is this thread's own index.
+            let du = unsafe { par::part(&parts, thread) };
             for xi in 0..POINTS {
-                let plane = g.cout * g.cin;
                 // SAFETY: each thread accumulates into its own partial dU[xi] (cout, cin); D[xi]
                 // is (cout, n) and V[xi]^T (n, cin) a transposed view of (cin, n).
                 unsafe {
                     gemm(
                         (g.cout, g.cin, n),
-                        (parts.ptr(thread * per_thread + xi * plane), g.cin, 1),
+                        (du.add(xi * plane), g.cin, 1),
                         (d[xi * g.cout * n..].as_ptr(), n, 1),
                         (v[xi * g.cin * n..].as_ptr(), 1, n),
                         true,
@@ -301,8 +302,8 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             }
         });
     });
-    // SAFETY: sum_parts assigns every value.
-    let mut du = unsafe { par::output(per_thread) };
-    par::sum_parts(&partial, &mut du);
+    // SAFETY: sum_into assigns every value.
+    let mut du = unsafe { par::output(POINTS * plane) };
+    partial.sum_into(&mut du);
     weights_from_points(&du, g.cout, g.cin, dw);
 }

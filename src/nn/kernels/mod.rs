@@ -6,13 +6,13 @@
 //! speed (candle issue #3119), and its GroupNorm is a chain of full-tensor ops. Each public
 //! function takes the f32 CPU path when `enabled` and falls back to candle's own ops on other
 //! devices and dtypes, so CUDA keeps working unchanged. A CPU process should also call
-//! `tune_allocator` once (see `alloc`).
+//! `configure_cpu` once at startup (see `process`).
 
-mod alloc;
 pub mod conv;
 mod im2col;
 pub mod norm;
 mod par;
+mod process;
 pub mod resample;
 mod transforms;
 mod winograd;
@@ -24,9 +24,9 @@ use std::cell::Cell;
 
 use candle_core::{DType, Tensor};
 
-pub use alloc::tune_allocator;
 pub use conv::conv2d;
 pub use norm::group_norm;
+pub use process::configure_cpu;
 pub use resample::upsample_nearest2x;
 
 thread_local! {

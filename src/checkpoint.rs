@@ -9,8 +9,7 @@
 pub mod run_dir;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::Load;
@@ -18,6 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use safetensors::{SafeTensorError, SafeTensors};
 
+use crate::atomic;
 use crate::error::{Error, Result};
 use crate::optim::named_vars;
 
@@ -133,58 +133,12 @@ fn encode_raw(
         .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))
 }
 
-/// The temp file a write to `path` goes through: hidden, in the same directory (so the rename
-/// cannot cross filesystems), and unique per process.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
-/// Replace `path` by `bytes` atomically: write a temp file, fsync it, rename it over `path`,
-/// fsync the directory so the rename itself is durable.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let written = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = written {
-        // Best effort: the temp file may not exist, and the error to report is the first one.
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::checkpoint(path, format!("cannot save: {e}")));
-    }
-    sync_dir(path)
-}
-
-/// fsync the directory holding `path`, making a rename or link in it durable.
-fn sync_dir(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| {
-                Error::checkpoint(
-                    path,
-                    format!("cannot sync directory {}: {e}", dir.display()),
-                )
-            })?;
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
+/// Replace `path` by `bytes` atomically (see `atomic::write`), as a checkpoint error.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic::write(path, bytes).map_err(|e| match e {
+        Error::Io { source, .. } => Error::checkpoint(path, format!("cannot save: {source}")),
+        other => other,
+    })
 }
 
 /// Read a checkpoint. Each way a file can be unusable (missing, empty, truncated, not

@@ -16,9 +16,10 @@ use crate::error::{Error, Result};
 use crate::loss::{LossKind, LossOptions};
 use crate::nn::UNetConfig;
 use crate::optim::OptimConfig;
-use crate::precision::Precision;
 use crate::sampler::SamplerKind;
 use crate::schedule::{BetaSchedule, Schedule, Spacing};
+
+pub use crate::train::TrainConfig;
 
 /// The whole configuration of a run; also stored in every checkpoint.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -115,82 +116,12 @@ impl DiffusionConfig {
     }
 }
 
-/// `[train]`: how long, how big, how often to log, sample and checkpoint.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Total optimizer steps; training always ends.
-    pub steps: u64,
-    /// Examples per optimizer step (split into `grad_accum` micro-batches).
-    pub batch_size: usize,
-    /// Micro-batches whose gradients are averaged per optimizer step.
-    pub grad_accum: usize,
-    pub precision: Precision,
-    /// The one seed every random stream derives from.
-    pub seed: u64,
-    /// Steps between rows of metrics.csv and log lines.
-    pub log_every: u64,
-    /// Steps between EMA sample grids in samples/ (0 = never).
-    pub sample_every: u64,
-    /// Images in each sample grid.
-    pub sample_count: usize,
-    /// Steps between checkpoints (one is always written at the end).
-    pub checkpoint_every: u64,
-    /// Checkpoints kept besides latest.safetensors.
-    pub keep_checkpoints: usize,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            steps: 800_000,
-            batch_size: 128,
-            grad_accum: 1,
-            precision: Precision::F32,
-            seed: 0,
-            log_every: 100,
-            sample_every: 10_000,
-            sample_count: 16,
-            checkpoint_every: 10_000,
-            keep_checkpoints: 3,
-        }
-    }
-}
-
-impl TrainConfig {
-    fn validate(&self) -> Result<()> {
-        let positive = [
-            ("train.steps", self.steps),
-            ("train.batch_size", self.batch_size as u64),
-            ("train.grad_accum", self.grad_accum as u64),
-            ("train.log_every", self.log_every),
-            ("train.checkpoint_every", self.checkpoint_every),
-            ("train.sample_count", self.sample_count as u64),
-        ];
-        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::Config(format!("{key} must be at least 1")));
-        }
-        if self.batch_size % self.grad_accum != 0 {
-            return Err(Error::Config(format!(
-                "train.batch_size = {} is not divisible by train.grad_accum = {}",
-                self.batch_size, self.grad_accum
-            )));
-        }
-        Ok(())
-    }
-
-    /// Examples per micro-batch.
-    pub fn micro_batch(&self) -> usize {
-        self.batch_size / self.grad_accum
-    }
-}
-
 /// `[sample]`: the defaults of `ddpm sample` (flags override them).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SampleConfig {
     pub sampler: SamplerKind,
-    /// Sampling steps; absent = all T for ddpm, 50 for ddim.
+    /// Sampling steps; absent = all T for ddpm and pc, 50 for ddim, 20 for dpm++2m and heun.
     pub steps: Option<usize>,
     /// DDIM's eta (0 = deterministic).
     pub eta: f64,
@@ -201,6 +132,14 @@ pub struct SampleConfig {
     pub batch_size: usize,
     /// Sample with the EMA weights (false: the raw weights).
     pub use_ema: bool,
+    /// Langevin corrector steps after each predictor step (sampler "pc").
+    pub corrector_steps: usize,
+    /// Target signal-to-noise ratio that sets the corrector's step size (sampler "pc").
+    pub snr: f64,
+    /// Classifier-free guidance scale w for class-conditional models: eps_u + w (eps_c - eps_u);
+    /// 1 samples the model's own p(x | class) at one forward per step; > 1 trades diversity
+    /// for fidelity to the class, at two.
+    pub guidance: f64,
 }
 
 impl Default for SampleConfig {
@@ -213,6 +152,9 @@ impl Default for SampleConfig {
             clip_x0: true,
             batch_size: 64,
             use_ema: true,
+            corrector_steps: 1,
+            snr: 0.16,
+            guidance: 1.0,
         }
     }
 }
@@ -221,8 +163,9 @@ impl SampleConfig {
     /// The number of steps for `sampler` over a T-step schedule.
     pub fn steps_for(&self, sampler: SamplerKind, timesteps: usize) -> usize {
         self.steps.unwrap_or(match sampler {
+            SamplerKind::Ddpm | SamplerKind::Pc => timesteps,
             SamplerKind::Ddim => 50.min(timesteps),
-            _ => timesteps,
+            SamplerKind::DpmSolver2M | SamplerKind::Heun => 20.min(timesteps),
         })
     }
 
@@ -243,15 +186,22 @@ impl SampleConfig {
         if self.batch_size == 0 {
             return Err(Error::Config("sample.batch_size must be at least 1".into()));
         }
-        Ok(())
+        if !(self.snr.is_finite() && self.snr > 0.0) {
+            return Err(Error::Config(format!(
+                "sample.snr = {} must be a positive number",
+                self.snr
+            )));
+        }
+        crate::guidance::check_scale(self.guidance)
+            .map_err(|e| Error::Config(format!("sample.{e}")))
     }
 }
 
 impl Config {
     /// Parse TOML text; `origin` (a path or "checkpoint") prefixes every error.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
         Ok(cfg)
     }
 
@@ -281,17 +231,22 @@ impl Config {
         self.ema.validate()?;
         self.train.validate()?;
         self.sample.validate(self.diffusion.timesteps)?;
-        if self.data.class_labels && self.model.num_classes.is_none() {
-            return Err(Error::Config(
+        match (self.data.class_labels, self.model.num_classes) {
+            (true, None) => Err(Error::Config(
                 "data.class_labels = true needs model.num_classes (the number of classes)".into(),
-            ));
+            )),
+            (false, Some(n)) => Err(Error::Config(format!(
+                "model.num_classes = {n} but data.class_labels = false: the model would never \
+                 see a label; set data.class_labels = true or remove model.num_classes"
+            ))),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The config as TOML text (what the run directory and checkpoints store).
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string(self).map_err(|e| Error::Config(format!("cannot serialise the config: {e}")))
+        toml::to_string(self)
+            .map_err(|e| Error::Config(format!("cannot serialise the config: {e}")))
     }
 
     /// Network output channels: C, or 2C with a learned variance.
@@ -308,7 +263,9 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        })
         .collect();
     lines.join(" ").replace(" ,", ",")
 }
@@ -323,7 +280,9 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     })?;
     let path: Vec<&str> = key.trim().split('.').collect();
     if path.iter().any(|p| p.is_empty()) {
-        return Err(Error::Config(format!("--set {assignment}: empty key segment")));
+        return Err(Error::Config(format!(
+            "--set {assignment}: empty key segment"
+        )));
     }
     let value = parse_value(raw.trim());
     let (last, parents) = path.split_last().expect("split on a non-empty key");
@@ -332,9 +291,9 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
         let entry = node
             .entry(p.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        node = entry.as_table_mut().ok_or_else(|| {
-            Error::Config(format!("--set {assignment}: `{p}` is not a section"))
-        })?;
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::Config(format!("--set {assignment}: `{p}` is not a section")))?;
     }
     node.insert(last.to_string(), value);
     Ok(())
@@ -352,10 +311,15 @@ fn parse_value(raw: &str) -> toml::Value {
 mod tests {
     use super::*;
 
+    /// Load `text` after a `[data]` section the default (CIFAR-10) model fits: 32x32 RGB.
     fn load_str(text: &str, overrides: &[&str]) -> Result<Config> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(
+            &path,
+            format!("[data]\nimage_size = 32\nchannels = 3\n{text}"),
+        )
+        .unwrap();
         let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
         Config::load(&path, &o)
     }
@@ -371,9 +335,13 @@ mod tests {
 
     #[test]
     fn unknown_and_mistyped_keys_are_named() {
-        let e = load_str("[train]\nstepz = 3\n", &[]).unwrap_err().to_string();
+        let e = load_str("[train]\nstepz = 3\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stepz") && e.contains("c.toml"), "{e}");
-        let e = load_str("[train]\nsteps = \"many\"\n", &[]).unwrap_err().to_string();
+        let e = load_str("[train]\nsteps = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("steps") || e.contains("many"), "{e}");
         let e = load_str("[trian]\n", &[]).unwrap_err().to_string();
         assert!(e.contains("trian"), "{e}");
@@ -404,6 +372,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("diffusion.prediction"), "{e}");
-        assert!(load_str("[diffusion]\nzero_terminal_snr = true\nprediction = \"v\"\n", &[]).is_ok());
+        assert!(load_str(
+            "[diffusion]\nzero_terminal_snr = true\nprediction = \"v\"\n",
+            &[]
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn class_conditioning_keys_are_checked_together() {
+        let e = load_str("", &["data.class_labels=true"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.num_classes"), "{e}");
+        let e = load_str("", &["model.num_classes=10"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.class_labels"), "{e}");
+        let cfg = load_str("", &["model.num_classes=10", "data.class_labels=true"]).unwrap();
+        assert_eq!(cfg.train.label_dropout, 0.1);
+        assert_eq!(cfg.sample.guidance, 1.0);
+        let e = load_str("", &["train.label_dropout=1.5"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.label_dropout"), "{e}");
+        let e = load_str("", &["sample.guidance=-1"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sample.guidance"), "{e}");
     }
 }

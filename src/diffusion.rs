@@ -172,6 +172,19 @@ pub fn x0_eps_from_v(
     Ok((x0, eps))
 }
 
+/// The score of the noised data, grad_x log q_t(x_t) = -eps / sqrt(1 - abar_t), from the
+/// model's E[eps | x_t] (Song et al. 2021, the VP SDE's score; Vincent 2011 for the identity);
+/// eps: (B, ...), t: indices into `schedule`, one per example. Undefined where abar_t = 1.
+pub fn score_from_eps(schedule: &Schedule, eps: &Tensor, t: &[usize]) -> Result<Tensor> {
+    let s = extract(
+        &schedule.sqrt_one_minus_alphas_cumprod,
+        t,
+        eps.rank(),
+        eps.device(),
+    )?;
+    Ok(eps.broadcast_div(&s.to_dtype(eps.dtype())?)?.neg()?)
+}
+
 /// The model's prediction read as (x0, eps), whatever it predicts. With `clip`, x0 is clamped to
 /// [-1, 1] and eps recomputed from the clamped x0, so the two stay consistent.
 pub fn x0_and_eps(

@@ -30,9 +30,15 @@ pub enum Error {
     #[error("checkpoint {}: {msg}", path.display())]
     Checkpoint { path: PathBuf, msg: String },
 
-    /// The loss became NaN or infinite.
-    #[error("loss is {value} at step {step}; stopping (the last good checkpoint is kept)")]
-    NonFinite { step: u64, value: f32 },
+    /// The loss or the gradient norm became NaN or infinite.
+    #[error(
+        "{what} is {value} at step {step}; stopping; the checkpoints written before it are kept"
+    )]
+    NonFinite {
+        what: &'static str,
+        step: u64,
+        value: f64,
+    },
 
     /// The run was interrupted (SIGINT/SIGTERM) after its state was saved.
     #[error("interrupted at step {step}; checkpoint saved")]

@@ -1,5 +1,10 @@
-//! Generating many images: a checkpoint's network and settings, sampled in batches (sample i
-//! is the same image whatever the batch size), with progress reported per denoising step.
+//! Generating many images from a trained network: in batches (image i is the same image whatever
+//! the batch size), with classes cycled over the images under classifier-free guidance, from
+//! any start the samplers offer — noise, an image to edit (SDEdit), an image to inpaint, a given
+//! x_T — with progress per denoising step. Latent paths for interpolation are in `interpolate`.
+//! The samplers themselves are `sampler`'s, the guidance arithmetic `guidance`'s.
+
+pub mod interpolate;
 
 use std::path::Path;
 
@@ -8,11 +13,11 @@ use candle_core::{DType, Device, Tensor};
 use crate::checkpoint;
 use crate::config::Config;
 use crate::data::images;
-use crate::denoiser::Denoiser;
 use crate::error::{Error, Result};
+use crate::guidance::{self, Conditional, Guided};
 use crate::model;
 use crate::nn::UNet;
-use crate::sampler::{self, SampleOptions, SamplerKind};
+use crate::sampler::{self, InvertOptions, SampleOptions, SamplerKind, StepInfo};
 use crate::schedule::Schedule;
 use crate::train::{self, TrainState};
 
@@ -21,9 +26,82 @@ pub struct Generator {
     pub config: Config,
     pub schedule: Schedule,
     pub unet: UNet,
+    /// The dtype the network computes in (samplers see f32).
+    pub dtype: DType,
     /// The training step of the checkpoint.
     pub step: u64,
     pub device: Device,
+}
+
+/// Where a generation starts. Image tensors are (1 or n, C, H, W) in [-1, 1], on any device; a
+/// single row serves every image.
+#[derive(Clone, Copy, Debug)]
+pub enum Start<'a> {
+    /// x_T ~ N(0, I) from each image's noise stream.
+    Noise,
+    /// SDEdit: `init` noised to t = strength T, then denoised (`sampler::sample_from`).
+    Edit { init: &'a Tensor, strength: f64 },
+    /// Inpainting: `init` regenerated where `mask` ((1 or n, 1 or C, H, W) of 0/1) is 1, kept
+    /// bit for bit where it is 0; each step repeated `resample` times (`sampler::inpaint`).
+    Inpaint {
+        init: &'a Tensor,
+        mask: &'a Tensor,
+        resample: usize,
+    },
+    /// A given x_T, one row per image (`sampler::sample_from_latent`).
+    Latent(&'a Tensor),
+}
+
+/// What to generate besides the sampler settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// Number of images.
+    pub n: usize,
+    /// Images per model batch.
+    pub batch_size: usize,
+    /// Classes cycled over the images (`guidance::cycle`); empty = the null label.
+    pub classes: &'a [u32],
+    /// Guidance scale w (1 = plain conditional).
+    pub guidance: f64,
+    pub start: Start<'a>,
+}
+
+impl<'a> Request<'a> {
+    /// `n` images from noise, unconditional, `batch_size` at a time.
+    pub fn new(n: usize, batch_size: usize) -> Self {
+        Request {
+            n,
+            batch_size,
+            classes: &[],
+            guidance: 1.0,
+            start: Start::Noise,
+        }
+    }
+}
+
+/// Progress of a generation: images done, images in all, step within the batch, its steps.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, usize, usize) -> Result<()>;
+
+/// The network computing in some dtype, seen by samplers as an f32 model taking labels; an
+/// unconditional network has zero classes, so its only label is the null label 0.
+struct Network<'a> {
+    unet: &'a UNet,
+    dtype: DType,
+    num_classes: Option<usize>,
+}
+
+impl Conditional for Network<'_> {
+    fn forward_labels(&self, x_t: &Tensor, t: &[usize], labels: &[u32]) -> Result<Tensor> {
+        let labels = self.num_classes.map(|_| labels);
+        let out = self
+            .unet
+            .forward(&x_t.to_dtype(self.dtype)?, t, labels, None)?;
+        Ok(out.to_dtype(DType::F32)?)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.num_classes.unwrap_or(0)
+    }
 }
 
 impl Generator {
@@ -39,7 +117,10 @@ impl Generator {
         };
         let weights = train::weights_with_prefix(&ckpt, prefix);
         if weights.is_empty() {
-            return Err(Error::checkpoint(path, format!("holds no `{prefix}*` weights")));
+            return Err(Error::checkpoint(
+                path,
+                format!("holds no `{prefix}*` weights"),
+            ));
         }
         let unet = model::from_tensors(&config, weights, dtype, device)
             .map_err(|e| Error::checkpoint(path, e.to_string()))?;
@@ -48,6 +129,7 @@ impl Generator {
             config,
             schedule,
             unet,
+            dtype,
             step,
             device: device.clone(),
         })
@@ -58,64 +140,201 @@ impl Generator {
         let (h, w) = model::image_hw(&self.config);
         [self.config.data.channels, h, w]
     }
-}
 
-/// A network computing in some dtype, seen by the sampler as an f32 denoiser.
-struct CastDenoiser<'a> {
-    unet: &'a UNet,
-    dtype: DType,
-}
-
-impl Denoiser for CastDenoiser<'_> {
-    fn forward(&self, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
-        let out = self.unet.forward(&x_t.to_dtype(self.dtype)?, t, None, None)?;
-        Ok(out.to_dtype(DType::F32)?)
+    /// The number of classes of a class-conditional model; None when unconditional.
+    pub fn num_classes(&self) -> Option<usize> {
+        self.config.model.num_classes
     }
-}
 
-/// Progress of a generation: images done, images in all, step within the batch, its steps.
-pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, usize, usize) -> Result<()>;
-
-/// `n` images (N, C, H, W) in [-1, 1] from `unet`, `batch_size` at a time; image i is drawn
-/// with noise stream (opts.seed, first_index + i).
-#[allow(clippy::too_many_arguments)]
-pub fn generate(
-    unet: &UNet,
-    dtype: DType,
-    cfg: &Config,
-    schedule: &Schedule,
-    opts: &SampleOptions,
-    n: usize,
-    batch_size: usize,
-    device: &Device,
-    progress: Progress,
-) -> Result<Tensor> {
-    if n == 0 || batch_size == 0 {
-        return Err(Error::Invalid("the number of images and the batch size must be at least 1".into()));
+    /// Check that the model can be asked for `classes`: it is conditional and each is below
+    /// its model.num_classes.
+    pub fn check_classes(&self, classes: &[u32]) -> Result<()> {
+        if classes.is_empty() {
+            return Ok(());
+        }
+        let n = self.num_classes().ok_or_else(|| {
+            Error::Invalid(
+                "the model is unconditional (its config has no model.num_classes); \
+                 train with data.class_labels = true and model.num_classes to sample classes"
+                    .into(),
+            )
+        })?;
+        match classes.iter().find(|&&c| c as usize >= n) {
+            Some(c) => Err(Error::Invalid(format!(
+                "class {c} does not exist: the model has {n} classes, 0..={}",
+                n - 1
+            ))),
+            None => Ok(()),
+        }
     }
-    let model = CastDenoiser { unet, dtype };
-    let (h, w) = model::image_hw(cfg);
-    let mut parts = Vec::new();
-    let mut done = 0;
-    while done < n {
-        let b = batch_size.min(n - done);
-        let batch_opts = SampleOptions {
-            first_index: opts.first_index + done as u64,
-            ..*opts
-        };
-        let x = sampler::sample(
+
+    fn network(&self) -> Network<'_> {
+        Network {
+            unet: &self.unet,
+            dtype: self.dtype,
+            num_classes: self.num_classes(),
+        }
+    }
+
+    /// The denoising steps each batch of `start` runs (fewer than opts.steps for SDEdit).
+    pub fn steps_per_batch(&self, opts: &SampleOptions, start: &Start) -> Result<usize> {
+        Ok(match start {
+            Start::Edit { strength, .. } => {
+                let respaced = self.schedule.for_sampling(opts.steps, opts.spacing)?;
+                sampler::steps_below(&respaced.timesteps, *strength, self.schedule.len())
+            }
+            _ => opts.steps,
+        })
+    }
+
+    /// `req.n` images (N, C, H, W) in [-1, 1] on the CPU, `req.batch_size` at a time; image i
+    /// draws its noise from stream (opts.seed, opts.first_index + i) and has class
+    /// classes[(first_index + i) % len].
+    pub fn generate(
+        &self,
+        opts: &SampleOptions,
+        req: &Request,
+        progress: Progress,
+    ) -> Result<Tensor> {
+        let (n, batch_size) = (req.n, req.batch_size);
+        if n == 0 || batch_size == 0 {
+            return Err(Error::Invalid(
+                "the number of images and the batch size must be at least 1".into(),
+            ));
+        }
+        self.check_classes(req.classes)?;
+        let net = self.network();
+        let null = net.num_classes() as u32;
+        let param = self.config.diffusion.parameterization();
+        let shape = self.sample_shape();
+        let mut parts = Vec::new();
+        let mut done = 0;
+        while done < n {
+            let b = batch_size.min(n - done);
+            let first = opts.first_index + done as u64;
+            let batch_opts = SampleOptions {
+                first_index: first,
+                ..*opts
+            };
+            let labels = guidance::cycle(req.classes, first, b, null);
+            let model = Guided::new(&net, labels, req.guidance)?;
+            let on_step = &mut |info: &StepInfo| progress(done, n, info.index + 1, info.total);
+            let rows = |x: &Tensor, what: &str| self.rows(x, what, done, b, n);
+            let x = match req.start {
+                Start::Noise => {
+                    let dims = [b, shape[0], shape[1], shape[2]];
+                    sampler::sample(
+                        &model,
+                        &self.schedule,
+                        param,
+                        &batch_opts,
+                        &dims,
+                        &self.device,
+                        on_step,
+                    )
+                }
+                Start::Edit { init, strength } => sampler::sample_from(
+                    &model,
+                    &self.schedule,
+                    param,
+                    &batch_opts,
+                    &rows(init, "image")?,
+                    strength,
+                    on_step,
+                ),
+                Start::Inpaint {
+                    init,
+                    mask,
+                    resample,
+                } => {
+                    let (known, mask) = (rows(init, "image")?, self.mask_rows(mask, done, b, n)?);
+                    let spec = sampler::Inpainting {
+                        known: &known,
+                        mask: &mask,
+                        resample,
+                    };
+                    sampler::inpaint(&model, &self.schedule, param, &batch_opts, &spec, on_step)
+                }
+                Start::Latent(x_t) => sampler::sample_from_latent(
+                    &model,
+                    &self.schedule,
+                    param,
+                    &batch_opts,
+                    &rows(x_t, "latent")?,
+                    on_step,
+                ),
+            }?;
+            parts.push(x.to_device(&Device::Cpu)?);
+            done += b;
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Deterministic DDIM inversion of images x0 (N, C, H, W) to their x_T, under the classes
+    /// cycled over the images and guidance w, as `generate` would denoise them.
+    pub fn invert(
+        &self,
+        x0: &Tensor,
+        classes: &[u32],
+        guidance: f64,
+        inv: &InvertOptions,
+        progress: Progress,
+    ) -> Result<Tensor> {
+        self.check_classes(classes)?;
+        let n = x0.dim(0)?;
+        let x0 = self.rows(x0, "image", 0, n, n)?;
+        let net = self.network();
+        let labels = guidance::cycle(classes, 0, n, net.num_classes() as u32);
+        let model = Guided::new(&net, labels, guidance)?;
+        let x = sampler::ddim_invert(
             &model,
-            schedule,
-            cfg.diffusion.parameterization(),
-            &batch_opts,
-            &[b, cfg.data.channels, h, w],
-            device,
-            &mut |info| progress(done, n, info.index + 1, info.total),
+            &self.schedule,
+            self.config.diffusion.parameterization(),
+            inv,
+            &x0,
+            &mut |info| progress(0, n, info.index + 1, info.total),
         )?;
-        parts.push(x.to_device(&Device::Cpu)?);
-        done += b;
+        Ok(x.to_device(&Device::Cpu)?)
     }
-    Ok(Tensor::cat(&parts, 0)?)
+
+    /// Rows done..done + b of `x` ((1 or n, C, H, W), the one row repeated), as f32 on the
+    /// device; `what` names x in errors.
+    fn rows(&self, x: &Tensor, what: &str, done: usize, b: usize, n: usize) -> Result<Tensor> {
+        let [c, h, w] = self.sample_shape();
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1..] != [c, h, w] || (dims[0] != 1 && dims[0] != n) {
+            return Err(Error::Invalid(format!(
+                "{what} of shape {dims:?}: expected (1 or {n}, {c}, {h}, {w}) for this model"
+            )));
+        }
+        let x = x.to_dtype(DType::F32)?.to_device(&self.device)?;
+        Ok(if dims[0] == 1 {
+            x.repeat((b, 1, 1, 1))?
+        } else {
+            x.narrow(0, done, b)?
+        })
+    }
+
+    /// Rows of an inpainting mask ((1 or n, 1 or C, H, W)); the channels broadcast later.
+    fn mask_rows(&self, mask: &Tensor, done: usize, b: usize, n: usize) -> Result<Tensor> {
+        let [c, h, w] = self.sample_shape();
+        let dims = mask.dims();
+        let ok = dims.len() == 4
+            && (dims[0] == 1 || dims[0] == n)
+            && (dims[1] == 1 || dims[1] == c)
+            && dims[2..] == [h, w];
+        if !ok {
+            return Err(Error::Invalid(format!(
+                "mask of shape {dims:?}: expected (1 or {n}, 1 or {c}, {h}, {w}) for this model"
+            )));
+        }
+        let m = mask.to_dtype(DType::F32)?.to_device(&self.device)?;
+        Ok(if dims[0] == 1 {
+            m.repeat((b, 1, 1, 1))?
+        } else {
+            m.narrow(0, done, b)?
+        })
+    }
 }
 
 /// The sampling options of a config's `[sample]` section under `seed`.
@@ -129,11 +348,15 @@ pub fn sample_options(cfg: &Config, sampler: SamplerKind, seed: u64) -> SampleOp
         clip_x0: s.clip_x0,
         seed,
         first_index: 0,
+        corrector_steps: s.corrector_steps,
+        snr: s.snr,
     }
 }
 
 /// The EMA sample grid written during training: train.sample_count images with the `[sample]`
-/// settings and the run's seed, so successive grids show the same noise denoised better.
+/// settings and the run's seed, so successive grids show the same noise denoised better. A
+/// class-conditional model cycles its classes over the images (guided by sample.guidance), so
+/// a grid with as many columns as classes shows one class per column.
 pub fn training_grid(
     cfg: &Config,
     schedule: &Schedule,
@@ -141,19 +364,25 @@ pub fn training_grid(
     path: &Path,
 ) -> Result<()> {
     let dtype = cfg.train.precision.dtype();
-    let unet = model::from_tensors(cfg, state.ema_weights(), dtype, &state.device)?;
-    let opts = sample_options(cfg, cfg.sample.sampler, cfg.train.seed);
-    let x = generate(
-        &unet,
+    let gen = Generator {
+        config: cfg.clone(),
+        schedule: schedule.clone(),
+        unet: model::from_tensors(cfg, state.ema_weights(), dtype, &state.device)?,
         dtype,
-        cfg,
-        schedule,
-        &opts,
-        cfg.train.sample_count,
-        cfg.sample.batch_size,
-        &state.device,
-        &mut |_, _, _, _| Ok(()),
-    )?;
-    let grid = images::grid(&images::to_images(&x)?, None, 1)?;
-    images::save_png(&grid, path)
+        step: state.step,
+        device: state.device.clone(),
+    };
+    let classes: Vec<u32> = (0..cfg.model.num_classes.unwrap_or(0) as u32).collect();
+    let req = Request {
+        classes: &classes,
+        guidance: cfg.sample.guidance,
+        ..Request::new(cfg.train.sample_count, cfg.sample.batch_size)
+    };
+    let opts = sample_options(cfg, cfg.sample.sampler, cfg.train.seed);
+    let x = gen.generate(&opts, &req, &mut |_, _, _, _| Ok(()))?;
+    let grid = images::grid(&images::to_images(&x)?, cfg.model.num_classes)?;
+    // Tiny images (8x8 digits) are upscaled so each cell is at least 32 pixels on its short side.
+    let (h, w) = model::image_hw(cfg);
+    let scale = (32 / h.min(w).max(1)).max(1) as u32;
+    images::save_png(&images::upscale(&grid, scale), path)
 }

@@ -6,18 +6,28 @@
 //! training loop with its optimizer, EMA and checkpoints. The library never prints: long work
 //! reports through callbacks.
 
+pub mod atomic;
 pub mod checkpoint;
+pub mod config;
+pub mod data;
 pub mod denoiser;
+pub mod device;
 pub mod diffusion;
 pub mod ema;
 pub mod error;
+pub mod generate;
+pub mod guidance;
+pub mod likelihood;
 pub mod loss;
+pub mod model;
 pub mod nn;
 pub mod optim;
 pub mod oracle;
+pub mod precision;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod train;
 pub mod vlb;
 
 pub use error::{Error, Result};

@@ -43,6 +43,9 @@ pub fn from_tensors(
     dtype: DType,
     device: &Device,
 ) -> Result<UNet> {
-    unet(cfg, VarBuilder::from_tensors(weights, dtype, device))
-        .map_err(|e| Error::Invalid(format!("the stored weights do not fit the model config: {e}")))
+    unet(cfg, VarBuilder::from_tensors(weights, dtype, device)).map_err(|e| {
+        Error::Invalid(format!(
+            "the stored weights do not fit the model config: {e}"
+        ))
+    })
 }

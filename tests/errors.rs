@@ -22,7 +22,18 @@ fn folder_config(dir: &Path, name: &str, data: &Path) -> String {
 fn train_with(dir: &Path, cfg: &str) -> String {
     let (_, stderr) = run(
         dir,
-        &["train", "--config", cfg, "--out", "run", "--device", "cpu", "--max-steps", "2", "--quiet"],
+        &[
+            "train",
+            "--config",
+            cfg,
+            "--out",
+            "run",
+            "--device",
+            "cpu",
+            "--max-steps",
+            "2",
+            "--quiet",
+        ],
         1,
     );
     assert!(stderr.starts_with("ddpm: "), "{stderr}");
@@ -46,12 +57,24 @@ fn unknown_and_mistyped_config_keys_are_named() {
     std::fs::write(&bad, tiny.replace("log_every = 5", "log_evry = 5")).unwrap();
     let e = train_with(dir, bad.to_str().unwrap());
     assert!(e.contains("log_evry") && e.contains("bad.toml"), "{e}");
-    std::fs::write(&bad, tiny.replace("batch_size = 16", "batch_size = \"sixteen\"")).unwrap();
+    std::fs::write(
+        &bad,
+        tiny.replace("batch_size = 16", "batch_size = \"sixteen\""),
+    )
+    .unwrap();
     let e = train_with(dir, bad.to_str().unwrap());
     assert!(e.contains("batch_size") || e.contains("sixteen"), "{e}");
     let (_, e) = run(
         dir,
-        &["train", "--config", config("tiny.toml").to_str().unwrap(), "--set", "train.nope=1", "--device", "cpu"],
+        &[
+            "train",
+            "--config",
+            config("tiny.toml").to_str().unwrap(),
+            "--set",
+            "train.nope=1",
+            "--device",
+            "cpu",
+        ],
         1,
     );
     assert!(e.contains("nope"), "{e}");
@@ -99,7 +122,21 @@ fn corrupt_and_truncated_checkpoints_are_named() {
     let missing = dir.join("missing.safetensors");
     for p in [&truncated, &garbage, &missing] {
         let p = p.to_str().unwrap();
-        let (_, e) = run(dir, &["sample", "--checkpoint", p, "-n", "1", "--out", "-", "--device", "cpu"], 1);
+        let (_, e) = run(
+            dir,
+            &[
+                "sample",
+                "--checkpoint",
+                p,
+                "-n",
+                "1",
+                "--out",
+                "-",
+                "--device",
+                "cpu",
+            ],
+            1,
+        );
         assert!(e.contains(p), "{e}");
         assert_eq!(e.trim_end().lines().count(), 1, "{e}");
         let (_, e) = run(dir, &["info", p], 1);
@@ -115,7 +152,16 @@ fn training_into_an_existing_run_needs_resume() {
     let tiny = config("tiny.toml");
     let (_, e) = run(
         dir,
-        &["train", "--config", tiny.to_str().unwrap(), "--out", "run", "--device", "cpu", "--quiet"],
+        &[
+            "train",
+            "--config",
+            tiny.to_str().unwrap(),
+            "--out",
+            "run",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
         1,
     );
     assert!(e.contains("--resume"), "{e}");
@@ -140,9 +186,71 @@ fn schedule_prints_csv() {
     let (out, _) = run(dir, &["schedule", "--config", tiny.to_str().unwrap()], 0);
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.lines().count(), 101);
-    let (out, _) = run(dir, &["schedule", "--config", tiny.to_str().unwrap(), "--steps", "5"], 0);
+    let (out, _) = run(
+        dir,
+        &[
+            "schedule",
+            "--config",
+            tiny.to_str().unwrap(),
+            "--steps",
+            "5",
+        ],
+        0,
+    );
     let text = String::from_utf8(out).unwrap();
-    let ts: Vec<&str> = text.lines().skip(1).map(|l| l.split(',').nth(1).unwrap()).collect();
+    let ts: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
     // Trailing spacing of 5 of 100 steps: 19, 39, 59, 79, 99.
     assert_eq!(ts, ["19", "39", "59", "79", "99"]);
+}
+
+#[test]
+fn a_diverging_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let tiny = config("tiny.toml");
+    // A learning rate of 1e30 blows the weights up after the first real update.
+    let (_, e) = run(
+        dir,
+        &[
+            "train",
+            "--config",
+            tiny.to_str().unwrap(),
+            "--out",
+            "run",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--set",
+            "optim.lr=1e30",
+            "--set",
+            "optim.warmup_steps=0",
+            "--set",
+            "train.checkpoint_every=1",
+        ],
+        1,
+    );
+    assert!(e.contains("at step"), "{e}");
+    let failed: u64 = e
+        .split("at step ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no step number in {e}"));
+    let (info, _) = run(dir, &["info", "run/latest.safetensors"], 0);
+    let info = String::from_utf8(info).unwrap();
+    let saved: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("# step: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        saved,
+        failed - 1,
+        "the last good checkpoint is the step before the failure"
+    );
 }

@@ -24,7 +24,10 @@ fn train_then_sample_to_a_folder_a_grid_and_stdout() {
     let rows: Vec<&str> = metrics.lines().collect();
     assert_eq!(rows[0], "step,loss,lr,grad_norm,images_per_sec,elapsed_s");
     // log_every = 5: rows at 5, 10 and the final 12.
-    let steps: Vec<&str> = rows[1..].iter().map(|r| r.split(',').next().unwrap()).collect();
+    let steps: Vec<&str> = rows[1..]
+        .iter()
+        .map(|r| r.split(',').next().unwrap())
+        .collect();
     assert_eq!(steps, ["5", "10", "12"]);
 
     let ckpt = run_dir.join("latest.safetensors");
@@ -32,10 +35,27 @@ fn train_then_sample_to_a_folder_a_grid_and_stdout() {
     // A folder of PNGs of the right size and channels; stdout lists them.
     let (out, _) = run(
         dir,
-        &["sample", "--checkpoint", ckpt, "-n", "5", "--batch-size", "2", "--out-dir", "imgs", "--device", "cpu", "--quiet"],
+        &[
+            "sample",
+            "--checkpoint",
+            ckpt,
+            "-n",
+            "5",
+            "--batch-size",
+            "2",
+            "--out-dir",
+            "imgs",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
         0,
     );
-    let listed: Vec<String> = String::from_utf8(out).unwrap().lines().map(String::from).collect();
+    let listed: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     assert_eq!(listed.len(), 5);
     for p in &listed {
         let img = image::open(dir.join(p)).unwrap();
@@ -45,7 +65,20 @@ fn train_then_sample_to_a_folder_a_grid_and_stdout() {
     // --out - gives one valid PNG (a grid of the 4 images, upscaled) and nothing else.
     let (png, _) = run(
         dir,
-        &["sample", "--checkpoint", ckpt, "-n", "4", "--out", "-", "--scale", "2", "--quiet", "--device", "cpu"],
+        &[
+            "sample",
+            "--checkpoint",
+            ckpt,
+            "-n",
+            "4",
+            "--out",
+            "-",
+            "--scale",
+            "2",
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
         0,
     );
     let grid = read_png(&png);
@@ -53,13 +86,29 @@ fn train_then_sample_to_a_folder_a_grid_and_stdout() {
     // --format npy on stdout: a valid .npy of shape (3, 1, 8, 8) float32 in [-1, 1].
     let (npy, _) = run(
         dir,
-        &["sample", "--checkpoint", ckpt, "-n", "3", "--format", "npy", "--out", "-", "--quiet", "--device", "cpu"],
+        &[
+            "sample",
+            "--checkpoint",
+            ckpt,
+            "-n",
+            "3",
+            "--format",
+            "npy",
+            "--out",
+            "-",
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
         0,
     );
     assert_eq!(&npy[..6], b"\x93NUMPY");
     let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
     let header = std::str::from_utf8(&npy[10..10 + header_len]).unwrap();
-    assert!(header.contains("'descr': '<f4'") && header.contains("(3, 1, 8, 8)"), "{header}");
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("(3, 1, 8, 8)"),
+        "{header}"
+    );
     let data = &npy[10 + header_len..];
     assert_eq!(data.len(), 3 * 64 * 4);
     for c in data.chunks_exact(4) {
@@ -76,7 +125,20 @@ fn sample_i_does_not_depend_on_batch_size_or_split() {
     let ckpt = run_dir.join("latest.safetensors");
     let ckpt = ckpt.to_str().unwrap();
     let npy = |extra: &[&str]| {
-        let mut a = vec!["sample", "--checkpoint", ckpt, "--format", "npy", "--out", "-", "--quiet", "--device", "cpu", "--seed", "9"];
+        let mut a = vec![
+            "sample",
+            "--checkpoint",
+            ckpt,
+            "--format",
+            "npy",
+            "--out",
+            "-",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--seed",
+            "9",
+        ];
         a.extend_from_slice(extra);
         run(dir, &a, 0).0
     };
@@ -103,13 +165,14 @@ fn model_tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-#[test]
-fn resuming_is_bit_identical_to_training_straight_through() {
+/// Train `extra`'s run straight to 14 steps and in two goes (7, then --resume to 14): the
+/// checkpoints must agree bit for bit, and the metrics read as one run.
+fn assert_resume_is_exact(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let straight = train_tiny(dir, "straight", 14, &[]);
-    let split = train_tiny(dir, "split", 7, &[]);
-    train_tiny(dir, "split", 14, &["--resume"]);
+    let straight = train_tiny(dir, "straight", 14, extra);
+    let split = train_tiny(dir, "split", 7, extra);
+    train_tiny(dir, "split", 14, &[extra, &["--resume"]].concat());
     let a = model_tensors(&straight.join("latest.safetensors"));
     let b = model_tensors(&split.join("latest.safetensors"));
     assert_eq!(a.len(), b.len());
@@ -117,10 +180,32 @@ fn resuming_is_bit_identical_to_training_straight_through() {
         assert_eq!(ka, kb);
         assert!(da == db, "{ka} differs after resume");
     }
-    // The resumed run's metrics read as one run.
     let m = std::fs::read_to_string(split.join("metrics.csv")).unwrap();
-    let steps: Vec<&str> = m.lines().skip(1).map(|r| r.split(',').next().unwrap()).collect();
+    let steps: Vec<&str> = m
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').next().unwrap())
+        .collect();
     assert_eq!(steps, ["5", "7", "10", "14"]);
+}
+
+#[test]
+fn resuming_is_bit_identical_to_training_straight_through() {
+    assert_resume_is_exact(&[]);
+}
+
+/// Label dropout draws from the step's own stream, so a conditional run resumes exactly too
+/// (label_dropout 0.5 makes about half the labels null at every step).
+#[test]
+fn resuming_a_class_conditional_run_is_bit_identical() {
+    assert_resume_is_exact(&[
+        "--set",
+        "data.class_labels=true",
+        "--set",
+        "model.num_classes=10",
+        "--set",
+        "train.label_dropout=0.5",
+    ]);
 }
 
 #[test]
@@ -132,8 +217,22 @@ fn sigint_saves_a_loadable_checkpoint_and_exits_130() {
     let bin = assert_cmd::cargo::cargo_bin("ddpm");
     let mut child = std::process::Command::new(bin)
         .current_dir(dir)
-        .args(["train", "--config", tiny.to_str().unwrap(), "--out", run_dir.to_str().unwrap()])
-        .args(["--device", "cpu", "--max-steps", "1000000", "--set", "train.log_every=1", "--quiet"])
+        .args([
+            "train",
+            "--config",
+            tiny.to_str().unwrap(),
+            "--out",
+            run_dir.to_str().unwrap(),
+        ])
+        .args([
+            "--device",
+            "cpu",
+            "--max-steps",
+            "1000000",
+            "--set",
+            "train.log_every=1",
+            "--quiet",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 
-use super::{encode, sync_dir, temp_path, write_atomic, META_STEP};
+use super::{encode, write_atomic, META_STEP};
+use crate::atomic::{sync_dir, temp_path};
 use crate::error::{Error, Result};
 
 /// The fixed name of the newest checkpoint.

@@ -1,5 +1,6 @@
 use super::run_dir::save_step;
 use super::*;
+use crate::atomic::temp_path;
 use crate::rng::{Purpose, Stream};
 use candle_nn::Init;
 

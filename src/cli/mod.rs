@@ -1,6 +1,9 @@
 //! Command-line types (clap) and the glue from arguments to library calls. Architecture lives
 //! in the config and the checkpoint; flags are for paths, counts, seeds and the device.
 
+mod classes;
+mod eval;
+mod interpolate;
 mod output;
 mod progress;
 mod sample;
@@ -8,7 +11,6 @@ mod schedule;
 mod train;
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -18,7 +20,11 @@ const EXAMPLES: &str = "\
 Examples:
   ddpm train --config configs/digits.toml --out runs/digits
   ddpm sample --checkpoint runs/digits/latest.safetensors --steps 50 --ddim --grid --out grid.png
+  ddpm sample --checkpoint C -n 10 --class 0,1,2,3,4,5,6,7,8,9 --guidance 2 --grid --out g.png
+  ddpm sample --checkpoint C --init photo.png --strength 0.6 --out edited.png
+  ddpm interpolate --checkpoint C --seeds 1,2 --frames 8 --out strip.png
   ddpm sample --checkpoint C --format npy --out - | python3 -c 'import numpy,sys; print(numpy.load(sys.stdin.buffer).shape)'
+  ddpm eval --checkpoint runs/digits/latest.safetensors --method both
   ddpm schedule --config configs/digits.toml --steps 10
   ddpm info runs/digits/latest.safetensors
 
@@ -40,6 +46,12 @@ pub enum Command {
     /// Generate images from a checkpoint.
     #[command(after_help = sample::EXAMPLES)]
     Sample(sample::SampleArgs),
+    /// Frames between two seeds or two images, through the noise latent.
+    #[command(after_help = interpolate::EXAMPLES)]
+    Interpolate(interpolate::InterpolateArgs),
+    /// Likelihood of a dataset in bits/dim: the variational bound and the probability-flow ODE.
+    #[command(after_help = eval::EXAMPLES)]
+    Eval(eval::EvalArgs),
     /// Print a config's noise schedule as CSV.
     Schedule(schedule::ScheduleArgs),
     /// Print a checkpoint's config, step and parameter count.
@@ -58,8 +70,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Interpolate(a) => interpolate::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Schedule(a) => schedule::run(a),
         Command::Info(a) => schedule::info(a),
     }
 }
-

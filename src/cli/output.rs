@@ -3,6 +3,7 @@
 //! stdout went away (a closed pipe is not an error for a command-line tool).
 
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Write data to stdout (no implicit panics on a closed pipe, unlike `println!`).
@@ -43,4 +44,15 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     }
     let _ = writeln!(io::stderr(), "ddpm: {msg}");
     ExitCode::from(1)
+}
+
+/// Write `bytes` atomically to `path`, or to stdout when `path` is `-`; returns the file
+/// written, if any.
+pub fn write_out(path: &Path, bytes: &[u8]) -> anyhow::Result<Option<PathBuf>> {
+    if path.as_os_str() == "-" {
+        stdout_bytes(bytes)?;
+        return Ok(None);
+    }
+    ddpm::atomic::write(path, bytes)?;
+    Ok(Some(path.to_path_buf()))
 }

@@ -1,17 +1,20 @@
-//! `ddpm sample`: a checkpoint -> images as PNG files, a grid, or raw arrays (.npy) on stdout.
+//! `ddpm sample`: a checkpoint -> images as PNG files, a grid, or raw arrays (.npy) on stdout;
+//! of chosen classes (with guidance) and from noise, an image to edit, or an image to inpaint.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use ddpm::data::images;
 use ddpm::device::{self, DeviceSpec};
-use ddpm::generate::{self, Generator};
+use ddpm::generate::{self, Generator, Request, Start};
 use ddpm::precision::Precision;
 use ddpm::sampler::SamplerKind;
 
-use super::output::{stdout_bytes, stdout_line};
+use super::classes::ClassArgs;
+use super::output::{stdout_line, write_out};
 use super::progress::Progress;
 
 pub const EXAMPLES: &str = "\
@@ -20,10 +23,15 @@ Examples:
   ddpm sample --checkpoint C -n 64 --grid --scale 4 --out grid.png
   ddpm sample --checkpoint C -n 8 --format npy --out - > samples.npy
   for s in 1 2 3; do ddpm sample --checkpoint C -n 1 --seed $s --out - > seed$s.png; done
+  ddpm sample --checkpoint C -n 10 --class 0,1,2,3,4,5,6,7,8,9 --guidance 2 --grid --out g.png
+  ddpm sample --checkpoint C --init photo.png --strength 0.6 -n 4 --out-dir edits   # SDEdit
+  ddpm sample --checkpoint C --init photo.png --mask hole.png --resample 5 -n 4 --out-dir fills
 
 Image i of a run is the same whatever --batch-size: --seed S -n 10 gives the same ten images
-as ten calls with -n 1 --first-index 0..9. stdout: the written paths, one per line, or the
-bytes themselves with --out -.";
+as ten calls with -n 1 --first-index 0..9, and --class cycles over that same index. A
+class-conditional checkpoint without --class samples unconditionally. --init images are
+fitted to the checkpoint's size and channels like training data; masks are white where the
+image is regenerated. stdout: the written paths, one per line, or the bytes with --out -.";
 
 /// Output file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -52,12 +60,19 @@ pub struct SampleArgs {
     /// Use DDIM (same as --sampler ddim).
     #[arg(long, conflicts_with = "sampler")]
     pub ddim: bool,
-    /// ddpm (ancestral) or ddim [default: sample.sampler].
+    /// ddpm (ancestral), ddim, pc (ancestral + Langevin corrector), dpm++2m or heun (ODE)
+    /// [default: sample.sampler].
     #[arg(long)]
     pub sampler: Option<SamplerKind>,
     /// DDIM's eta: 0 deterministic, 1 ancestral-like [default: sample.eta].
     #[arg(long)]
     pub eta: Option<f64>,
+    /// Langevin corrector steps per step, for --sampler pc [default: sample.corrector_steps].
+    #[arg(long)]
+    pub corrector_steps: Option<usize>,
+    /// Corrector target signal-to-noise ratio, for --sampler pc [default: sample.snr].
+    #[arg(long)]
+    pub snr: Option<f64>,
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -67,6 +82,22 @@ pub struct SampleArgs {
     /// Sample with the raw weights instead of the EMA.
     #[arg(long)]
     pub no_ema: bool,
+    #[command(flatten)]
+    pub classes: ClassArgs,
+    /// Start from this image instead of noise (repeated over the -n images): SDEdit with
+    /// --strength, inpainting with --mask.
+    #[arg(long, requires = "edit")]
+    pub init: Option<PathBuf>,
+    /// SDEdit: noise --init to t = strength * T, then denoise; 0 returns it, 1 keeps only a
+    /// faint trace.
+    #[arg(long, group = "edit", requires = "init")]
+    pub strength: Option<f64>,
+    /// Inpainting: regenerate --init where this mask is white (luma >= 128), keep it elsewhere.
+    #[arg(long, group = "edit", requires = "init")]
+    pub mask: Option<PathBuf>,
+    /// Inpainting: RePaint resampling, each step repeated R times (1 = plain replacement).
+    #[arg(long, requires = "mask", default_value_t = 1)]
+    pub resample: usize,
     /// Write one file: a PNG (a grid if n > 1) or .npy; `-` writes it to stdout.
     #[arg(long, short, conflicts_with = "out_dir")]
     pub out: Option<PathBuf>,
@@ -102,7 +133,12 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if args.scale == 0 {
         anyhow::bail!("--scale must be at least 1");
     }
-    let gen = Generator::load(&args.checkpoint, !args.no_ema, args.precision.dtype(), &device)?;
+    let gen = Generator::load(
+        &args.checkpoint,
+        !args.no_ema,
+        args.precision.dtype(),
+        &device,
+    )?;
     let cfg = &gen.config;
     let sampler = if args.ddim {
         SamplerKind::Ddim
@@ -116,34 +152,63 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if let Some(eta) = args.eta {
         opts.eta = eta;
     }
+    if let Some(n) = args.corrector_steps {
+        opts.corrector_steps = n;
+    }
+    if let Some(r) = args.snr {
+        opts.snr = r;
+    }
     opts.first_index = args.first_index;
     opts.validate(gen.schedule.len())?;
     let batch = args.batch_size.unwrap_or(cfg.sample.batch_size);
+    let (classes, guidance) = args.classes.resolve(&gen)?;
 
-    let total_steps = (args.n.div_ceil(batch.max(1)) * opts.steps) as u64;
+    if let Some(s) = args.strength.filter(|s| !(0.0..=1.0).contains(s)) {
+        anyhow::bail!("--strength {s} must be within [0, 1]");
+    }
+    let size = cfg.data.image_size;
+    let init = match &args.init {
+        Some(p) => Some(images::load_image(p, cfg.data.channels, size).context("--init")?),
+        None => None,
+    };
+    let mask = match &args.mask {
+        Some(p) => Some(images::load_mask(p, size).context("--mask")?),
+        None => None,
+    };
+    let start = match (&init, &mask, args.strength) {
+        (Some(init), Some(mask), _) => Start::Inpaint {
+            init,
+            mask,
+            resample: args.resample,
+        },
+        (Some(init), None, Some(strength)) => Start::Edit { init, strength },
+        _ => Start::Noise,
+    };
+    let req = Request {
+        n: args.n,
+        batch_size: batch,
+        classes: &classes,
+        guidance,
+        start,
+    };
+
+    let steps = gen.steps_per_batch(&opts, &start)?;
+    let total_steps = (args.n.div_ceil(batch.max(1)) * steps) as u64;
     let mut progress = Progress::new(total_steps, "steps", args.quiet);
     if let Some(n) = notice {
         progress.note(args.quiet, &format!("ddpm: {n}"));
     }
-    let start = Instant::now();
-    let x = generate::generate(
-        &gen.unet,
-        args.precision.dtype(),
-        cfg,
-        &gen.schedule,
-        &opts,
-        args.n,
-        batch,
-        &device,
-        &mut |done, n, step, steps| {
-            let pos = (done.div_ceil(batch) * steps + step) as u64;
-            progress.update(pos, || format!("image {}/{n}", (done + 1).min(n)));
-            progress.line(false, || format!("sampling: batch from image {done} of {n}, step {step}/{steps}"));
-            Ok(())
-        },
-    )?;
+    let clock = Instant::now();
+    let x = gen.generate(&opts, &req, &mut |done, n, step, steps| {
+        let pos = (done.div_ceil(batch) * steps + step) as u64;
+        progress.update(pos, || format!("image {}/{n}", (done + 1).min(n)));
+        progress.line(false, || {
+            format!("sampling: batch from image {done} of {n}, step {step}/{steps}")
+        });
+        Ok(())
+    })?;
     progress.finish();
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = clock.elapsed().as_secs_f64();
 
     let format = args.format.unwrap_or(match &args.out {
         Some(p) if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) => Format::Npy,
@@ -157,7 +222,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
                 let img = if imgs.len() == 1 {
                     images::upscale(&imgs[0], args.scale)
                 } else {
-                    images::grid(&imgs, None, args.scale)?
+                    images::upscale(&images::grid(&imgs, None)?, args.scale)
                 };
                 images::encode_png(&img)?
             }
@@ -165,22 +230,17 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     };
     let mut written = Vec::new();
     match (&args.out, &args.out_dir) {
-        (Some(p), _) if p.as_os_str() == "-" => stdout_bytes(&one_file(&x)?)?,
-        (Some(p), _) => {
-            ddpm::checkpoint::write_atomic(p, &one_file(&x)?)?;
-            written.push(p.clone());
-        }
+        (Some(p), _) => written.extend(write_out(p, &one_file(&x)?)?),
         (None, dir) => {
             let dir = dir.clone().unwrap_or_else(|| PathBuf::from("samples"));
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| ddpm::Error::io(&dir, e))?;
+            std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
             if format == Format::Npy {
                 let p = dir.join("samples.npy");
-                ddpm::checkpoint::write_atomic(&p, &images::encode_npy(&x)?)?;
+                ddpm::atomic::write(&p, &images::encode_npy(&x)?)?;
                 written.push(p);
             } else if args.grid {
                 let p = dir.join("grid.png");
-                ddpm::checkpoint::write_atomic(&p, &one_file(&x)?)?;
+                ddpm::atomic::write(&p, &one_file(&x)?)?;
                 written.push(p);
             } else {
                 for (i, img) in images::to_images(&x)?.iter().enumerate() {
@@ -198,6 +258,8 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         let json = serde_json::json!({
             "command": "sample",
             "images": args.n,
+            "classes": classes,
+            "guidance": guidance,
             "batch_size": batch,
             "sampler": sampler.to_string(),
             "steps": opts.steps,

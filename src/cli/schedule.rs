@@ -56,6 +56,9 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     stdout_line(&format!("# checkpoint: {}", path.display()))?;
     stdout_line(&format!("# step: {step}"))?;
     stdout_line(&format!("# parameters: {params}"))?;
-    stdout_line(&format!("# format: {}", ckpt.meta(checkpoint::META_FORMAT)?))?;
+    stdout_line(&format!(
+        "# format: {}",
+        ckpt.meta(checkpoint::META_FORMAT)?
+    ))?;
     stdout_line(&cfg.to_toml()?)
 }

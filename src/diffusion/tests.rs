@@ -137,3 +137,30 @@ fn learned_variance_spans_beta_tilde_to_beta() {
     // And the clipped value at t = 0 really is log beta~_1, not log 0.
     assert!((s.posterior_log_variance_clipped[0] - s.posterior_variance[1].ln()).abs() < 1e-12);
 }
+
+/// For x0 ~ N(mu, s^2 I), q_t = N(sqrt(abar) mu, (abar s^2 + 1 - abar) I), whose score is
+/// -(x - sqrt(abar) mu) / (abar s^2 + 1 - abar); the exact eps oracle must give it back through
+/// score_from_eps. A missing sign or a sqrt(1 - abar) where 1 - abar belongs moves it by O(1).
+#[test]
+fn the_score_of_a_noised_gaussian_is_its_closed_form() {
+    let s = linear_1000();
+    let (mu, std) = (0.4, 0.3);
+    let oracle = crate::oracle::MixtureOracle::gaussian(mu, std, s.alphas_cumprod.clone()).unwrap();
+    let t = [0usize, 10, 300, 999];
+    let x_t = Stream::new(6, Purpose::Eval, 0)
+        .randn((4, 5), &Device::Cpu)
+        .unwrap();
+    let eps = crate::denoiser::Denoiser::forward(&oracle, &x_t, &t).unwrap();
+    let score = score_from_eps(&s, &eps, &t).unwrap();
+    for ((xs, got), &ti) in rows(&x_t).iter().zip(rows(&score)).zip(&t) {
+        let ab = s.alphas_cumprod[ti];
+        for (x, g) in xs.iter().zip(got) {
+            let want = -(x - ab.sqrt() * mu) / (ab * std * std + 1.0 - ab);
+            // f32 eps divided by sqrt(1 - abar) >= 0.01: relative error ~1e-6.
+            assert!(
+                (g - want).abs() < 1e-5 * want.abs().max(1.0),
+                "t={ti}: {g} vs {want}"
+            );
+        }
+    }
+}

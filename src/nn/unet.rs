@@ -236,8 +236,10 @@ impl UNet {
 }
 
 impl Denoiser for UNet {
-    /// Eval mode (no dropout), no labels, no autograd graph.
+    /// Eval mode (no dropout), no labels, and no autograd graph through the weights. The input
+    /// is not detached: a caller that differentiates with respect to x_t (the probability-flow
+    /// ODE likelihood's divergence) gets its graph, and a plain x_t (sampling) builds none.
     fn forward(&self, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
-        UNet::forward(&self.detached(), &x_t.detach(), t, None, None)
+        UNet::forward(&self.detached(), x_t, t, None, None)
     }
 }

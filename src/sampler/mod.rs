@@ -1,15 +1,24 @@
 //! Sampling: one loop that walks a respaced schedule from x_T down to x0, calling the model and a
 //! per-sampler `Stepper` at each step, and reporting every step through a callback. It owns the
-//! samplers (ancestral DDPM in `ddpm`, DDIM in `ddim`) and their options; it does not own the
-//! model (any `Denoiser`), the schedule maths (`schedule`, `diffusion`) or randomness (`rng`).
+//! samplers and their options: ancestral DDPM (`ddpm`), DDIM (`ddim`), predictor-corrector
+//! (`pc`), the probability-flow ODE solvers DPM-Solver++ 2M (`dpm_solver`) and Heun (`heun`);
+//! and the ways to start or steer the loop: SDEdit (`edit`), inpainting (`inpaint`), DDIM
+//! inversion and latent interpolation (`latent`). It does not own the model (any `Denoiser`),
+//! the schedule maths (`schedule`, `diffusion`) or randomness (`rng`).
 //!
-//! How later samplers fit without touching the loop: a `Stepper` gets the model through a
-//! `Context` and holds its own state, so a multistep solver keeps the previous x0 in `self`, a
-//! corrector or an inpainting step wraps another `Stepper` (call it, then refine or overwrite x),
-//! and `denoise` starts from any x at any respaced index (SDEdit: a noised image at t = strength T).
+//! How samplers fit without touching the loop: a `Stepper` gets the model through a `Context`
+//! and holds its own state, so a multistep solver keeps the previous x0 in `self`, a corrector or
+//! an inpainting step wraps another `Stepper` (call it, then refine or overwrite x), and
+//! `denoise` starts from any x at any respaced index (SDEdit: a noised image at t = strength T).
 
 mod ddim;
 mod ddpm;
+mod dpm_solver;
+mod edit;
+mod heun;
+mod inpaint;
+mod latent;
+mod pc;
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,9 +28,16 @@ use serde::{Deserialize, Serialize};
 
 pub use ddim::Ddim;
 pub use ddpm::Ancestral;
+pub use dpm_solver::DpmSolver2M;
+pub use edit::sample_from;
+pub(crate) use edit::steps_below;
+pub use heun::Heun;
+pub use inpaint::{inpaint, Inpaint, Inpainting};
+pub use latent::{ddim_invert, sample_from_latent, slerp, InvertOptions};
+pub use pc::{Langevin, PredictorCorrector};
 
 use crate::denoiser::Denoiser;
-use crate::diffusion::{x0_and_eps, Parameterization};
+use crate::diffusion::{score_from_eps, x0_and_eps, Parameterization};
 use crate::error::{Error, Result};
 use crate::rng::{BatchNoise, Purpose};
 use crate::schedule::{Schedule, Spacing};
@@ -35,24 +51,58 @@ pub enum SamplerKind {
     Ddpm,
     /// DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta = 1 is ancestral.
     Ddim,
+    /// Predictor-corrector (Song et al. 2021, Algorithm 5): an ancestral step, then
+    /// `corrector_steps` Langevin steps at signal-to-noise ratio `snr`.
+    Pc,
+    /// DPM-Solver++ 2M (Lu et al. 2022): second-order multistep on the probability-flow ODE.
+    #[serde(rename = "dpm++2m")]
+    DpmSolver2M,
+    /// Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1).
+    Heun,
 }
 
 impl SamplerKind {
-    /// The stepper this sampler runs with `opts` (only DDIM reads eta).
+    /// Every sampler, in the order the CLI lists them.
+    pub const ALL: [SamplerKind; 5] = [
+        SamplerKind::Ddpm,
+        SamplerKind::Ddim,
+        SamplerKind::Pc,
+        SamplerKind::DpmSolver2M,
+        SamplerKind::Heun,
+    ];
+
+    /// The stepper this sampler runs with `opts` (DDIM reads eta; PC corrector_steps and snr).
     pub fn stepper(self, opts: &SampleOptions) -> Box<dyn Stepper> {
         match self {
             SamplerKind::Ddpm => Box::new(Ancestral),
             SamplerKind::Ddim => Box::new(Ddim { eta: opts.eta }),
+            SamplerKind::Pc => Box::new(PredictorCorrector {
+                predictor: Box::new(Ancestral),
+                corrector: Langevin {
+                    steps: opts.corrector_steps,
+                    snr: opts.snr,
+                },
+            }),
+            SamplerKind::DpmSolver2M => Box::new(DpmSolver2M::default()),
+            SamplerKind::Heun => Box::new(Heun),
+        }
+    }
+
+    /// The name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddpm => "ddpm",
+            SamplerKind::Ddim => "ddim",
+            SamplerKind::Pc => "pc",
+            SamplerKind::DpmSolver2M => "dpm++2m",
+            SamplerKind::Heun => "heun",
         }
     }
 }
 
 impl fmt::Display for SamplerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SamplerKind::Ddpm => "ddpm",
-            SamplerKind::Ddim => "ddim",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -60,13 +110,16 @@ impl FromStr for SamplerKind {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "ddpm" => Ok(SamplerKind::Ddpm),
-            "ddim" => Ok(SamplerKind::Ddim),
-            _ => Err(Error::Invalid(format!(
-                "unknown sampler {s:?}; expected ddpm or ddim"
-            ))),
-        }
+        SamplerKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
+                Error::Invalid(format!(
+                    "unknown sampler {s:?}; expected one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -78,8 +131,12 @@ pub struct SampleOptions {
     pub steps: usize,
     /// How the K steps are chosen among the T training steps.
     pub spacing: Spacing,
-    /// DDIM's stochasticity in [0, 1]; ignored by the ancestral sampler.
+    /// DDIM's stochasticity in [0, 1]; read by DDIM only.
     pub eta: f64,
+    /// Langevin corrector steps after each predictor step; read by PC only.
+    pub corrector_steps: usize,
+    /// The corrector's target signal-to-noise ratio r > 0; read by PC only.
+    pub snr: f64,
     /// Clamp each predicted x0 to [-1, 1] (data scaled to [-1, 1]).
     pub clip_x0: bool,
     pub seed: u64,
@@ -89,13 +146,16 @@ pub struct SampleOptions {
 }
 
 impl Default for SampleOptions {
-    /// The DDPM paper's sampler: ancestral over all 1000 steps, x0 clipped.
+    /// The DDPM paper's sampler: ancestral over all 1000 steps, x0 clipped; PC's defaults are
+    /// those of Song et al.'s code (one corrector step, snr 0.16).
     fn default() -> Self {
         SampleOptions {
             sampler: SamplerKind::Ddpm,
             steps: 1000,
             spacing: Spacing::default(),
             eta: 0.0,
+            corrector_steps: 1,
+            snr: 0.16,
             clip_x0: true,
             seed: 0,
             first_index: 0,
@@ -104,12 +164,19 @@ impl Default for SampleOptions {
 }
 
 impl SampleOptions {
-    /// Check eta in [0, 1] and steps in 1..=T for a training schedule of `num_timesteps` steps.
+    /// Check eta in [0, 1], snr > 0 and steps in 1..=T for a training schedule of
+    /// `num_timesteps` steps.
     pub fn validate(&self, num_timesteps: usize) -> Result<()> {
         if !(0.0..=1.0).contains(&self.eta) {
             return Err(Error::Invalid(format!(
                 "eta = {} is outside [0, 1]",
                 self.eta
+            )));
+        }
+        if !(self.snr > 0.0 && self.snr.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "snr = {} must be a positive number (Song et al. use 0.16)",
+                self.snr
             )));
         }
         if self.steps == 0 || self.steps > num_timesteps {
@@ -156,6 +223,14 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// The model's score at respaced index i: -eps / sqrt(1 - abar_i), with eps consistent with
+    /// the (clipped, when asked) x0.
+    pub fn score(&self, x_t: &Tensor, i: usize) -> Result<Tensor> {
+        let output = self.output(x_t, i)?;
+        let (_, eps) = self.x0_and_eps(x_t, i, &output)?;
+        score_from_eps(self.schedule, &eps, &vec![i; x_t.dim(0)?])
+    }
+
     /// The raw model output (as f32) for x_t at respaced index i, called with model timestep
     /// timesteps[i] for every example.
     pub fn output(&self, x_t: &Tensor, i: usize) -> Result<Tensor> {
@@ -210,11 +285,7 @@ pub fn sample(
     on_step: &mut dyn FnMut(&StepInfo) -> Result<()>,
 ) -> Result<Tensor> {
     opts.validate(schedule.len())?;
-    if shape.len() < 2 || shape.contains(&0) {
-        return Err(Error::Invalid(format!(
-            "sample shape {shape:?} must be (B, C, H, W) or (B, D) with no zero dimension"
-        )));
-    }
+    check_shape(shape)?;
     let respaced = schedule.for_sampling(opts.steps, opts.spacing)?;
     let mut noise = BatchNoise::new(opts.seed, Purpose::SampleNoise, opts.first_index, shape[0]);
     // x_T ~ N(0, I), row i from sample i's stream.
@@ -234,6 +305,16 @@ pub fn sample(
         &mut noise,
         on_step,
     )
+}
+
+/// A sample shape is (B, C, H, W) or (B, D) with no zero dimension.
+fn check_shape(shape: &[usize]) -> Result<()> {
+    if shape.len() < 2 || shape.contains(&0) {
+        return Err(Error::Invalid(format!(
+            "sample shape {shape:?} must be (B, C, H, W) or (B, D) with no zero dimension"
+        )));
+    }
+    Ok(())
 }
 
 /// The loop: from x at respaced index `from - 1` (x_T when from = K) down to the sample,
@@ -268,6 +349,16 @@ pub fn denoise(
 }
 
 #[cfg(test)]
+mod edit_tests;
+#[cfg(test)]
+mod inpaint_tests;
+#[cfg(test)]
+mod latent_tests;
+#[cfg(test)]
+mod ode_tests;
+#[cfg(test)]
 mod oracle_tests;
+#[cfg(test)]
+mod pc_tests;
 #[cfg(test)]
 mod tests;

@@ -1,16 +1,10 @@
 //! The samplers driven by exact denoisers produce the right distributions: a Gaussian, whose
 //! sampled moments are known exactly, and a two-component mixture.
 
-use super::tests::{draw, eps_fixed, linear_schedule, opts};
+use super::tests::{draw, eps_fixed, linear_schedule, mean_var, opts};
 use super::*;
 use crate::diffusion::VarianceType;
 use crate::oracle::{Component, MixtureOracle};
-
-fn mean_var(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    (mean, v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n)
-}
 
 /// x0 ~ N(0.4, 0.3^2 I), linear schedule, T = 1000, exact eps, no clipping.
 ///
@@ -111,22 +105,8 @@ fn gaussian_data_gives_each_samplers_exact_moments() {
     }
 }
 
-/// 0.3 N(mu_1, 0.1^2 I) + 0.7 N(mu_2, 0.1^2 I) in D = 4, B = 2000, ancestral (fixed-small) over
-/// all 1000 steps.
-///
-/// - Bimodal: the modes are 2.2 apart (|mu_1 - mu_2|) against a spread of 0.1 per coordinate,
-///   so every sample lies within 0.55 (5.5 std) of a mode in each coordinate, and nearest-mode
-///   assignment is exact.
-/// - Weights: the count in mode 1 is Binomial(2000, 0.3), SE = sqrt(0.21 / 2000) = 0.0102 on the
-///   fraction; we allow 4 SE = 0.041.
-/// - Modes: per coordinate, each cluster mean has SE 0.1 / sqrt(n_k) <= 0.1 / sqrt(500) =
-///   0.0045; we allow 0.018. The spread: once a sample has committed to a mode the oracle acts
-///   as that Gaussian, whose exact ancestral variance (the script above with s = 0.1) is
-///   0.009276 (7% under 0.01, as for the Gaussian test); with n_k D >= 2000 coordinates its SE is
-///   0.009276 sqrt(2 / 2000) = 0.0003, and we allow 4 SE = 0.0012.
-#[test]
-fn a_two_mode_mixture_keeps_its_weights_and_modes() {
-    let s = linear_schedule();
+/// The two-mode mixture 0.3 N(mu_1, 0.1^2 I) + 0.7 N(mu_2, 0.1^2 I) in D = 4.
+pub(super) fn two_modes() -> (MixtureOracle, [Vec<f64>; 2]) {
     let mu_1 = vec![-0.6, -0.4, -0.8, -0.6];
     let mu_2 = vec![0.5, 0.7, 0.3, 0.5];
     let comps = vec![
@@ -141,42 +121,67 @@ fn a_two_mode_mixture_keeps_its_weights_and_modes() {
             std: 0.1,
         },
     ];
-    let oracle = MixtureOracle::new(comps, s.alphas_cumprod.clone()).unwrap();
+    let oracle = MixtureOracle::new(comps, linear_schedule().alphas_cumprod).unwrap();
+    (oracle, [mu_1, mu_2])
+}
+
+/// B = 2000 samples of `two_modes` with `o`, checked for the weights and modes (see below);
+/// returns each mode's deviations from its mean, coordinate by coordinate.
+pub(super) fn check_two_modes(o: &SampleOptions) -> [Vec<f64>; 2] {
+    let (oracle, mus) = two_modes();
     let (b, d) = (2000, 4);
-    let o = opts(SamplerKind::Ddpm, 1000, Spacing::Trailing, 0.0);
-    let x = draw(
-        &oracle,
-        &s,
-        eps_fixed(VarianceType::FixedSmall),
-        &o,
-        &[b, d],
-    );
+    let s = linear_schedule();
+    let x = draw(&oracle, &s, eps_fixed(VarianceType::FixedSmall), o, &[b, d]);
     let dist =
         |row: &[f64], mu: &[f64]| -> f64 { row.iter().zip(mu).map(|(a, m)| (a - m).powi(2)).sum() };
     let mut clusters: [Vec<&[f64]>; 2] = [Vec::new(), Vec::new()];
     for row in x.chunks(d) {
-        let k = usize::from(dist(row, &mu_2) < dist(row, &mu_1));
+        let k = usize::from(dist(row, &mus[1]) < dist(row, &mus[0]));
         clusters[k].push(row);
     }
+    let label = format!("{} {} steps", o.sampler, o.steps);
     let frac_1 = clusters[0].len() as f64 / b as f64;
-    assert!((frac_1 - 0.3).abs() < 0.041, "weight of mode 1: {frac_1}");
-    for (rows, mu) in clusters.iter().zip([&mu_1, &mu_2]) {
-        let mut deviations = Vec::new();
+    assert!(
+        (frac_1 - 0.3).abs() < 0.041,
+        "{label}: weight of mode 1: {frac_1}"
+    );
+    let mut out = [Vec::new(), Vec::new()];
+    for ((rows, mu), deviations) in clusters.iter().zip(&mus).zip(&mut out) {
         for (j, &m) in mu.iter().enumerate() {
             let column: Vec<f64> = rows.iter().map(|r| r[j]).collect();
             let (mean, _) = mean_var(&column);
             assert!(
                 (mean - m).abs() < 0.018,
-                "mode {mu:?}, dim {j}: mean {mean}"
+                "{label}: mode {mu:?}, dim {j}: mean {mean}"
             );
             deviations.extend(column.iter().map(|v| v - m));
         }
         let worst = deviations.iter().fold(0.0f64, |a, v| a.max(v.abs()));
         assert!(
             worst < 0.55,
-            "mode {mu:?}: a sample {worst} away, between the modes"
+            "{label}: mode {mu:?}: a sample {worst} away, between the modes"
         );
+    }
+    out
+}
+
+/// `two_modes`, B = 2000, ancestral (fixed-small) over all 1000 steps.
+///
+/// - Bimodal: the modes are 2.2 apart (|mu_1 - mu_2|) against a spread of 0.1 per coordinate,
+///   so every sample lies within 0.55 (5.5 std) of a mode in each coordinate, and nearest-mode
+///   assignment is exact.
+/// - Weights: the count in mode 1 is Binomial(2000, 0.3), SE = sqrt(0.21 / 2000) = 0.0102 on the
+///   fraction; we allow 4 SE = 0.041.
+/// - Modes: per coordinate, each cluster mean has SE 0.1 / sqrt(n_k) <= 0.1 / sqrt(500) =
+///   0.0045; we allow 0.018. The spread: once a sample has committed to a mode the oracle acts
+///   as that Gaussian, whose exact ancestral variance (the script above with s = 0.1) is
+///   0.009276 (7% under 0.01, as for the Gaussian test); with n_k D >= 2000 coordinates its SE is
+///   0.009276 sqrt(2 / 2000) = 0.0003, and we allow 4 SE = 0.0012.
+#[test]
+fn a_two_mode_mixture_keeps_its_weights_and_modes() {
+    let o = opts(SamplerKind::Ddpm, 1000, Spacing::Trailing, 0.0);
+    for deviations in check_two_modes(&o) {
         let var = deviations.iter().map(|v| v * v).sum::<f64>() / deviations.len() as f64;
-        assert!((var - 0.009276).abs() < 0.0012, "mode {mu:?}: spread {var}");
+        assert!((var - 0.009276).abs() < 0.0012, "spread {var}");
     }
 }

@@ -25,10 +25,19 @@ pub(super) fn opts(
         steps,
         spacing,
         eta,
+        corrector_steps: 2,
+        snr: 0.16,
         clip_x0: false,
         seed: 11,
         first_index: 0,
     }
+}
+
+/// Mean and (biased) variance of the values.
+pub(super) fn mean_var(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    (mean, v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n)
 }
 
 pub(super) fn eps_fixed(variance: VarianceType) -> Parameterization {
@@ -62,7 +71,7 @@ pub(super) fn flat(x: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+pub(super) fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
@@ -109,12 +118,20 @@ impl Denoiser for Reparam {
 
 #[test]
 fn sampler_kind_round_trips_and_names_a_bad_value() {
-    for k in [SamplerKind::Ddpm, SamplerKind::Ddim] {
-        assert_eq!(k.to_string().parse::<SamplerKind>().unwrap(), k);
+    #[derive(serde::Deserialize)]
+    struct Section {
+        sampler: SamplerKind,
     }
+    for k in SamplerKind::ALL {
+        assert_eq!(k.to_string().parse::<SamplerKind>().unwrap(), k);
+        // A config spells a sampler as the CLI does.
+        let section: Section = toml::from_str(&format!("sampler = {:?}", k.name())).unwrap();
+        assert_eq!(section.sampler, k);
+    }
+    assert_eq!(SamplerKind::DpmSolver2M.to_string(), "dpm++2m");
     assert_eq!(SamplerKind::default(), SamplerKind::Ddpm);
     let err = "plms".parse::<SamplerKind>().unwrap_err().to_string();
-    assert!(err.contains("plms") && err.contains("ddim"), "{err}");
+    assert!(err.contains("plms") && err.contains("dpm++2m"), "{err}");
 }
 
 #[test]
@@ -131,6 +148,10 @@ fn options_outside_their_range_are_named() {
     }
     .validate(1000);
     assert!(nan_eta.is_err());
+    for snr in [0.0, -0.1, f64::INFINITY] {
+        let e = SampleOptions { snr, ..good }.validate(1000).unwrap_err();
+        assert!(e.to_string().contains("snr"), "{e}");
+    }
     for steps in [0, 1001] {
         let e = SampleOptions { steps, ..good }.validate(1000).unwrap_err();
         assert!(e.to_string().contains(&format!("steps = {steps}")), "{e}");
@@ -170,13 +191,20 @@ fn bad_shapes_and_start_points_are_errors() {
     assert!(e.is_err());
 }
 
-/// Sample `first + 3` is the same bits drawn as row 3 of a batch of 7 or alone.
+/// Sample `first + 3` is the same bits drawn as row 3 of a batch of 7 or alone (PC included:
+/// its Langevin step size is per example).
 #[test]
 fn a_sample_does_not_depend_on_its_batch() {
     let s = linear_schedule();
     let o = MixtureOracle::gaussian(0.2, 0.5, s.alphas_cumprod.clone()).unwrap();
     let p = eps_fixed(VarianceType::FixedSmall);
-    for (kind, eta) in [(SamplerKind::Ddpm, 0.0), (SamplerKind::Ddim, 0.5)] {
+    for (kind, eta) in [
+        (SamplerKind::Ddpm, 0.0),
+        (SamplerKind::Ddim, 0.5),
+        (SamplerKind::Pc, 0.0),
+        (SamplerKind::DpmSolver2M, 0.0),
+        (SamplerKind::Heun, 0.0),
+    ] {
         let batch = SampleOptions {
             first_index: 10,
             ..opts(kind, 50, Spacing::Trailing, eta)

@@ -2,6 +2,7 @@
 //! `step` (pure), the carried state in `state`, the files in `run_dir`. The loop never prints;
 //! it reports through `on_event`, and stops cleanly — checkpoint first — when `interrupt` is set.
 
+mod config;
 mod run_dir;
 mod state;
 mod step;
@@ -13,13 +14,14 @@ use std::time::Instant;
 
 use candle_core::Device;
 
+pub use config::TrainConfig;
 pub use run_dir::{RunDir, METRICS_HEADER};
 pub use state::{stored_config, weights_with_prefix, TrainState, EMA_PREFIX, MODEL_PREFIX};
 pub use step::{train_step, StepStats};
 
 use crate::checkpoint;
 use crate::config::Config;
-use crate::data::{self, Loader};
+use crate::data::{self, Loader, LoaderOptions};
 use crate::error::{Error, Result};
 use crate::generate;
 
@@ -87,6 +89,7 @@ pub fn train(
     cfg.train.precision.check(device)?;
     let schedule = cfg.diffusion.schedule()?;
     let dataset = data::open(&cfg.data)?;
+    check_classes(cfg, dataset.num_classes())?;
     let dir = RunDir::create(&opts.run_dir)?;
     let mut state = if opts.resume {
         resume_state(cfg, device, &dir)?
@@ -105,11 +108,12 @@ pub fn train(
     let accum = cfg.train.grad_accum as u64;
     let mut loader = Loader::new(
         dataset,
-        cfg.train.micro_batch(),
-        cfg.train.seed,
-        cfg.data.random_flip,
-        state.step * accum,
-        &cfg.data,
+        LoaderOptions::from_config(
+            &cfg.data,
+            cfg.train.micro_batch(),
+            cfg.train.seed,
+            state.step * accum,
+        ),
     )?;
     on_event(Event::Started {
         step: state.step,
@@ -134,9 +138,13 @@ pub fn train(
             return Err(Error::Interrupted { step: state.step });
         }
         let batches = (0..accum)
-            .map(|_| loader.next_batch())
+            .map(|_| {
+                loader
+                    .next()
+                    .unwrap_or_else(|| Err(Error::Data("the data loader stopped".into())))
+            })
             .collect::<Result<Vec<_>>>()?;
-        last = train_step(cfg, &schedule, &mut state, &batches)?;
+        last = train_step(cfg, &schedule, &mut state, batches)?;
         let step = state.step;
         if steady_start.is_none() {
             steady_start = Some((Instant::now(), step));
@@ -149,7 +157,14 @@ pub fn train(
             images_per_sec: ips,
         })?;
         if step % cfg.train.log_every == 0 || step == total {
-            metrics.row(step, last.loss, last.lr, last.grad_norm, ips, start.elapsed().as_secs_f64())?;
+            metrics.row(
+                step,
+                last.loss,
+                last.lr,
+                last.grad_norm,
+                ips,
+                start.elapsed().as_secs_f64(),
+            )?;
             on_event(Event::Logged {
                 step,
                 stats: last,
@@ -183,6 +198,24 @@ pub fn train(
     })
 }
 
+/// A labelled dataset must have exactly the model's model.num_classes classes: the label
+/// embedding has one row per class plus the null label, which a larger class would hit.
+fn check_classes(cfg: &Config, found: Option<usize>) -> Result<()> {
+    if !cfg.data.class_labels || found == cfg.model.num_classes {
+        return Ok(());
+    }
+    let source = match &cfg.data.path {
+        Some(p) => format!("{} (one class per subfolder)", p.display()),
+        None => "the digits dataset".into(),
+    };
+    Err(Error::Config(match (cfg.model.num_classes, found) {
+        (Some(want), Some(n)) => format!(
+            "model.num_classes = {want} but {source} has {n} classes; set model.num_classes = {n}"
+        ),
+        _ => format!("data.class_labels = true but {source} gives no labels"),
+    }))
+}
+
 fn save(cfg: &Config, dir: &RunDir, state: &TrainState) -> Result<PathBuf> {
     let (tensors, metadata) = state.checkpoint_contents(cfg)?;
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
@@ -206,8 +239,18 @@ fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainStat
         ("optim", stored.optim == cfg.optim),
         ("ema", stored.ema == cfg.ema),
         ("train.seed", stored.train.seed == cfg.train.seed),
-        ("train.batch_size", stored.train.batch_size == cfg.train.batch_size),
-        ("train.grad_accum", stored.train.grad_accum == cfg.train.grad_accum),
+        (
+            "train.batch_size",
+            stored.train.batch_size == cfg.train.batch_size,
+        ),
+        (
+            "train.grad_accum",
+            stored.train.grad_accum == cfg.train.grad_accum,
+        ),
+        (
+            "train.label_dropout",
+            stored.train.label_dropout == cfg.train.label_dropout,
+        ),
     ];
     if let Some((section, _)) = same.iter().find(|(_, eq)| !eq) {
         return Err(Error::Config(format!(

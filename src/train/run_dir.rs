@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 
-use crate::checkpoint::{self, run_dir};
+use crate::checkpoint::run_dir;
 use crate::error::{Error, Result};
 
 /// Header of metrics.csv.
@@ -43,12 +43,14 @@ impl RunDir {
 
     /// Write the resolved config as `config.toml` (atomically).
     pub fn write_config(&self, toml_text: &str) -> Result<()> {
-        checkpoint::write_atomic(&self.root.join("config.toml"), toml_text.as_bytes())
+        crate::atomic::write(&self.root.join("config.toml"), toml_text.as_bytes())
     }
 
     /// The sample grid path for `step`.
     pub fn sample_path(&self, step: u64) -> PathBuf {
-        self.root.join("samples").join(format!("step-{step:08}.png"))
+        self.root
+            .join("samples")
+            .join(format!("step-{step:08}.png"))
     }
 
     /// Save the checkpoint of `step`, point `latest` at it, and delete what the retention
@@ -83,7 +85,7 @@ impl RunDir {
             text.push_str(&l);
             text.push('\n');
         }
-        checkpoint::write_atomic(&path, text.as_bytes())?;
+        crate::atomic::write(&path, text.as_bytes())?;
         let file = OpenOptions::new()
             .append(true)
             .open(&path)

@@ -1,7 +1,9 @@
 //! One optimizer step, free of I/O: draw timesteps and noise from the step's streams, noise the
 //! batch with q(x_t | x0), run the network, take the loss and its gradients (averaged over the
-//! micro-batches), clip, update AdamW and the EMA. Everything random is keyed by the step number,
-//! so a run resumed at step s does exactly what an uninterrupted run does at step s.
+//! micro-batches), clip, update AdamW and the EMA. Class labels, when the data has them, are
+//! first replaced by the null label with probability train.label_dropout. Everything random is
+//! keyed by the step number, so a run resumed at step s does exactly what an uninterrupted run
+//! does at step s.
 
 use candle_core::{DType, Tensor};
 
@@ -9,6 +11,7 @@ use crate::config::Config;
 use crate::data::Batch;
 use crate::diffusion::q_sample;
 use crate::error::{Error, Result};
+use crate::guidance::drop_labels;
 use crate::loss::training_losses;
 use crate::nn::UNet;
 use crate::optim::lr_at;
@@ -33,6 +36,7 @@ struct StepStreams {
     timesteps: Stream,
     noise: Stream,
     dropout: Stream,
+    labels: Stream,
 }
 
 impl StepStreams {
@@ -41,6 +45,7 @@ impl StepStreams {
             timesteps: Stream::new(seed, Purpose::Timesteps, step),
             noise: Stream::new(seed, Purpose::TrainNoise, step),
             dropout: Stream::new(seed, Purpose::Dropout, step),
+            labels: Stream::new(seed, Purpose::Labels, step),
         }
     }
 }
@@ -50,7 +55,7 @@ pub fn train_step(
     cfg: &Config,
     schedule: &Schedule,
     state: &mut TrainState,
-    micro_batches: &[Batch],
+    micro_batches: Vec<Batch>,
 ) -> Result<StepStats> {
     let step = state.step;
     let device = state.device.clone();
@@ -59,15 +64,28 @@ pub fn train_step(
     let mut loss_sum = 0f32;
     let compute_dtype = cfg.train.precision.dtype();
     let net = state.compute_unet(cfg, compute_dtype)?;
+    let count = micro_batches.len();
     for batch in micro_batches {
-        let x0 = batch.to_tensor(&device)?;
+        let mut labels = batch.labels.clone();
+        if let (Some(y), Some(n)) = (labels.as_mut(), cfg.model.num_classes) {
+            drop_labels(y, n as u32, cfg.train.label_dropout, &mut streams.labels);
+        }
+        let (x0, _) = batch.into_tensors(&device)?;
         let b = x0.dim(0)?;
         let t: Vec<usize> = (0..b)
             .map(|_| streams.timesteps.below(schedule.len()))
             .collect();
         let eps = streams.noise.randn(x0.shape(), &device)?;
         let x_t = q_sample(schedule, &x0, &t, &eps)?;
-        let out = forward(&net, &x_t, &t, batch, &mut streams.dropout, cfg, compute_dtype)?;
+        let out = forward(
+            &net,
+            &x_t,
+            &t,
+            labels.as_deref(),
+            &mut streams.dropout,
+            cfg,
+            compute_dtype,
+        )?;
         let terms = training_losses(
             schedule,
             cfg.diffusion.parameterization(),
@@ -81,8 +99,9 @@ pub fn train_step(
         let loss = terms.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !loss.is_finite() {
             return Err(Error::NonFinite {
+                what: "the loss",
                 step: step + 1,
-                value: loss,
+                value: loss as f64,
             });
         }
         loss_sum += loss;
@@ -94,8 +113,9 @@ pub fn train_step(
     let grad_norm = state.optimizer.clip_grad_norm(&mut grads, max_norm)?;
     if !grad_norm.is_finite() {
         return Err(Error::NonFinite {
+            what: "the gradient norm",
             step: step + 1,
-            value: grad_norm as f32,
+            value: grad_norm,
         });
     }
     let lr = lr_at(&cfg.optim, step);
@@ -103,7 +123,7 @@ pub fn train_step(
     state.step += 1;
     state.ema.update(state.step)?;
     Ok(StepStats {
-        loss: loss_sum / micro_batches.len() as f32,
+        loss: loss_sum / count as f32,
         grad_norm,
         lr,
     })
@@ -114,12 +134,11 @@ fn forward(
     net: &UNet,
     x_t: &Tensor,
     t: &[usize],
-    batch: &Batch,
+    labels: Option<&[u32]>,
     dropout: &mut Stream,
     cfg: &Config,
     dtype: DType,
 ) -> Result<Tensor> {
-    let labels = batch.labels.as_deref();
     let rate = cfg.model.dropout;
     let stream = if rate > 0.0 { Some(dropout) } else { None };
     let out = net.forward(&x_t.to_dtype(dtype)?, t, labels, stream)?;

@@ -7,7 +7,9 @@ use assert_cmd::Command;
 
 /// The repo's configs folder.
 pub fn config(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("configs")
+        .join(name)
 }
 
 /// `ddpm` with `args`, quiet stderr progress, run in `dir`.

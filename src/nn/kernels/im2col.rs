@@ -112,23 +112,21 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32]) {
 }
 
 /// dW[co, (ci, ky, kx)] = sum_{b, p} dy[b, co, p] col_b[(ci, ky, kx), p], accumulated per
-/// thread over (image, row band) items, then summed. dw: (cout, cin k k).
+/// fixed run of (image, row band) items (`par::Partials`), then summed in order, so the result
+/// does not depend on thread scheduling. dw: (cout, cin k k).
 pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let rows = rows_per_item(g);
     let bands = g.ho.div_ceil(rows);
     let (p, kk) = (g.ho * g.wo, g.kk());
-    let mut partial = Partials::new(g.cout * kk);
-    let parts = partial.shared();
-    par::for_each(g.b * bands, |item, thread| {
+    let mut partial = Partials::new(g.b * bands, g.cout * kk);
+    partial.for_each(|item, dw_part| {
         let (b, r0) = (item / bands, (item % bands) * rows);
         let r1 = (r0 + rows).min(g.ho);
         let (p0, pc) = (r0 * g.wo, (r1 - r0) * g.wo);
         let xb = &x[b * g.x_image()..][..g.x_image()];
         let dyb = &dy[b * g.cout * p + p0..];
-        // SAFETY: `thread` is this thread's own index.
-        let dw_part = unsafe { par::part(&parts, thread) };
         let run = |rhs: (*const f32, usize, usize)| {
-            // SAFETY: each thread accumulates into its own partial; lhs is dy[b, :, band]
+            // SAFETY: dw_part is this item's slot's own partial (cout, kk); lhs is dy[b, :, band]
             // (row stride p), rhs the band's patches transposed, (pc, kk).
             unsafe {
                 gemm(

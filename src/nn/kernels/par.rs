@@ -4,7 +4,7 @@
 //! AVX2+FMA) and picks at run time, since the crate itself is built for baseline x86-64.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::utils::barrier_pool;
 
@@ -33,6 +33,15 @@ pub fn for_each(n: usize, f: impl Fn(usize, usize) + Sync) {
     });
 }
 
+/// Partial sums a reduction keeps, at most: items are split into this many fixed runs.
+const REDUCE_SLOTS: usize = 16;
+
+/// The number of partial sums (`Partials`) a reduction over `n` items uses: slot s covers the
+/// fixed run of items s n / S .. (s + 1) n / S, in order, on one thread.
+pub fn slots(n: usize) -> usize {
+    n.clamp(1, REDUCE_SLOTS)
+}
+
 /// A vector of `n` values for a kernel to fill, skipping the zeroing pass (a full extra pass
 /// over large outputs), as candle's own CPU kernels do.
 ///
@@ -46,41 +55,45 @@ pub unsafe fn output(n: usize) -> Vec<f32> {
     v
 }
 
-/// Per-thread accumulators of `len` values each, zeroed by each thread on its first use (in
-/// parallel, and only for threads that get work) instead of all at once up front.
+/// Per-slot accumulators of `len` values each for a reduction over `n` work items
+/// (`for_each_in_slots`): a slot's part is zeroed by the thread that runs the slot (in
+/// parallel, instead of all at once up front), and `sum_into` adds the parts in slot order.
+/// Which items feed which part, and the order of every sum, depend only on `n`, so the result
+/// is the same bits whatever the thread count or scheduling.
 pub struct Partials {
     buf: Vec<f32>,
     len: usize,
-    touched: Vec<AtomicBool>,
+    n: usize,
 }
 
 impl Partials {
-    pub fn new(len: usize) -> Self {
-        let n = threads();
+    pub fn new(n: usize, len: usize) -> Self {
         Partials {
-            // SAFETY: a thread's part is zeroed before its first use (`get`), and only touched
-            // parts are ever read (`sum_into`).
-            buf: unsafe { output(n * len) },
+            // SAFETY: `for_each` zeroes every slot's part before its first item (every slot
+            // has at least one item), and `sum_into` reads only after `for_each`.
+            buf: unsafe { output(slots(n) * len) },
             len,
-            touched: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            n,
         }
     }
 
-    /// A handle for the parallel loop.
-    pub fn shared(&mut self) -> (Shared, &[AtomicBool], usize) {
-        (Shared::new(&mut self.buf), &self.touched, self.len)
+    /// Run `f(item, part)` for every item in 0..n, `part` pointing at the `len` accumulators of
+    /// the item's slot, which only the thread running that slot touches.
+    pub fn for_each(&mut self, f: impl Fn(usize, *mut f32) + Sync) {
+        let (len, n, s) = (self.len, self.n, slots(self.n));
+        let buf = Shared::new(&mut self.buf);
+        for_each(s, |slot, _| {
+            // SAFETY: slot `slot` alone uses buf[slot len..(slot + 1) len].
+            unsafe { buf.slice(slot * len, len) }.fill(0.0);
+            for item in slot * n / s..(slot + 1) * n / s {
+                f(item, buf.ptr(slot * len));
+            }
+        });
     }
 
-    /// dst = the sum of the parts the threads used, in parallel over blocks.
+    /// dst = the sum of the parts in slot order, in parallel over blocks of dst.
     pub fn sum_into(&self, dst: &mut [f32]) {
         const BLOCK: usize = 4096;
-        let used: Vec<&[f32]> = self
-            .buf
-            .chunks_exact(self.len)
-            .zip(&self.touched)
-            .filter(|(_, t)| t.load(Ordering::Relaxed))
-            .map(|(part, _)| part)
-            .collect();
         let len = dst.len().min(self.len);
         let out = Shared::new(dst);
         for_each(len.div_ceil(BLOCK), |block, _| {
@@ -89,26 +102,13 @@ impl Partials {
             // SAFETY: block `block` alone writes dst[start..start + n].
             let d = unsafe { out.slice(start, n) };
             d.fill(0.0);
-            for part in &used {
+            for part in self.buf.chunks_exact(self.len) {
                 d.iter_mut()
                     .zip(&part[start..start + n])
                     .for_each(|(d, v)| *d += v);
             }
         });
     }
-}
-
-/// Thread `thread`'s part of a `Partials` (from `shared`), zeroed on its first use.
-///
-/// # Safety
-/// Only thread `thread` may call this for its index while the loop runs.
-pub unsafe fn part(handle: &(Shared, &[AtomicBool], usize), thread: usize) -> *mut f32 {
-    let (buf, touched, len) = handle;
-    if !touched[thread].swap(true, Ordering::Relaxed) {
-        // SAFETY: this thread's part, written by this thread only.
-        unsafe { buf.slice(thread * len, *len) }.fill(0.0);
-    }
-    buf.ptr(thread * len)
 }
 
 thread_local! {

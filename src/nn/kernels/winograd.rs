@@ -267,15 +267,16 @@ pub fn convolve(
     });
 }
 
-/// dW (cout, cin, 3, 3) from x (b, cin, h, w) and dy (b, cout, h, w).
+/// dW (cout, cin, 3, 3) from x (b, cin, h, w) and dy (b, cout, h, w), the transform-domain
+/// dU accumulated per fixed run of tile-row chunks (`par::Partials`) and summed in order, so
+/// the result does not depend on thread scheduling.
 pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (th, tw) = tiles(g);
     let rows = (2 * rows_per_chunk(g, g.cin, g.cout)).min(g.b * th);
     let total = g.b * th;
     let plane = g.cout * g.cin;
-    let mut partial = Partials::new(POINTS * plane);
-    let parts = partial.shared();
-    par::for_each(total.div_ceil(rows), |item, thread| {
+    let mut partial = Partials::new(total.div_ceil(rows), POINTS * plane);
+    partial.for_each(|item, du| {
         let r0 = item * rows;
         let r1 = (r0 + rows).min(total);
         let n = (r1 - r0) * tw;
@@ -285,11 +286,9 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             let (d, buf) = rest.split_at_mut(dlen);
             input_chunk(g, g.cin, x, r0, r1, v, buf);
             grad_output_chunk(g, dy, r0, r1, d, buf);
-            // SAFETY: `thread` is this thread's own index.
-            let du = unsafe { par::part(&parts, thread) };
             for xi in 0..POINTS {
-                // SAFETY: each thread accumulates into its own partial dU[xi] (cout, cin); D[xi]
-                // is (cout, n) and V[xi]^T (n, cin) a transposed view of (cin, n).
+                // SAFETY: du is this item's slot's own partial, dU[xi] (cout, cin) at xi plane;
+                // D[xi] is (cout, n) and V[xi]^T (n, cin) a transposed view of (cin, n).
                 unsafe {
                     gemm(
                         (g.cout, g.cin, n),

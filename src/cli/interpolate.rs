@@ -1,0 +1,208 @@
+//! `ddpm interpolate`: frames between two seeds (slerp of their noise) or two images (slerp of
+//! their DDIM-inverted noise), denoised by a deterministic sampler, as one strip PNG or a folder
+//! of frames.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Tensor;
+use clap::Args;
+
+use ddpm::data::images;
+use ddpm::device::{self, DeviceSpec};
+use ddpm::generate::interpolate;
+use ddpm::generate::{self, Generator, Request, Start};
+use ddpm::precision::Precision;
+use ddpm::sampler::{InvertOptions, SamplerKind};
+
+use super::classes::ClassArgs;
+use super::output::{stdout_line, write_out};
+use super::progress::Progress;
+
+pub const EXAMPLES: &str = "\
+Examples:
+  ddpm interpolate --checkpoint C --seeds 1,2 --frames 8 --scale 4 --out strip.png
+  ddpm interpolate --checkpoint C --seeds 1,2 --sampler dpm++2m --frames 30 --out-dir frames
+  ddpm interpolate --checkpoint C --from a.png --to b.png --frames 8 --out strip.png
+
+With --seeds A,B the end frames are exactly `ddpm sample --seed A -n 1` and `--seed B` with the
+same --sampler and --steps (DDIM at eta 0). With --from/--to the images are DDIM-inverted to
+their x_T and sampled back without x0 clipping (which inversion cannot undo), so the end frames
+reconstruct them; --refine sets how closely (plain inversion, 0, is first-order accurate). stdout: the written paths, one per
+line (nothing with --out -).";
+
+/// `ddpm interpolate`
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("ends").required(true).args(["seeds", "from"])))]
+pub struct InterpolateArgs {
+    /// The checkpoint to sample from.
+    #[arg(long, short)]
+    pub checkpoint: PathBuf,
+    /// Two seeds, A,B: the end frames are their first samples.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub seeds: Vec<u64>,
+    /// First image, inverted to its noise with DDIM.
+    #[arg(long, requires = "to")]
+    pub from: Option<PathBuf>,
+    /// Last image, inverted to its noise with DDIM.
+    #[arg(long, requires = "from")]
+    pub to: Option<PathBuf>,
+    /// Frames, both ends included.
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    /// ddim (at eta 0), dpm++2m or heun: deterministic samplers only; --from/--to need ddim
+    /// [default: ddim].
+    #[arg(long)]
+    pub sampler: Option<SamplerKind>,
+    /// Denoising (and inversion) steps [default: sample.steps, else 50 for ddim, 20 otherwise].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Fixed-point refinements per DDIM inversion step (--from/--to): each costs one more model
+    /// call per step on the two end images only, and brings the end frames closer to them.
+    #[arg(long, default_value_t = 5)]
+    pub refine: usize,
+    #[command(flatten)]
+    pub classes: ClassArgs,
+    /// Frames per model batch [default: sample.batch_size of the checkpoint].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Sample with the raw weights instead of the EMA.
+    #[arg(long)]
+    pub no_ema: bool,
+    /// Write the frames as one strip PNG, left to right; `-` writes it to stdout
+    /// [default: interpolation.png].
+    #[arg(long, short, conflicts_with = "out_dir")]
+    pub out: Option<PathBuf>,
+    /// Write frame-000.png, frame-001.png, ... here instead.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Nearest-neighbour upscaling of the PNGs.
+    #[arg(long, default_value_t = 1)]
+    pub scale: u32,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Compute precision, f32 or bf16 (CUDA only).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// No progress.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
+    let (device, notice) = device::resolve(args.device)?;
+    args.precision.check(&device)?;
+    if args.scale == 0 {
+        anyhow::bail!("--scale must be at least 1");
+    }
+    if args.from.is_none() && args.seeds.len() != 2 {
+        anyhow::bail!("--seeds takes two seeds, A,B (got {})", args.seeds.len());
+    }
+    let sampler = args.sampler.unwrap_or(SamplerKind::Ddim);
+    match sampler {
+        SamplerKind::Ddpm | SamplerKind::Pc => anyhow::bail!(
+            "--sampler {sampler} is stochastic; interpolation needs ddim, dpm++2m or heun"
+        ),
+        SamplerKind::Ddim => {}
+        _ if args.from.is_some() => {
+            anyhow::bail!("--sampler {sampler}: --from/--to invert DDIM, so they sample with ddim")
+        }
+        _ => {}
+    }
+    interpolate::weights(args.frames).context("--frames")?;
+    let gen = Generator::load(
+        &args.checkpoint,
+        !args.no_ema,
+        args.precision.dtype(),
+        &device,
+    )?;
+    let cfg = &gen.config;
+    let mut opts = generate::sample_options(cfg, sampler, 0);
+    opts.eta = 0.0;
+    // DDIM inversion does not clip x0 (clipping is not invertible), so the way back must not
+    // either, or the end frames would not reconstruct the images.
+    if args.from.is_some() {
+        opts.clip_x0 = false;
+    }
+    if let Some(k) = args.steps {
+        opts.steps = k;
+    }
+    opts.validate(gen.schedule.len())?;
+    let (classes, guidance) = args.classes.resolve(&gen)?;
+    let batch = args.batch_size.unwrap_or(cfg.sample.batch_size);
+
+    let inverting = args.from.is_some();
+    let batches = args.frames.div_ceil(batch.max(1));
+    let total = (batches + usize::from(inverting)) * opts.steps;
+    let mut progress = Progress::new(total as u64, "steps", args.quiet);
+    if let Some(n) = notice {
+        progress.note(args.quiet, &format!("ddpm: {n}"));
+    }
+    let shape = gen.sample_shape();
+    let (a, b) = match (&args.from, &args.to) {
+        (Some(from), Some(to)) => {
+            let load = |p: &PathBuf, flag: &str| {
+                images::load_image(p, cfg.data.channels, cfg.data.image_size)
+                    .context(flag.to_string())
+            };
+            let x0 = Tensor::cat(&[load(from, "--from")?, load(to, "--to")?], 0)?;
+            let inv = InvertOptions {
+                steps: opts.steps,
+                spacing: opts.spacing,
+                refine: args.refine,
+            };
+            let x_t = gen.invert(&x0, &classes, guidance, &inv, &mut |_, _, step, _| {
+                progress.set_position(step as u64);
+                Ok(())
+            })?;
+            (x_t.narrow(0, 0, 1)?, x_t.narrow(0, 1, 1)?)
+        }
+        _ => {
+            let latent = |seed| interpolate::seed_latent(seed, 0, shape, &gen.device);
+            (latent(args.seeds[0])?, latent(args.seeds[1])?)
+        }
+    };
+    let latents = interpolate::path(&a, &b, args.frames)?;
+    let offset = usize::from(inverting) * opts.steps;
+    let req = Request {
+        n: args.frames,
+        batch_size: batch,
+        classes: &classes,
+        guidance,
+        start: Start::Latent(&latents),
+    };
+    let x = gen.generate(&opts, &req, &mut |done, n, step, steps| {
+        let pos = (offset + done.div_ceil(batch) * steps + step) as u64;
+        progress.update(pos, || format!("frame {}/{n}", (done + 1).min(n)));
+        progress.line(false, || {
+            format!("interpolating: batch from frame {done} of {n}, step {step}/{steps}")
+        });
+        Ok(())
+    })?;
+    progress.finish();
+
+    let frames = images::to_images(&x)?;
+    let mut written = Vec::new();
+    match (&args.out, &args.out_dir) {
+        (_, Some(dir)) => {
+            std::fs::create_dir_all(dir).map_err(|e| ddpm::Error::io(dir, e))?;
+            for (k, img) in frames.iter().enumerate() {
+                let p = dir.join(format!("frame-{k:03}.png"));
+                images::save_png(&images::upscale(img, args.scale), &p)?;
+                written.push(p);
+            }
+        }
+        (out, None) => {
+            let p = out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("interpolation.png"));
+            let strip = images::upscale(&images::grid(&frames, Some(frames.len()))?, args.scale);
+            written.extend(write_out(&p, &images::encode_png(&strip)?)?);
+        }
+    }
+    for p in &written {
+        stdout_line(&p.display().to_string())?;
+    }
+    Ok(())
+}

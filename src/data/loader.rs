@@ -1,0 +1,243 @@
+//! Batches off the caller's thread: worker w builds batches start + w, start + w + W, ... (the
+//! plan comes from `order`, so contents depend only on the step, never on the worker count)
+//! and queues them in its own bounded channel; the consumer reads the channels round-robin,
+//! so batches arrive in step order with about `prefetch` of them ready ahead. Errors travel
+//! through the channel; dropping the loader stops and joins the workers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use candle_core::{Device, Tensor};
+
+use super::config::DataConfig;
+use super::order::Order;
+use super::Dataset;
+use crate::error::{Error, Result};
+
+/// One training batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// B*C*H*W values in [-1, 1], example-major, CHW within an example.
+    pub x: Vec<f32>,
+    /// One label per example when the dataset has labels.
+    pub labels: Option<Vec<u32>>,
+    /// The training step this batch belongs to.
+    pub step: u64,
+    /// (B, C, H, W).
+    pub dims: [usize; 4],
+}
+
+impl Batch {
+    /// x as a (B, C, H, W) f32 tensor and the labels as a (B,) u32 tensor, on `device`.
+    pub fn into_tensors(self, device: &Device) -> Result<(Tensor, Option<Tensor>)> {
+        let b = self.dims[0];
+        let x = Tensor::from_vec(self.x, self.dims.to_vec(), device)?;
+        let labels = match self.labels {
+            Some(l) => Some(Tensor::from_vec(l, b, device)?),
+            None => None,
+        };
+        Ok((x, labels))
+    }
+}
+
+/// How a `Loader` batches a dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoaderOptions {
+    pub batch_size: usize,
+    pub seed: u64,
+    pub random_flip: bool,
+    /// The first step to yield; a loader started at s yields what a fresh one yields from s.
+    pub start_step: u64,
+    /// Worker threads (at least one is used).
+    pub workers: usize,
+    /// Batches queued ahead, across all workers (at least one per worker).
+    pub prefetch: usize,
+}
+
+impl LoaderOptions {
+    /// Batches of `batch_size` from step 0, no flips, 2 workers, 4 batches ahead.
+    pub fn new(batch_size: usize, seed: u64) -> Self {
+        LoaderOptions {
+            batch_size,
+            seed,
+            random_flip: false,
+            start_step: 0,
+            workers: 2,
+            prefetch: 4,
+        }
+    }
+
+    /// Flip, worker and prefetch settings from the `[data]` section.
+    pub fn from_config(cfg: &DataConfig, batch_size: usize, seed: u64, start_step: u64) -> Self {
+        LoaderOptions {
+            batch_size,
+            seed,
+            random_flip: cfg.random_flip,
+            start_step,
+            workers: cfg.workers,
+            prefetch: cfg.prefetch,
+        }
+    }
+}
+
+/// An endless, seeded, resumable stream of batches decoded on worker threads.
+pub struct Loader {
+    receivers: Vec<Receiver<Result<Batch>>>,
+    handles: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    start_step: u64,
+    next_step: u64,
+    dims: [usize; 4],
+    failed: bool,
+}
+
+impl Loader {
+    /// Start the workers; the first batch is step `opts.start_step`.
+    pub fn new(dataset: Arc<dyn Dataset>, opts: LoaderOptions) -> Result<Self> {
+        if opts.batch_size == 0 {
+            return Err(Error::Invalid("batch size must be at least 1".into()));
+        }
+        if dataset.is_empty() {
+            return Err(Error::Data("the dataset has no examples".into()));
+        }
+        let size = dataset.image_size();
+        let dims = [opts.batch_size, dataset.channels(), size.height, size.width];
+        let workers = opts.workers.max(1);
+        let depth = opts.prefetch.div_ceil(workers).max(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut loader = Loader {
+            receivers: Vec::with_capacity(workers),
+            handles: Vec::with_capacity(workers),
+            stop: stop.clone(),
+            start_step: opts.start_step,
+            next_step: opts.start_step,
+            dims,
+            failed: false,
+        };
+        for w in 0..workers {
+            let (tx, rx) = sync_channel(depth);
+            let job = Worker {
+                dataset: dataset.clone(),
+                order: Order::new(dataset.len(), opts.batch_size, opts.seed, opts.random_flip),
+                dims,
+                step: opts.start_step + w as u64,
+                stride: workers as u64,
+                tx,
+                stop: stop.clone(),
+            };
+            // On failure `loader` is dropped here, which stops the workers already started.
+            let handle = std::thread::Builder::new()
+                .name(format!("ddpm-data-{w}"))
+                .spawn(move || job.run())
+                .map_err(|e| Error::Data(format!("cannot start data loader thread: {e}")))?;
+            loader.receivers.push(rx);
+            loader.handles.push(handle);
+        }
+        Ok(loader)
+    }
+
+    /// (B, C, H, W) of every batch.
+    pub fn dims(&self) -> [usize; 4] {
+        self.dims
+    }
+
+    /// The step of the next batch `next()` returns.
+    pub fn step(&self) -> u64 {
+        self.next_step
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch>;
+
+    /// The next batch in step order; after an error the loader is finished.
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.failed {
+            return None;
+        }
+        let w = ((self.next_step - self.start_step) % self.receivers.len() as u64) as usize;
+        let got = self.receivers[w].recv().unwrap_or_else(|_| {
+            Err(Error::Data(format!(
+                "data loader worker {w} stopped unexpectedly before step {}",
+                self.next_step
+            )))
+        });
+        match &got {
+            Ok(_) => self.next_step += 1,
+            Err(_) => self.failed = true,
+        }
+        Some(got)
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the receivers makes a worker blocked on a full channel return at once.
+        self.receivers.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// One worker's share: steps `step`, `step + stride`, ...
+struct Worker {
+    dataset: Arc<dyn Dataset>,
+    order: Order,
+    dims: [usize; 4],
+    step: u64,
+    stride: u64,
+    tx: SyncSender<Result<Batch>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let batch = self.build();
+            let failed = batch.is_err();
+            if self.tx.send(batch).is_err() || failed {
+                return;
+            }
+            self.step += self.stride;
+        }
+    }
+
+    fn build(&mut self) -> Result<Batch> {
+        let [b, c, h, w] = self.dims;
+        let per = c * h * w;
+        let mut x = vec![0f32; b * per];
+        let mut labels = self.dataset.num_classes().map(|_| Vec::with_capacity(b));
+        for ((i, flip), out) in self
+            .order
+            .batch(self.step)
+            .into_iter()
+            .zip(x.chunks_exact_mut(per))
+        {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(Error::Data("data loader stopped".into()));
+            }
+            let label = self.dataset.example(i, flip, out)?;
+            if let Some(labels) = labels.as_mut() {
+                labels.push(label.ok_or_else(|| {
+                    Error::Data(format!(
+                        "example {i} has no label but the dataset has classes"
+                    ))
+                })?);
+            }
+        }
+        Ok(Batch {
+            x,
+            labels,
+            step: self.step,
+            dims: self.dims,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "loader_tests.rs"]
+mod tests;

@@ -1,0 +1,64 @@
+//! Everything between files and [-1, 1] tensors: the `[data]` config, the datasets (an image
+//! folder, the embedded UCI digits) behind one `Dataset` trait, the `Loader` that batches them
+//! in a seeded, resumable order on worker threads, and the way back (`images`: tensors to PNG,
+//! grids and .npy). What is done with the batches (losses, training) lives elsewhere.
+
+pub mod config;
+pub mod digits;
+pub mod folder;
+pub mod images;
+pub mod loader;
+pub mod order;
+pub mod transform;
+
+use std::sync::Arc;
+
+pub use config::{DataConfig, DatasetKind, ImageSize};
+pub use digits::Digits;
+pub use folder::ImageFolder;
+pub use loader::{Batch, Loader, LoaderOptions};
+
+use crate::error::Result;
+
+/// A fixed, indexable set of images of one size and channel count.
+pub trait Dataset: Send + Sync {
+    /// Number of examples.
+    fn len(&self) -> usize;
+
+    /// True when there are no examples (`open` never returns such a dataset).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Channels C of every example (1 or 3).
+    fn channels(&self) -> usize;
+
+    /// Height H and width W of every example.
+    fn image_size(&self) -> ImageSize;
+
+    /// Values per example, C * H * W.
+    fn example_len(&self) -> usize {
+        self.channels() * self.image_size().area()
+    }
+
+    /// Write example `i` (mirrored left-right when `flip`) into `out` as C*H*W values in
+    /// [-1, 1], CHW order; return its class label when the dataset has labels.
+    fn example(&self, i: usize, flip: bool, out: &mut [f32]) -> Result<Option<u32>>;
+
+    /// Number of classes when examples carry labels, else None.
+    fn num_classes(&self) -> Option<usize>;
+
+    /// Class names in label order when examples carry labels, else None.
+    fn class_names(&self) -> Option<&[String]>;
+}
+
+/// Open the dataset the config describes, after validating it.
+pub fn open(cfg: &DataConfig) -> Result<Arc<dyn Dataset>> {
+    cfg.validate()?;
+    Ok(match cfg.dataset {
+        DatasetKind::Digits => {
+            Arc::new(Digits::new(cfg.image_size, cfg.channels, cfg.class_labels)?)
+        }
+        DatasetKind::Folder => Arc::new(ImageFolder::open(cfg)?),
+    })
+}

@@ -1,0 +1,60 @@
+//! Heun's second-order method on the probability-flow ODE (Karras et al. 2022, "EDM",
+//! Algorithm 1 without churn), over the respaced schedule. In the scaled variables
+//! x~ = x / sqrt(abar) and sigma = sqrt((1 - abar) / abar) the ODE is dx~/dsigma = eps(x, sigma),
+//! so an Euler step is exactly DDIM with eta = 0 and Heun averages the slopes at both ends.
+//! Two model calls per step, one on the last (into sigma = 0, where EDM also takes Euler). As
+//! for DPM-Solver++, prefer trailing spacing: on a grid that visits t = 0 the step into t = 0
+//! spans most of sigma's range and overshoots at 10 steps (variance 0.124 for data variance 0.09).
+
+use candle_core::Tensor;
+
+use super::{Context, Step, Stepper};
+use crate::error::{Error, Result};
+use crate::rng::BatchNoise;
+
+/// The Heun sampler; stateless.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Heun;
+
+impl Stepper for Heun {
+    /// d = eps(x_i, i); x~' = x~_i + (sigma_{i-1} - sigma_i) d; for i > 0,
+    /// d' = eps(sqrt(abar_{i-1}) x~', i - 1) and x~_{i-1} = x~_i + (sigma_{i-1} - sigma_i) (d + d') / 2;
+    /// x_{i-1} = sqrt(abar_{i-1}) x~_{i-1}.
+    fn step(
+        &mut self,
+        ctx: &Context,
+        i: usize,
+        x_t: &Tensor,
+        _noise: &mut BatchNoise,
+    ) -> Result<Step> {
+        let s = ctx.schedule;
+        let (abar, abar_prev) = (s.alphas_cumprod[i], s.alphas_cumprod_prev[i]);
+        if abar <= 0.0 {
+            return Err(Error::Invalid(
+                "heun cannot start from abar = 0 (a zero-terminal-SNR schedule); use dpm++2m or ddim"
+                    .into(),
+            ));
+        }
+        let sigma = |ab: f64| ((1.0 - ab) / ab).sqrt();
+        let ds = sigma(abar_prev) - sigma(abar);
+        let scale_prev = abar_prev.sqrt();
+        let output = ctx.output(x_t, i)?;
+        let (x0, d) = ctx.x0_and_eps(x_t, i, &output)?;
+        let x_scaled = (x_t / abar.sqrt())?;
+        let euler = (&x_scaled + (&d * ds)?)?;
+        if i == 0 {
+            return Ok(Step {
+                x: (euler * scale_prev)?,
+                x0,
+            });
+        }
+        let x_euler = (euler * scale_prev)?;
+        let output = ctx.output(&x_euler, i - 1)?;
+        let (_, d_prev) = ctx.x0_and_eps(&x_euler, i - 1, &output)?;
+        let slope = ((d + d_prev)? * (0.5 * ds))?;
+        Ok(Step {
+            x: ((x_scaled + slope)? * scale_prev)?,
+            x0,
+        })
+    }
+}

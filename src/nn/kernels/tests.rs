@@ -99,6 +99,35 @@ fn conv2d_matches_candle_forward_and_gradients() {
 }
 
 #[test]
+fn conv2d_add_matches_candle_forward_and_gradients() {
+    // (b, cin, cout, h, w, k, stride, pad): Winograd, im2col 3x3 strided, 1x1. The same
+    // tolerance as the convolution alone: adding the residual is exact.
+    let cases = [
+        (2, 16, 24, 6, 10, 3, 1, 1),
+        (2, 8, 12, 8, 6, 3, 2, 1),
+        (3, 12, 20, 4, 5, 1, 1, 0),
+    ];
+    for (i, (b, cin, cout, h, w, k, stride, pad)) in cases.into_iter().enumerate() {
+        let i = 10 * i as u64 + 500;
+        let (ho, wo) = (
+            (h + 2 * pad - k) / stride + 1,
+            (w + 2 * pad - k) / stride + 1,
+        );
+        let x = var(i, &[b, cin, h, w]);
+        let wt = var(i + 1, &[cout, cin, k, k]);
+        let bias = var(i + 2, &[cout]);
+        let residual = var(i + 3, &[b, cout, ho, wo]);
+        check_op(
+            &[&x, &wt, &bias, &residual],
+            |t| super::conv2d_add(&t[0], &t[1], &t[2], &t[3], stride, pad).unwrap(),
+            |t| (candle_conv(t, stride, pad) + &t[3]).unwrap(),
+            1e-4,
+            &format!("conv_add case {i}"),
+        );
+    }
+}
+
+#[test]
 fn conv2d_skips_the_input_gradient_of_a_constant_input() {
     let x = randn(1, &[2, 16, 4, 4]);
     let w = var(2, &[16, 16, 3, 3]);

@@ -4,8 +4,9 @@
 Runs PyTorch (ref_bench.py --impl torch-ref) and ours (the `workloads` bench binary, timed the
 same way) alternately, one process per (rep, workload, side), both pinned to the same thread
 count, and appends every JSON line to a file; then prints, per workload, the median images/s of
-each side with every rep, the ratio of the medians, peak RSS (the maximum over reps), our
-fraction of the sgemm peak, and the other load the machine carried during the timed region.
+each side with every rep, the ratio of the medians and the median of the per-rep ratios, peak
+RSS (the maximum over reps), our fraction of the sgemm peak, and the other load the machine
+carried during the timed region.
 
 On a shared Linux box each run goes into its own session and autogroup at nice -20 (needs
 root; otherwise it runs at normal priority and says so), as REFERENCE.md's "Reproduce" does.
@@ -85,9 +86,10 @@ def summary(path):
         if "images_per_s" in r:
             by[(r["workload"], r["impl"])].append(r)
     print(f"\n{path}: median images/s of alternating runs (each run in brackets), peak RSS = max over runs")
-    print("| workload | PyTorch images/s | ours images/s | ours / PyTorch | PyTorch peak RSS MB "
-          "| ours peak RSS MB | ours GFLOP/s | ours / sgemm peak | other load (cores) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| workload | PyTorch images/s | ours images/s | ours / PyTorch | median of per-rep ratios "
+          "| PyTorch peak RSS MB | ours peak RSS MB | ours GFLOP/s | ours / sgemm peak "
+          "| other load (cores) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for w in WORKLOADS:
         t, o = by.get((w, "torch-ref"), []), by.get((w, "ddpm"), [])
         if not t or not o:
@@ -98,9 +100,12 @@ def summary(path):
         rss = lambda rs: max(r.get("peak_rss_mb", 0) for r in rs)
         load = max(r.get("other_load_cores", 0) for r in t + o)
         gflops = oi * GFLOP_PER_IMAGE[w]
+        # The two runs of one rep ran back to back, so their ratio sees the same machine load.
+        per_rep = {r["rep"]: r["images_per_s"] for r in o}
+        paired = [per_rep[r["rep"]] / r["images_per_s"] for r in t if r["rep"] in per_rep]
         print(f"| {w} | {ti:.2f} ({each(t)}) | {oi:.2f} ({each(o)}) | **{oi / ti:.2f}x** "
-              f"| {rss(t):.0f} | {rss(o):.0f} | {gflops:.0f} | {gflops / SGEMM_PEAK_GFLOPS:.2f} "
-              f"| <= {load:.2f} |")
+              f"| {statistics.median(paired):.2f}x | {rss(t):.0f} | {rss(o):.0f} | {gflops:.0f} "
+              f"| {gflops / SGEMM_PEAK_GFLOPS:.2f} | <= {load:.2f} |")
 
 
 def main():

@@ -1,6 +1,7 @@
 //! One 3x3 convolution (padding 1, stride 1) at the shapes that dominate W1, batch 32: forward,
 //! and forward + backward (gradients of input, weight and bias), candle's stock op against
 //! ours (`ddpm::nn::kernels::conv2d`). FLOPs: 2 B Cout Cin 9 H W per pass, x3 with backward.
+//! Also GroupNorm + SiLU (32 groups) forward and forward + backward at W1 and W3 shapes.
 
 mod common;
 
@@ -59,5 +60,34 @@ fn conv(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv);
+fn group_norm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("group_norm_silu");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    // (batch, channels, height = width): W1's 64 x 32x32 and W3's 32 x 16x16 and 64 x 8x8.
+    for (b, ch, hw) in [(32, 64, 32), (64, 32, 16), (64, 64, 8)] {
+        let x = Var::from_tensor(&randn(4, 0, &[b, ch, hw, hw])).unwrap();
+        let gamma = Var::from_tensor(&randn(4, 1, &[ch])).unwrap();
+        let beta = Var::from_tensor(&randn(4, 2, &[ch])).unwrap();
+        let dy = randn(4, 3, &[b, ch, hw, hw]);
+        let id = format!("{b}x{ch}x{hw}x{hw}");
+        let run = || kernels::group_norm(&x, &gamma, &beta, 32, 1e-5, true).unwrap();
+        g.bench_function(BenchmarkId::new("ours/forward", &id), |bch| bch.iter(run));
+        g.bench_function(BenchmarkId::new("ours/forward_backward", &id), |bch| {
+            bch.iter(|| {
+                (run() * &dy)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, conv, group_norm);
 criterion_main!(benches);

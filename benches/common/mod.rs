@@ -62,9 +62,9 @@ pub fn w3(batch: usize) -> Workload {
     }
 }
 
-/// What every bench process does first: the allocator settings `ddpm` recommends for CPU runs.
+/// What every bench process does first: the process settings `ddpm` recommends for CPU runs.
 pub fn setup() {
-    ddpm::nn::kernels::tune_allocator();
+    ddpm::nn::kernels::configure_cpu();
 }
 
 /// The model of `w` with seeded weights. The zero-initialised output layers get small seeded

@@ -69,6 +69,18 @@ impl Conv {
         kernels::conv2d(x, &self.weight, &bias, self.stride, self.padding)
     }
 
+    /// The convolution plus `residual` (B, cout, H', W') in one op (a residual block's end).
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        kernels::conv2d_add(
+            x,
+            &self.weight,
+            &self.bias,
+            residual,
+            self.stride,
+            self.padding,
+        )
+    }
+
     /// The same layer over the same storage, recording no autograd graph.
     pub fn detached(&self) -> Self {
         Conv {

@@ -73,12 +73,11 @@ impl ResBlock {
         if let Some(mask) = mask {
             h = (h * mask)?;
         }
-        let h = self.conv2.forward(&h)?;
         let residual = match &self.skip {
             Some(skip) => skip.forward(x)?,
             None => x.clone(),
         };
-        Ok((h + residual)?)
+        self.conv2.forward_add(&h, &residual)
     }
 
     /// The same block over the same storage, recording no autograd graph.

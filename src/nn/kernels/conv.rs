@@ -1,6 +1,7 @@
 //! 2-D convolution with a per-example bias as a candle custom op with backward: the forward
-//! and both gradients run on our kernels (Winograd for 3x3 stride-1 convolutions between wide
-//! layers, im2col + GEMM otherwise). On other devices and dtypes `conv2d` is candle's own op.
+//! and all three gradients run on our kernels (Winograd for 3x3 stride-1 convolutions between
+//! wide layers, im2col + GEMM otherwise). On other devices and dtypes `conv2d` is candle's own
+//! op. The input gradient is skipped when the input needs none (the UNet's x_t).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -23,7 +24,12 @@ pub struct Geom {
 }
 
 impl Geom {
-    fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> candle_core::Result<Geom> {
+    pub(super) fn new(
+        x: &[usize],
+        w: &[usize],
+        stride: usize,
+        pad: usize,
+    ) -> candle_core::Result<Geom> {
         let (&[b, cin, h, wd], &[cout, wcin, k, k2]) = (x, w) else {
             candle_core::bail!("conv2d: x {x:?} and w {w:?} must both be 4-d");
         };
@@ -57,7 +63,7 @@ impl Geom {
         self.cin * self.k * self.k
     }
 
-    /// Whether Winograd F(2x2, 3x3) applies and pays: 3x3, stride 1, padding 1, and both
+    /// Whether Winograd F(4x4, 3x3) applies and pays: 3x3, stride 1, padding 1, and both
     /// channel counts wide enough for its GEMMs (thin layers keep im2col's deeper GEMM).
     fn winograd(&self) -> bool {
         self.k == 3 && self.stride == 1 && self.pad == 1 && self.cin >= 16 && self.cout >= 16
@@ -65,7 +71,11 @@ impl Geom {
 }
 
 /// The contiguous f32 values of a CPU tensor argument.
-fn values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(super) fn values<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -116,14 +126,7 @@ impl CustomOp3 for Conv2d {
         let g = Geom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
         let (x, w) = (values(xs, xl, "x")?, values(ws, wl, "w")?);
         let bias = bias_values(bs, bl, &g)?;
-        // SAFETY: both paths write every output value (all rows of every (b, co) plane).
-        let mut y = unsafe { par::output(g.b * g.cout * g.ho * g.wo) };
-        if g.winograd() {
-            let u = winograd::transform_weights(w, g.cout, g.cin, false);
-            winograd::convolve(&g, g.cin, g.cout, x, &u, Some(&bias), &mut y);
-        } else {
-            im2col::forward(&g, x, w, &bias, &mut y);
-        }
+        let y = forward(&g, x, w, &bias);
         Ok((CpuStorage::F32(y), Shape::from((g.b, g.cout, g.ho, g.wo))))
     }
 
@@ -135,23 +138,36 @@ impl CustomOp3 for Conv2d {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let need_dx = x.track_op();
-        let op = Conv2dBackward {
-            stride: self.stride,
-            pad: self.pad,
-            need_dx,
-        };
-        let packed = dy.contiguous()?.apply_op3_no_bwd(x, w, &op)?;
-        let (nx, nw) = (if need_dx { x.elem_count() } else { 0 }, w.elem_count());
-        let (b, cout) = (x.dim(0)?, w.dim(0)?);
-        let dx = match need_dx {
-            true => Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
-            false => None,
-        };
-        let dw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
-        let db = packed.narrow(0, nx + nw, b * cout)?.reshape((b, cout))?;
+        let (dx, dw, db) = backward(x, w, dy, self.stride, self.pad)?;
         Ok((dx, Some(dw), Some(db)))
     }
+}
+
+/// The gradients of y = conv(x, w) + bias[b, co] given dy: dx (None when x needs none),
+/// dw, and the per-example db (b, cout).
+pub(super) fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> candle_core::Result<(Option<Tensor>, Tensor, Tensor)> {
+    let need_dx = x.track_op();
+    let op = Conv2dBackward {
+        stride,
+        pad,
+        need_dx,
+    };
+    let packed = dy.contiguous()?.apply_op3_no_bwd(x, w, &op)?;
+    let (nx, nw) = (if need_dx { x.elem_count() } else { 0 }, w.elem_count());
+    let (b, cout) = (x.dim(0)?, w.dim(0)?);
+    let dx = match need_dx {
+        true => Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
+        false => None,
+    };
+    let dw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
+    let db = packed.narrow(0, nx + nw, b * cout)?.reshape((b, cout))?;
+    Ok((dx, dw, db))
 }
 
 /// [dx (if asked), dw, db] packed into one vector, from (dy, x, w).
@@ -205,6 +221,19 @@ impl CustomOp3 for Conv2dBackward {
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
+}
+
+/// y = conv(x, w) + bias[b, co] on our kernels; bias: (b, cout) values.
+pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+    // SAFETY: both paths write every output value (all rows of every (b, co) plane).
+    let mut y = unsafe { par::output(g.b * g.cout * g.ho * g.wo) };
+    if g.winograd() {
+        let u = winograd::transform_weights(w, g.cout, g.cin, false);
+        winograd::convolve(g, g.cin, g.cout, x, &u, Some(bias), &mut y);
+    } else {
+        im2col::forward(g, x, w, bias, &mut y);
+    }
+    y
 }
 
 /// db[b, co] = sum over the output map of dy[b, co].

@@ -4,7 +4,7 @@
 //! unfolded patch matrix stays small enough to live in cache, and every GEMM runs on one thread.
 
 use super::conv::Geom;
-use super::par::{self, gemm, Shared};
+use super::par::{self, gemm, Partials, Shared};
 
 /// Output rows per work item, so the unfolded (cin k k, rows wo) patch matrix stays ~256 KB.
 fn rows_per_item(g: &Geom) -> usize {
@@ -112,28 +112,26 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32]) {
 }
 
 /// dW[co, (ci, ky, kx)] = sum_{b, p} dy[b, co, p] col_b[(ci, ky, kx), p], accumulated per
-/// fixed run of (image, row band) items (`par::for_each_in_slots`), then summed in order, so the
-/// result does not depend on thread scheduling. dw: (cout, cin k k).
+/// fixed run of (image, row band) items (`par::Partials`), then summed in order, so the result
+/// does not depend on thread scheduling. dw: (cout, cin k k).
 pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let rows = rows_per_item(g);
     let bands = g.ho.div_ceil(rows);
     let (p, kk) = (g.ho * g.wo, g.kk());
-    let per_slot = g.cout * kk;
-    let mut partial = vec![0f32; par::slots(g.b * bands) * per_slot];
-    let parts = Shared::new(&mut partial);
-    par::for_each_in_slots(g.b * bands, |item, slot| {
+    let mut partial = Partials::new(g.b * bands, g.cout * kk);
+    partial.for_each(|item, dw_part| {
         let (b, r0) = (item / bands, (item % bands) * rows);
         let r1 = (r0 + rows).min(g.ho);
         let (p0, pc) = (r0 * g.wo, (r1 - r0) * g.wo);
         let xb = &x[b * g.x_image()..][..g.x_image()];
         let dyb = &dy[b * g.cout * p + p0..];
         let run = |rhs: (*const f32, usize, usize)| {
-            // SAFETY: each slot (one thread) accumulates into its own partial; lhs is dy[b, :, band]
+            // SAFETY: dw_part is this item's slot's own partial (cout, kk); lhs is dy[b, :, band]
             // (row stride p), rhs the band's patches transposed, (pc, kk).
             unsafe {
                 gemm(
                     (g.cout, kk, pc),
-                    (parts.ptr(slot * per_slot), kk, 1),
+                    (dw_part, kk, 1),
                     (dyb.as_ptr(), p, 1),
                     rhs,
                     true,
@@ -149,10 +147,7 @@ pub fn grad_weight(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             });
         }
     });
-    dw.fill(0.0);
-    for part in partial.chunks_exact(per_slot) {
-        dw.iter_mut().zip(part).for_each(|(d, v)| *d += v);
-    }
+    partial.sum_into(dw);
 }
 
 /// dx[b] = col2im(W^T dy[b]), one image per work item. dx: (b, cin, h, w).

@@ -1,17 +1,22 @@
 //! Our own CPU kernels for the UNet's hot operations, as candle custom ops with backward:
-//! convolution (`conv`: Winograd F(2x2, 3x3) and im2col + GEMM on the `gemm` crate), GroupNorm
-//! fused with SiLU (`norm`) and nearest 2x upsampling (`resample`). candle's
-//! CPU convolution and its backward run at a fraction of the machine's GEMM speed (candle issue
-//! #3119); these run near it. Each public function takes the f32 CPU path when `enabled` and
-//! falls back to candle's own ops on other devices and dtypes, so CUDA keeps working unchanged.
-//! A CPU process should also call `tune_allocator` once (see `alloc`).
+//! convolution (`conv`, and `conv_add` with a residual added in the same op; Winograd
+//! F(4x4, 3x3) in `winograd` and `transforms` for the 3x3 stride-1 layers, im2col + GEMM in
+//! `im2col` for the rest, both on the `gemm` crate), GroupNorm fused with SiLU (`norm`) and
+//! nearest 2x upsampling (`resample`); `par` holds the shared plumbing. candle's CPU
+//! convolution and its backward run at a fraction of the machine's GEMM speed (candle issue
+//! #3119), and its GroupNorm is a chain of full-tensor ops. Each public function takes the f32
+//! CPU path when `enabled` and falls back to candle's own ops on other devices and dtypes, so
+//! CUDA keeps working unchanged. A CPU process should also call `configure_cpu` once at startup
+//! (see `process`).
 
-mod alloc;
 pub mod conv;
+mod conv_add;
 mod im2col;
 pub mod norm;
 mod par;
+mod process;
 pub mod resample;
+mod transforms;
 mod winograd;
 
 #[cfg(test)]
@@ -21,9 +26,10 @@ use std::cell::Cell;
 
 use candle_core::{DType, Tensor};
 
-pub use alloc::tune_allocator;
 pub use conv::conv2d;
+pub use conv_add::conv2d_add;
 pub use norm::group_norm;
+pub use process::configure_cpu;
 pub use resample::upsample_nearest2x;
 
 thread_local! {

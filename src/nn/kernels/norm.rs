@@ -3,29 +3,35 @@
 //! normalisation, activation and the whole backward run over a few KB that stay in cache,
 //! instead of candle's chain of ~10 full-tensor ops (and as many again backwards).
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::par::{self, multiversion, Shared};
 use crate::error::Result;
 
 /// Fast e^x for |x| < 88: x = k ln 2 + r, e^r by its degree-6 Taylor polynomial on
-/// |r| <= ln 2 / 2 (relative error < 2e-7), 2^k through the exponent bits. Branch-free, so
-/// loops over it vectorise.
+/// |r| <= ln 2 / 2 (relative error < 2e-7), 2^k through the exponent bits. Branch-free and
+/// without float-to-int casts (Rust's saturating `as` compiles to scalar code), so loops over
+/// it vectorise. NaN in, NaN out.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
+    // t = x log2(e) + 1.5 * 2^23 lies in [2^23, 2^24), where the float spacing is 1: its low
+    // mantissa bits hold k = round(x log2 e), with no libm call and no cast.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let k = t - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+    let k_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(k_bits.wrapping_add(127) << 23)
 }
 
 /// sigmoid(z) = 1 / (1 + e^-z).
@@ -56,10 +62,24 @@ fn moments(v: &[f32], eps: f32) -> (f32, f32) {
 
 /// The op's settings.
 #[derive(Clone, Copy, Debug)]
-struct Norm {
+struct Settings {
     groups: usize,
     eps: f32,
     silu: bool,
+}
+
+/// The forward op: its settings, and the (mean, rstd) of every (example, group) its forward
+/// computed, kept for its backward (the graph holds the op until then), which so skips two of
+/// its four passes.
+#[derive(Debug)]
+struct Norm {
+    settings: Settings,
+    stats: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+/// Groups per work item: enough to amortise scheduling when groups are small.
+fn groups_per_item(n: usize) -> usize {
+    (4096 / n.max(1)).max(1)
 }
 
 /// (batch, channels, spatial size) of an NC... tensor.
@@ -80,20 +100,29 @@ fn values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<
 }
 
 multiversion! {
-/// One group forward: y = act(x a_c + b_c), a_c = rstd gamma_c, b_c = beta_c - mean a_c.
-fn forward_group(x: &[f32], y: &mut [f32], gamma: &[f32], beta: &[f32], hw: usize, eps: f32, silu: bool) {
-    let (mean, rstd) = moments(x, eps);
-    for (c, (xs, ys)) in x.chunks_exact(hw).zip(y.chunks_exact_mut(hw)).enumerate() {
-        let a = rstd * gamma[c];
-        let b = beta[c] - mean * a;
-        if silu {
-            for (y, x) in ys.iter_mut().zip(xs) {
-                let z = x * a + b;
-                *y = z * sigmoid(z);
-            }
-        } else {
-            for (y, x) in ys.iter_mut().zip(xs) {
-                *y = x * a + b;
+/// Consecutive groups forward (the first being global group `first`), `stats` receiving
+/// (mean, rstd) per group: y = act(x a_c + b_c), a_c = rstd gamma_c, b_c = beta_c - mean a_c.
+/// gamma, beta: all C channels, `cpg` per group.
+fn forward_groups(x: &[f32], y: &mut [f32], gamma: &[f32], beta: &[f32], stats: &mut [f32], first: usize, cpg: usize, eps: f32, silu: bool) {
+    let n = x.len() / (stats.len() / 2);
+    let hw = n / cpg;
+    for (gi, ((xg, yg), st)) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)).zip(stats.chunks_exact_mut(2)).enumerate() {
+        let (mean, rstd) = moments(xg, eps);
+        st[0] = mean;
+        st[1] = rstd;
+        for (ci, (xs, ys)) in xg.chunks_exact(hw).zip(yg.chunks_exact_mut(hw)).enumerate() {
+            let c = ((first + gi) * cpg + ci) % gamma.len();
+            let a = rstd * gamma[c];
+            let b = beta[c] - mean * a;
+            if silu {
+                for (y, x) in ys.iter_mut().zip(xs) {
+                    let z = x * a + b;
+                    *y = z / (1.0 + exp(-z));
+                }
+            } else {
+                for (y, x) in ys.iter_mut().zip(xs) {
+                    *y = x * a + b;
+                }
             }
         }
     }
@@ -101,7 +130,7 @@ fn forward_group(x: &[f32], y: &mut [f32], gamma: &[f32], beta: &[f32], hw: usiz
 }
 
 multiversion! {
-/// One group backward. With xh = (x - mean) rstd, z = xh gamma + beta and dz = dy act'(z):
+/// One group backward, given its (mean, rstd). With xh = (x - mean) rstd, z = xh gamma + beta and dz = dy act'(z):
 /// dgamma_c += sum dz xh, dbeta_c += sum dz, and with g = dz gamma,
 /// dx = rstd (g - mean(g) - xh mean(g xh))   (means over the group).
 fn backward_group(
@@ -112,10 +141,10 @@ fn backward_group(
     beta: &[f32],
     dgb: &mut [f32],
     hw: usize,
-    eps: f32,
+    stats: (f32, f32),
     silu: bool,
 ) {
-    let (mean, rstd) = moments(x, eps);
+    let (mean, rstd) = stats;
     let cpg = gamma.len();
     let (mut sum_g, mut sum_gx) = (0f32, 0f32);
     for c in 0..cpg {
@@ -185,7 +214,7 @@ impl CustomOp3 for Norm {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, c, hw) = dims(xl, self.groups)?;
+        let (b, c, hw) = dims(xl, self.settings.groups)?;
         let (x, gamma, beta) = (
             values(xs, xl, "x")?,
             values(gs, gl, "weight")?,
@@ -198,26 +227,30 @@ impl CustomOp3 for Norm {
                 beta.len()
             );
         }
-        let cpg = c / self.groups;
+        let Settings { groups, eps, silu } = self.settings;
+        let (cpg, total) = (c / groups, b * groups);
         let n = cpg * hw;
+        let per = groups_per_item(n);
         // SAFETY: the items cover every group of every example.
         let mut y = unsafe { par::output(x.len()) };
-        let out = Shared::new(&mut y);
-        par::for_each(b * self.groups, |item, _| {
-            let g = item % self.groups;
-            // SAFETY: item (b, g) alone writes its group's values.
-            let ys = unsafe { out.slice(item * n, n) };
-            let (gamma, beta) = (&gamma[g * cpg..][..cpg], &beta[g * cpg..][..cpg]);
-            forward_group(
-                &x[item * n..][..n],
-                ys,
-                gamma,
-                beta,
-                hw,
-                self.eps,
-                self.silu,
-            );
+        let mut stats = vec![0f32; 2 * total];
+        let (out, st) = (Shared::new(&mut y), Shared::new(&mut stats));
+        par::for_each(total.div_ceil(per), |item, _| {
+            let first = item * per;
+            let count = per.min(total - first);
+            // SAFETY: the item alone writes its groups' values and statistics.
+            let (ys, sts) = unsafe {
+                (
+                    out.slice(first * n, count * n),
+                    st.slice(2 * first, 2 * count),
+                )
+            };
+            let xs = &x[first * n..][..count * n];
+            forward_groups(xs, ys, gamma, beta, sts, first, cpg, eps, silu);
         });
+        if let Ok(mut slot) = self.stats.lock() {
+            *slot = Some(Arc::new(stats));
+        }
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -230,9 +263,12 @@ impl CustomOp3 for Norm {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let gb = Tensor::cat(&[gamma, beta], 0)?;
-        let packed = dy
-            .contiguous()?
-            .apply_op3_no_bwd(x, &gb, &NormBackward(*self))?;
+        let stats = self.stats.lock().ok().and_then(|s| s.clone());
+        let op = NormBackward {
+            settings: self.settings,
+            stats,
+        };
+        let packed = dy.contiguous()?.apply_op3_no_bwd(x, &gb, &op)?;
         let (n, c) = (x.elem_count(), gamma.elem_count());
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dgamma = packed.narrow(0, n, c)?;
@@ -241,8 +277,12 @@ impl CustomOp3 for Norm {
     }
 }
 
-/// [dx, dgamma, dbeta] packed into one vector, from (dy, x, [gamma, beta]).
-struct NormBackward(Norm);
+/// [dx, dgamma, dbeta] packed into one vector, from (dy, x, [gamma, beta]) and, when the
+/// forward left them, its statistics.
+struct NormBackward {
+    settings: Settings,
+    stats: Option<Arc<Vec<f32>>>,
+}
 
 impl CustomOp3 for NormBackward {
     fn name(&self) -> &'static str {
@@ -258,7 +298,7 @@ impl CustomOp3 for NormBackward {
         gbs: &CpuStorage,
         gbl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Norm { groups, eps, silu } = self.0;
+        let Settings { groups, eps, silu } = self.settings;
         let (b, c, hw) = dims(xl, groups)?;
         let (dy, x, gb) = (
             values(dys, dyl, "dy")?,
@@ -273,22 +313,31 @@ impl CustomOp3 for NormBackward {
             );
         }
         let (gamma, beta) = gb.split_at(c);
-        let cpg = c / groups;
+        let (cpg, total) = (c / groups, b * groups);
         let n = cpg * hw;
+        let per = groups_per_item(n);
+        let stats = self.stats.as_deref().filter(|s| s.len() == 2 * total);
         // SAFETY: the items assign every value of dx; dgamma and dbeta are zeroed below.
         let mut out = unsafe { par::output(x.len() + 2 * c) };
         out[x.len()..].fill(0.0);
-        // Per-example (dgamma, dbeta) partial sums, reduced over the batch at the end.
+        // Per-(example, group) (dgamma, dbeta) partial sums, reduced over the batch at the end.
         let mut partial = vec![0f32; b * 2 * c];
         let (dx_out, parts) = (Shared::new(&mut out), Shared::new(&mut partial));
-        par::for_each(b * groups, |item, _| {
-            let (bi, g) = (item / groups, item % groups);
-            // SAFETY: item (b, g) alone writes its group's dx and its channels' partial sums.
-            let dx = unsafe { dx_out.slice(item * n, n) };
-            let dgb = unsafe { parts.slice(bi * 2 * c + g * 2 * cpg, 2 * cpg) };
-            let (gamma, beta) = (&gamma[g * cpg..][..cpg], &beta[g * cpg..][..cpg]);
-            let (x, dy) = (&x[item * n..][..n], &dy[item * n..][..n]);
-            backward_group(x, dy, dx, gamma, beta, dgb, hw, eps, silu);
+        par::for_each(total.div_ceil(per), |item, _| {
+            let first = item * per;
+            for gg in first..(first + per).min(total) {
+                let g = gg % groups;
+                // SAFETY: group gg (of this item alone) owns its dx and partial sums.
+                let (dx, dgb) =
+                    unsafe { (dx_out.slice(gg * n, n), parts.slice(gg * 2 * cpg, 2 * cpg)) };
+                let (gamma, beta) = (&gamma[g * cpg..][..cpg], &beta[g * cpg..][..cpg]);
+                let (x, dy) = (&x[gg * n..][..n], &dy[gg * n..][..n]);
+                let st = match stats {
+                    Some(s) => (s[2 * gg], s[2 * gg + 1]),
+                    None => moments(x, eps),
+                };
+                backward_group(x, dy, dx, gamma, beta, dgb, hw, st, silu);
+            }
         });
         let (dgamma, dbeta) = out[x.len()..].split_at_mut(c);
         for per_example in partial.chunks_exact(2 * c) {
@@ -323,9 +372,12 @@ pub fn group_norm(
     let c = x.dim(1)?;
     if super::enabled(x) && weight.dtype() == x.dtype() && bias.dtype() == x.dtype() {
         let op = Norm {
-            groups,
-            eps: eps as f32,
-            silu,
+            settings: Settings {
+                groups,
+                eps: eps as f32,
+                silu,
+            },
+            stats: Mutex::new(None),
         };
         return Ok(x
             .contiguous()?

@@ -36,23 +36,10 @@ pub fn for_each(n: usize, f: impl Fn(usize, usize) + Sync) {
 /// Partial sums a reduction keeps, at most: items are split into this many fixed runs.
 const REDUCE_SLOTS: usize = 16;
 
-/// The number of partial sums `for_each_in_slots` uses for `n` items.
+/// The number of partial sums (`Partials`) a reduction over `n` items uses: slot s covers the
+/// fixed run of items s n / S .. (s + 1) n / S, in order, on one thread.
 pub fn slots(n: usize) -> usize {
     n.clamp(1, REDUCE_SLOTS)
-}
-
-/// Run `f(item, slot)` for every item in 0..n, where slot s (in 0..slots(n)) covers the fixed
-/// run of items s n / S .. (s + 1) n / S, in order, on one thread. A reduction that accumulates
-/// into per-slot partials and then sums them in slot order is therefore deterministic: the
-/// same bits whatever the thread count or scheduling (per-thread partials would not be, since
-/// which items a thread takes changes from run to run).
-pub fn for_each_in_slots(n: usize, f: impl Fn(usize, usize) + Sync) {
-    let s = slots(n);
-    for_each(s, |slot, _| {
-        for item in slot * n / s..(slot + 1) * n / s {
-            f(item, slot);
-        }
-    });
 }
 
 /// A vector of `n` values for a kernel to fill, skipping the zeroing pass (a full extra pass
@@ -66,6 +53,62 @@ pub unsafe fn output(n: usize) -> Vec<f32> {
     // SAFETY: capacity n; the caller's contract covers initialisation.
     unsafe { v.set_len(n) };
     v
+}
+
+/// Per-slot accumulators of `len` values each for a reduction over `n` work items
+/// (`for_each_in_slots`): a slot's part is zeroed by the thread that runs the slot (in
+/// parallel, instead of all at once up front), and `sum_into` adds the parts in slot order.
+/// Which items feed which part, and the order of every sum, depend only on `n`, so the result
+/// is the same bits whatever the thread count or scheduling.
+pub struct Partials {
+    buf: Vec<f32>,
+    len: usize,
+    n: usize,
+}
+
+impl Partials {
+    pub fn new(n: usize, len: usize) -> Self {
+        Partials {
+            // SAFETY: `for_each` zeroes every slot's part before its first item (every slot
+            // has at least one item), and `sum_into` reads only after `for_each`.
+            buf: unsafe { output(slots(n) * len) },
+            len,
+            n,
+        }
+    }
+
+    /// Run `f(item, part)` for every item in 0..n, `part` pointing at the `len` accumulators of
+    /// the item's slot, which only the thread running that slot touches.
+    pub fn for_each(&mut self, f: impl Fn(usize, *mut f32) + Sync) {
+        let (len, n, s) = (self.len, self.n, slots(self.n));
+        let buf = Shared::new(&mut self.buf);
+        for_each(s, |slot, _| {
+            // SAFETY: slot `slot` alone uses buf[slot len..(slot + 1) len].
+            unsafe { buf.slice(slot * len, len) }.fill(0.0);
+            for item in slot * n / s..(slot + 1) * n / s {
+                f(item, buf.ptr(slot * len));
+            }
+        });
+    }
+
+    /// dst = the sum of the parts in slot order, in parallel over blocks of dst.
+    pub fn sum_into(&self, dst: &mut [f32]) {
+        const BLOCK: usize = 4096;
+        let len = dst.len().min(self.len);
+        let out = Shared::new(dst);
+        for_each(len.div_ceil(BLOCK), |block, _| {
+            let start = block * BLOCK;
+            let n = BLOCK.min(len - start);
+            // SAFETY: block `block` alone writes dst[start..start + n].
+            let d = unsafe { out.slice(start, n) };
+            d.fill(0.0);
+            for part in self.buf.chunks_exact(self.len) {
+                d.iter_mut()
+                    .zip(&part[start..start + n])
+                    .for_each(|(d, v)| *d += v);
+            }
+        });
+    }
 }
 
 thread_local! {

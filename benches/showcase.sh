@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The README's digits numbers and pictures, regenerated from scratch or from given checkpoints.
+#
+#   benches/showcase.sh OUT [DIGITS_CKPT COND_CKPT]
+#
+# Without checkpoints it trains configs/digits.toml and configs/digits_cond.toml into OUT/digits
+# and OUT/digits_cond (timed with /usr/bin/time -v). Then it writes into OUT:
+#   floor.json            the Frechet-distance noise floor of the real digits
+#   sweep/, sweep.md      steps vs quality: FD of N samples per sampler and step count
+#   eval.jsonl, eval.md   `ddpm eval --method both` of the trained and an untrained (step 0) model
+#   guidance/, guidance.md  nearest-centroid rate of --class k samples labelled k, per w
+#   pictures/             the README pictures (copy them to configs/ by hand)
+#
+# Environment: DDPM (binary, default target/release/ddpm), PYTHON (with numpy, default
+# python3), N (samples per sweep point, default 2000), NG (samples per guidance scale, default
+# 1000), GSTEPS (DDIM steps of those, default 50), NE (examples for eval, default 512), NICE (default "nice -n 10"), STEPS (ddim and
+# dpm++2m, default "5 10 20 50 100"), TWO_CALL_STEPS (heun, default "3 5 10 25 50"), PC_STEPS
+# (default as heun; empty skips pc), DDPM_STEPS (default "5 10 20 50 100 250 1000"). Existing
+# sweep files are kept, so an interrupted run continues. Batches of N images run several times
+# faster on a CPU than the default 64 and give the same images. RAYON_NUM_THREADS=1 is faster
+# on a loaded 2-core machine. STAGES (default "sweep eval guidance pictures") picks the parts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${1:?usage: benches/showcase.sh OUT [DIGITS_CKPT COND_CKPT]}
+DIGITS=${2:-}
+COND=${3:-}
+DDPM=${DDPM:-target/release/ddpm}
+PYTHON=${PYTHON:-python3}
+N=${N:-2000}
+NG=${NG:-1000}
+NE=${NE:-512}
+GSTEPS=${GSTEPS:-50}
+read -r -a NICE <<<"${NICE:-nice -n 10}"
+Q=(benches/quality.py)
+mkdir -p "$OUT"
+start=$SECONDS
+say() { printf 'showcase: %s (%d s)\n' "$*" $((SECONDS - start)) >&2; }
+
+train() { # config name
+    local dir="$OUT/$2"
+    say "training $1"
+    "${NICE[@]}" /usr/bin/time -v "$DDPM" train --config "$1" --out "$dir" --quiet \
+        2>"$OUT/train-$2.time" >/dev/null
+    grep -E 'Elapsed|User time|System time|Maximum resident' "$OUT/train-$2.time" >&2
+    tail -n 1 "$dir/metrics.csv" >&2
+}
+if [[ -z $DIGITS ]]; then
+    train configs/digits.toml digits
+    DIGITS=$OUT/digits/latest.safetensors
+fi
+if [[ -z $COND ]]; then
+    train configs/digits_cond.toml digits_cond
+    COND=$OUT/digits_cond/latest.safetensors
+fi
+
+sample() { # out.npy ckpt args...: N samples as npy, the --json line beside it
+    local out=$1 ckpt=$2
+    shift 2
+    "${NICE[@]}" "$DDPM" sample --checkpoint "$ckpt" --format npy --out "$out" --json --quiet "$@" \
+        >"${out%.npy}.json"
+}
+
+want() { [[ " ${STAGES:-sweep eval guidance pictures} " == *" $1 "* ]]; }
+
+say "FD noise floor"
+"$PYTHON" "${Q[@]}" floor | tee "$OUT/floor.json"
+
+if want sweep; then
+say "steps vs quality, $N samples per point"
+mkdir -p "$OUT/sweep"
+# heun and pc take two model calls per step (one on the last): their step counts give the same
+# numbers of model evaluations (NFE) as the one-call samplers' 5, 10, 20, 50, 100.
+sweep() { # sampler steps...
+    local s=$1 k
+    shift
+    for k in "$@"; do
+        [[ -f $OUT/sweep/$s-$k.npy ]] ||
+            sample "$OUT/sweep/$s-$k.npy" "$DIGITS" -n "$N" --batch-size "$N" --sampler "$s" --steps "$k"
+    done
+}
+read -r -a one <<<"${STEPS:-5 10 20 50 100}"
+read -r -a two <<<"${TWO_CALL_STEPS:-3 5 10 25 50}"
+read -r -a anc <<<"${DDPM_STEPS:-5 10 20 50 100 250 1000}"
+sweep ddim "${one[@]}"
+sweep dpm++2m "${one[@]}"
+sweep heun "${two[@]}"
+[[ -n ${PC_STEPS-x} ]] && read -r -a pcs <<<"${PC_STEPS:-3 5 10 25 50}" && sweep pc "${pcs[@]}"
+sweep ddpm "${anc[@]}"
+"$PYTHON" "${Q[@]}" sweep "$OUT/sweep" | tee "$OUT/sweep.md"
+fi
+
+if want eval; then
+say "likelihood, $NE examples"
+untrained=$OUT/untrained
+if [[ ! -f $untrained/latest.safetensors ]]; then
+    "$DDPM" train --config configs/digits.toml --out "$untrained" --max-steps 0 \
+        --quiet >/dev/null
+fi
+for m in trained untrained; do
+    c=$DIGITS
+    [[ $m == trained ]] || c=$untrained/latest.safetensors
+    [[ -s $OUT/eval-$m.json ]] ||
+        "${NICE[@]}" "$DDPM" eval --checkpoint "$c" -n "$NE" --method both --json --quiet \
+            >"$OUT/eval-$m.json"
+done
+cat "$OUT"/eval-{trained,untrained}.json >"$OUT/eval.jsonl"
+"$PYTHON" "${Q[@]}" eval "$OUT/eval.jsonl" | tee "$OUT/eval.md"
+fi
+
+if want guidance; then
+say "guidance, $NG samples per scale"
+mkdir -p "$OUT/guidance"
+for w in 0 1 2 4; do
+    [[ -f $OUT/guidance/w$w.npy ]] ||
+        sample "$OUT/guidance/w$w.npy" "$COND" -n "$NG" --batch-size "$NG" --steps "$GSTEPS" \
+            --class 0,1,2,3,4,5,6,7,8,9 --guidance "$w"
+done
+"$PYTHON" "${Q[@]}" guidance "$OUT/guidance" | tee "$OUT/guidance.md"
+fi
+
+want pictures || exit 0
+say "pictures"
+P=$OUT/pictures
+mkdir -p "$P"
+for spec in "ddim 50" "dpm++2m 20" "ddpm 1000"; do
+    read -r s k <<<"$spec"
+    "${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --sampler "$s" --steps "$k" -n 16 --grid \
+        --scale 4 --quiet --out "$P/sampler-${s//+/p}-$k.png" >/dev/null
+done
+"${NICE[@]}" "$DDPM" sample --checkpoint "$COND" -n 100 --class 0,1,2,3,4,5,6,7,8,9 \
+    --guidance 2 --grid --scale 4 --quiet --out "$P/guidance.png" >/dev/null
+"$PYTHON" "${Q[@]}" digit 0 "$P/digit0.png"
+"$PYTHON" "${Q[@]}" digit 3 "$P/digit1.png"
+"$PYTHON" "${Q[@]}" mask bottom "$P/mask-bottom.png"
+for st in 0.3 0.6 0.9; do
+    "${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit0.png" --strength "$st" \
+        -n 8 --format npy --quiet --out "$P/sdedit-$st.npy" >/dev/null
+done
+"${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit0.png" --strength 0 -n 1 \
+    --format npy --quiet --out "$P/init0.npy" >/dev/null
+"$PYTHON" "${Q[@]}" sdedit "$P/sdedit.png" 4 "$P/init0.npy" "$P"/sdedit-0.{3,6,9}.npy
+"${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit1.png" --mask "$P/mask-bottom.png" \
+    --resample 5 -n 8 --format npy --quiet --out "$P/inpaint.npy" >/dev/null
+"${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit1.png" --strength 0 -n 1 \
+    --format npy --quiet --out "$P/init1.npy" >/dev/null
+"$PYTHON" "${Q[@]}" inpaint "$P/inpaint.png" 4 "$P/init1.npy" bottom "$P/inpaint.npy"
+"${NICE[@]}" "$DDPM" interpolate --checkpoint "$DIGITS" --seeds 1,2 --frames 10 --scale 4 --quiet \
+    --out "$P/interpolation.png" >/dev/null
+ls -l "$P"/*.png >&2
+say "done"

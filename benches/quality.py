@@ -180,9 +180,11 @@ def cmd_eval(path):
         def est(e):
             return f"{e['mean']:.3f} ± {e['se']:.3f}"
 
+        h = o["hutchinson_se"]
+        hse = "-" if h is None else f"{h:.3f}"
         print(f"| step {j['step']} | {j['examples']} | {est(b['total'])} | {est(b['prior'])} | "
               f"{est(b['diffusion'])} | {est(b['decoder'])} | {b['seconds']:.0f} | "
-              f"{est(o['bpd'])} | {o['hutchinson_se']:.3f} | {o['evaluations']} | "
+              f"{est(o['bpd'])} | {hse} | {o['evaluations']} | "
               f"{o['seconds']:.0f} |")
 
 

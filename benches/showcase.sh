@@ -126,10 +126,10 @@ mkdir -p "$P"
 for spec in "ddim 50" "dpm++2m 20" "ddpm 1000"; do
     read -r s k <<<"$spec"
     "${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --sampler "$s" --steps "$k" -n 16 --grid \
-        --scale 4 --quiet --out "$P/sampler-${s//+/p}-$k.png" >/dev/null
+        --scale 6 --quiet --out "$P/sampler-${s//+/p}-$k.png" >/dev/null
 done
 "${NICE[@]}" "$DDPM" sample --checkpoint "$COND" -n 100 --class 0,1,2,3,4,5,6,7,8,9 \
-    --guidance 2 --grid --scale 4 --quiet --out "$P/guidance.png" >/dev/null
+    --guidance 2 --grid --scale 6 --quiet --out "$P/guidance.png" >/dev/null
 "$PYTHON" "${Q[@]}" digit 0 "$P/digit0.png"
 "$PYTHON" "${Q[@]}" digit 3 "$P/digit1.png"
 "$PYTHON" "${Q[@]}" mask bottom "$P/mask-bottom.png"
@@ -139,13 +139,13 @@ for st in 0.3 0.6 0.9; do
 done
 "${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit0.png" --strength 0 -n 1 \
     --format npy --quiet --out "$P/init0.npy" >/dev/null
-"$PYTHON" "${Q[@]}" sdedit "$P/sdedit.png" 4 "$P/init0.npy" "$P"/sdedit-0.{3,6,9}.npy
+"$PYTHON" "${Q[@]}" sdedit "$P/sdedit.png" 6 "$P/init0.npy" "$P"/sdedit-0.{3,6,9}.npy
 "${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit1.png" --mask "$P/mask-bottom.png" \
     --resample 5 -n 8 --format npy --quiet --out "$P/inpaint.npy" >/dev/null
 "${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit1.png" --strength 0 -n 1 \
     --format npy --quiet --out "$P/init1.npy" >/dev/null
-"$PYTHON" "${Q[@]}" inpaint "$P/inpaint.png" 4 "$P/init1.npy" bottom "$P/inpaint.npy"
-"${NICE[@]}" "$DDPM" interpolate --checkpoint "$DIGITS" --seeds 1,2 --frames 10 --scale 4 --quiet \
+"$PYTHON" "${Q[@]}" inpaint "$P/inpaint.png" 6 "$P/init1.npy" bottom "$P/inpaint.npy"
+"${NICE[@]}" "$DDPM" interpolate --checkpoint "$DIGITS" --seeds 1,2 --frames 10 --scale 6 --quiet \
     --out "$P/interpolation.png" >/dev/null
 ls -l "$P"/*.png >&2
 say "done"

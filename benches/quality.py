@@ -5,7 +5,7 @@ The real data are read from src/data/digits.csv.gz and scaled like training data
 (x = v / 8 - 1, v in 0..16). Sample arrays are `ddpm sample --format npy` files:
 (N, 1, 8, 8) float32 in [-1, 1].
 
-  quality.py floor                     FD noise floor of the real digits
+  quality.py floor [N]                 FD noise floor of the real digits (N: N vs the rest)
   quality.py fd S.npy...               FD (and label entropy) of each sample file
   quality.py classify S.npy...         nearest-centroid rate of image i labelled i mod 10
   quality.py sweep DIR                 markdown table of DIR/SAMPLER-STEPS.npy (+ .json timings)
@@ -75,12 +75,19 @@ def label_entropy(labels):
     return float(-(p * np.log(p)).sum())
 
 
-def cmd_floor():
+def cmd_floor(n=None):
+    """FD between real digits only: two random halves, the data and a bootstrap of itself, and
+    (with n) n random digits against the other 1797 - n, the floor of an n-sample FD."""
     x, y = real_digits()
-    rng = np.random.default_rng(0)
+    n = n if n and n < len(x) - 64 else None
+    rng, rng_n = np.random.default_rng(0), np.random.default_rng(1)
     halves = []
     boots = []
+    subsets = []
     for _ in range(10):
+        if n:
+            perm = rng_n.permutation(len(x))
+            subsets.append(fd(x[perm[:n]], x[perm[n:]]))
         perm = rng.permutation(len(x))
         h = len(x) // 2
         halves.append(fd(x[perm[:h]], x[perm[h:]]))
@@ -96,6 +103,9 @@ def cmd_floor():
         "label_entropy_real": label_entropy(nearest(c, x)),
         "n_real": len(x),
     }
+    if n:
+        out[f"fd_{n}_vs_rest_mean"] = float(np.mean(subsets))
+        out[f"fd_{n}_vs_rest_sd"] = float(np.std(subsets))
     print(json.dumps(out))
 
 
@@ -261,7 +271,7 @@ def main(argv):
         raise SystemExit(__doc__)
     cmd, args = argv[0], argv[1:]
     if cmd == "floor":
-        cmd_floor()
+        cmd_floor(int(args[0]) if args else None)
     elif cmd == "fd":
         cmd_fd(args)
     elif cmd == "classify":

@@ -14,7 +14,7 @@
 # Environment: DDPM (binary, default target/release/ddpm), PYTHON (with numpy, default
 # python3), N (samples per sweep point, default 2000), NG (samples per guidance scale, default
 # 1000), GSTEPS (DDIM steps of those, default 50), NE (examples for eval, default 512), NICE (default "nice -n 10"), STEPS (ddim and
-# dpm++2m, default "5 10 20 50 100"), TWO_CALL_STEPS (heun, default "3 5 10 25 50"), PC_STEPS
+# dpm++2m, default "5 10 20 50 100"), DPM_STEPS (dpm++2m only), TWO_CALL_STEPS (heun, default "3 5 10 25 50"), PC_STEPS
 # (default as heun; empty skips pc), DDPM_STEPS (default "5 10 20 50 100 250 1000"). Existing
 # sweep files are kept, so an interrupted run continues. Batches of N images run several times
 # faster on a CPU than the default 64 and give the same images. RAYON_NUM_THREADS=1 is faster
@@ -64,7 +64,7 @@ sample() { # out.npy ckpt args...: N samples as npy, the --json line beside it
 want() { [[ " ${STAGES:-sweep eval guidance pictures} " == *" $1 "* ]]; }
 
 say "FD noise floor"
-"$PYTHON" "${Q[@]}" floor | tee "$OUT/floor.json"
+"$PYTHON" "${Q[@]}" floor "$N" | tee "$OUT/floor.json"
 
 if want sweep; then
 say "steps vs quality, $N samples per point"
@@ -83,7 +83,8 @@ read -r -a one <<<"${STEPS:-5 10 20 50 100}"
 read -r -a two <<<"${TWO_CALL_STEPS:-3 5 10 25 50}"
 read -r -a anc <<<"${DDPM_STEPS:-5 10 20 50 100 250 1000}"
 sweep ddim "${one[@]}"
-sweep dpm++2m "${one[@]}"
+read -r -a dpm <<<"${DPM_STEPS:-${one[*]}}"
+sweep dpm++2m "${dpm[@]}"
 sweep heun "${two[@]}"
 [[ -n ${PC_STEPS-x} ]] && read -r -a pcs <<<"${PC_STEPS:-3 5 10 25 50}" && sweep pc "${pcs[@]}"
 sweep ddpm "${anc[@]}"
@@ -117,6 +118,9 @@ for w in 0 1 2 4; do
             --class 0,1,2,3,4,5,6,7,8,9 --guidance "$w"
 done
 "$PYTHON" "${Q[@]}" guidance "$OUT/guidance" | tee "$OUT/guidance.md"
+mkdir -p "$OUT/pictures"
+"${NICE[@]}" "$DDPM" sample --checkpoint "$COND" -n 100 --class 0,1,2,3,4,5,6,7,8,9 \
+    --guidance 2 --grid --scale 6 --quiet --out "$OUT/pictures/guidance.png" >/dev/null
 fi
 
 want pictures || exit 0
@@ -128,10 +132,8 @@ for spec in "ddim 50" "dpm++2m 20" "ddpm 1000"; do
     "${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --sampler "$s" --steps "$k" -n 16 --grid \
         --scale 6 --quiet --out "$P/sampler-${s//+/p}-$k.png" >/dev/null
 done
-"${NICE[@]}" "$DDPM" sample --checkpoint "$COND" -n 100 --class 0,1,2,3,4,5,6,7,8,9 \
-    --guidance 2 --grid --scale 6 --quiet --out "$P/guidance.png" >/dev/null
 "$PYTHON" "${Q[@]}" digit 0 "$P/digit0.png"
-"$PYTHON" "${Q[@]}" digit 3 "$P/digit1.png"
+"$PYTHON" "${Q[@]}" digit 3 "$P/digit3.png"
 "$PYTHON" "${Q[@]}" mask bottom "$P/mask-bottom.png"
 for st in 0.3 0.6 0.9; do
     "${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit0.png" --strength "$st" \
@@ -140,11 +142,11 @@ done
 "${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit0.png" --strength 0 -n 1 \
     --format npy --quiet --out "$P/init0.npy" >/dev/null
 "$PYTHON" "${Q[@]}" sdedit "$P/sdedit.png" 6 "$P/init0.npy" "$P"/sdedit-0.{3,6,9}.npy
-"${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit1.png" --mask "$P/mask-bottom.png" \
+"${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit3.png" --mask "$P/mask-bottom.png" \
     --resample 5 -n 8 --format npy --quiet --out "$P/inpaint.npy" >/dev/null
-"${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit1.png" --strength 0 -n 1 \
-    --format npy --quiet --out "$P/init1.npy" >/dev/null
-"$PYTHON" "${Q[@]}" inpaint "$P/inpaint.png" 6 "$P/init1.npy" bottom "$P/inpaint.npy"
+"${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit3.png" --strength 0 -n 1 \
+    --format npy --quiet --out "$P/init3.npy" >/dev/null
+"$PYTHON" "${Q[@]}" inpaint "$P/inpaint.png" 6 "$P/init3.npy" bottom "$P/inpaint.npy"
 "${NICE[@]}" "$DDPM" interpolate --checkpoint "$DIGITS" --seeds 1,2 --frames 10 --scale 6 --quiet \
     --out "$P/interpolation.png" >/dev/null
 ls -l "$P"/*.png >&2

@@ -147,7 +147,7 @@ done
 "${NICE[@]}" "$DDPM" sample --checkpoint "$DIGITS" --init "$P/digit3.png" --strength 0 -n 1 \
     --format npy --quiet --out "$P/init3.npy" >/dev/null
 "$PYTHON" "${Q[@]}" inpaint "$P/inpaint.png" 6 "$P/init3.npy" bottom "$P/inpaint.npy"
-"${NICE[@]}" "$DDPM" interpolate --checkpoint "$DIGITS" --seeds 1,2 --frames 10 --scale 6 --quiet \
+"${NICE[@]}" "$DDPM" interpolate --checkpoint "$DIGITS" --seeds 3,4 --frames 10 --scale 6 --quiet \
     --out "$P/interpolation.png" >/dev/null
 ls -l "$P"/*.png >&2
 say "done"

@@ -10,15 +10,18 @@
 #   eval.jsonl, eval.md   `ddpm eval --method both` of the trained and an untrained (step 0) model
 #   guidance/, guidance.md  nearest-centroid rate of --class k samples labelled k, per w
 #   pictures/             the README pictures (copy them to configs/ by hand)
+# The README's guidance numbers and picture come from a smaller conditional model (its command
+# is in the README), passed as COND_CKPT.
 #
-# Environment: DDPM (binary, default target/release/ddpm), PYTHON (with numpy, default
-# python3), N (samples per sweep point, default 2000), NG (samples per guidance scale, default
-# 1000), GSTEPS (DDIM steps of those, default 50), NE (examples for eval, default 512), NICE (default "nice -n 10"), STEPS (ddim and
-# dpm++2m, default "5 10 20 50 100"), DPM_STEPS (dpm++2m only), TWO_CALL_STEPS (heun, default "3 5 10 25 50"), PC_STEPS
-# (default as heun; empty skips pc), DDPM_STEPS (default "5 10 20 50 100 250 1000"). Existing
-# sweep files are kept, so an interrupted run continues. Batches of N images run several times
+# Environment (defaults: the README's numbers): DDPM (binary, target/release/ddpm), PYTHON (with
+# numpy, python3), N (samples per sweep point, 500), STEPS (ddim, "5 10 20 50 100"), DPM_STEPS
+# (dpm++2m, "5 10 20 50"), TWO_CALL_STEPS (heun, "3 5 10 25": 5, 9, 19, 49 model calls),
+# DDPM_STEPS ("10 20 50 100"), PC_STEPS (pc, none), NE (examples for eval, 64), NG (samples
+# per guidance scale, 200), GSTEPS (their DDIM steps, 20), NICE ("nice -n 10"), STAGES
+# ("sweep eval guidance pictures": the parts to run). Finished sweep points, evals and guidance
+# samples are kept, so an interrupted run continues. Batches of N images run several times
 # faster on a CPU than the default 64 and give the same images. RAYON_NUM_THREADS=1 is faster
-# on a loaded 2-core machine. STAGES (default "sweep eval guidance pictures") picks the parts.
+# on a loaded 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,10 +30,10 @@ DIGITS=${2:-}
 COND=${3:-}
 DDPM=${DDPM:-target/release/ddpm}
 PYTHON=${PYTHON:-python3}
-N=${N:-2000}
-NG=${NG:-1000}
-NE=${NE:-512}
-GSTEPS=${GSTEPS:-50}
+N=${N:-500}
+NG=${NG:-200}
+NE=${NE:-64}
+GSTEPS=${GSTEPS:-20}
 read -r -a NICE <<<"${NICE:-nice -n 10}"
 Q=(benches/quality.py)
 mkdir -p "$OUT"
@@ -80,13 +83,13 @@ sweep() { # sampler steps...
     done
 }
 read -r -a one <<<"${STEPS:-5 10 20 50 100}"
-read -r -a two <<<"${TWO_CALL_STEPS:-3 5 10 25 50}"
-read -r -a anc <<<"${DDPM_STEPS:-5 10 20 50 100 250 1000}"
+read -r -a two <<<"${TWO_CALL_STEPS:-3 5 10 25}"
+read -r -a anc <<<"${DDPM_STEPS:-10 20 50 100}"
 sweep ddim "${one[@]}"
-read -r -a dpm <<<"${DPM_STEPS:-${one[*]}}"
+read -r -a dpm <<<"${DPM_STEPS:-5 10 20 50}"
 sweep dpm++2m "${dpm[@]}"
 sweep heun "${two[@]}"
-[[ -n ${PC_STEPS-x} ]] && read -r -a pcs <<<"${PC_STEPS:-3 5 10 25 50}" && sweep pc "${pcs[@]}"
+[[ -n ${PC_STEPS:-} ]] && read -r -a pcs <<<"$PC_STEPS" && sweep pc "${pcs[@]}"
 sweep ddpm "${anc[@]}"
 "$PYTHON" "${Q[@]}" sweep "$OUT/sweep" | tee "$OUT/sweep.md"
 fi

@@ -209,6 +209,17 @@ fn resuming_a_class_conditional_run_is_bit_identical() {
 }
 
 #[test]
+fn zero_steps_write_the_initial_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = train_tiny(tmp.path(), "run", 0, &[]);
+    let ckpt = run_dir.join("latest.safetensors");
+    assert!(ckpt.exists(), "--max-steps 0 left no checkpoint");
+    let (out, _) = run(tmp.path(), &["info", ckpt.to_str().unwrap()], 0);
+    let info = String::from_utf8(out).unwrap();
+    assert!(info.contains("# step: 0\n"), "{info}");
+}
+
+#[test]
 fn sigint_saves_a_loadable_checkpoint_and_exits_130() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -182,6 +182,12 @@ pub fn train(
             on_event(Event::Checkpoint(&last_ckpt))?;
         }
     }
+    // A fresh run of zero steps (--max-steps 0) still leaves the checkpoint it reports: the
+    // initial weights, an untrained baseline for `ddpm eval`.
+    if !last_ckpt.exists() {
+        last_ckpt = save(cfg, &dir, &state)?;
+        on_event(Event::Checkpoint(&last_ckpt))?;
+    }
     let images_per_sec = match steady_start {
         Some((t0, s0)) if state.step > s0 => {
             (state.step - s0) as f64 * cfg.train.batch_size as f64

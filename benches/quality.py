@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Sample-quality numbers and README pictures for the 8x8 digits (numpy only).
+
+The real data are read from src/data/digits.csv.gz and scaled like training data
+(x = v / 8 - 1, v in 0..16). Sample arrays are `ddpm sample --format npy` files:
+(N, 1, 8, 8) float32 in [-1, 1].
+
+  quality.py floor [N]                 FD noise floor of the real digits (N: N vs the rest)
+  quality.py fd S.npy...               FD (and label entropy) of each sample file
+  quality.py classify S.npy...         nearest-centroid rate of image i labelled i mod 10
+  quality.py sweep DIR                 markdown table of DIR/SAMPLER-STEPS.npy (+ .json timings)
+  quality.py guidance DIR              markdown table of DIR/w*.npy (+ .json timings)
+  quality.py eval FILE.jsonl           markdown table of `ddpm eval --json` lines
+  quality.py digit I OUT.png           real digit I as an 8x8 PNG (for --init)
+  quality.py mask KIND OUT.png         an 8x8 mask, white = regenerate (KIND: bottom, right)
+  quality.py sdedit OUT.png SCALE INIT.npy S1.npy...    one row per file: input, then samples
+  quality.py inpaint OUT.png SCALE INIT.npy MASK.png-kind S.npy
+
+FD is the Frechet distance between Gaussian fits in the 64-dim pixel space,
+|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2).
+"""
+
+import gzip
+import json
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def real_digits():
+    """(1797, 64) pixels in [-1, 1] and (1797,) labels."""
+    with gzip.open(ROOT / "src/data/digits.csv.gz", "rt") as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    return rows[:, :64].astype(np.float64) / 8.0 - 1.0, rows[:, 64]
+
+
+def load(path):
+    x = np.load(path).astype(np.float64)
+    return x.reshape(x.shape[0], -1)
+
+
+def _sqrt_psd(s):
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def fd(a, b):
+    """Frechet distance between Gaussian fits of the rows of a and b."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    r = _sqrt_psd(s1)
+    m = r @ s2 @ r
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+
+
+def centroids(x, y):
+    return np.stack([x[y == k].mean(0) for k in range(10)])
+
+
+def nearest(c, x):
+    d = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+    return d.argmin(1)
+
+
+def label_entropy(labels):
+    """Entropy (nats) of the label histogram; ln 10 = 2.303 when every digit is equally common."""
+    p = np.bincount(labels, minlength=10) / len(labels)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def cmd_floor(n=None):
+    """FD between real digits only: two random halves, the data and a bootstrap of itself, and
+    (with n) n random digits against the other 1797 - n, the floor of an n-sample FD."""
+    x, y = real_digits()
+    n = n if n and n < len(x) - 64 else None
+    rng, rng_n = np.random.default_rng(0), np.random.default_rng(1)
+    halves = []
+    boots = []
+    subsets = []
+    for _ in range(10):
+        if n:
+            perm = rng_n.permutation(len(x))
+            subsets.append(fd(x[perm[:n]], x[perm[n:]]))
+        perm = rng.permutation(len(x))
+        h = len(x) // 2
+        halves.append(fd(x[perm[:h]], x[perm[h:]]))
+        boots.append(fd(x, x[rng.integers(0, len(x), len(x))]))
+    c = centroids(x, y)
+    own = float((nearest(c, x) == y).mean())
+    out = {
+        "fd_halves_mean": float(np.mean(halves)),
+        "fd_halves_sd": float(np.std(halves)),
+        "fd_bootstrap_mean": float(np.mean(boots)),
+        "fd_bootstrap_sd": float(np.std(boots)),
+        "classifier_accuracy_on_data": own,
+        "label_entropy_real": label_entropy(nearest(c, x)),
+        "n_real": len(x),
+    }
+    if n:
+        out[f"fd_{n}_vs_rest_mean"] = float(np.mean(subsets))
+        out[f"fd_{n}_vs_rest_sd"] = float(np.std(subsets))
+    print(json.dumps(out))
+
+
+def cmd_fd(paths):
+    x, y = real_digits()
+    c = centroids(x, y)
+    for p in paths:
+        s = load(p)
+        print(json.dumps({
+            "file": Path(p).name,
+            "n": len(s),
+            "fd": fd(s, x),
+            "label_entropy": label_entropy(nearest(c, s)),
+        }))
+
+
+def cmd_classify(paths):
+    x, y = real_digits()
+    c = centroids(x, y)
+    for p in paths:
+        s = load(p)
+        want = np.arange(len(s)) % 10
+        print(json.dumps({
+            "file": Path(p).name,
+            "n": len(s),
+            "rate": float((nearest(c, s) == want).mean()),
+        }))
+
+
+def nfe(sampler, steps):
+    """Model evaluations per image: heun and pc (one corrector step) take two per step except
+    the last (heun's last step is Euler; pc corrects after every step but the last)."""
+    return 2 * steps - 1 if sampler in ("heun", "pc") else steps
+
+
+def timing(npy):
+    j = Path(npy).with_suffix(".json")
+    if not j.exists():
+        return float("nan")
+    lines = [l for l in j.read_text().splitlines() if l.startswith("{")]
+    return float(json.loads(lines[-1])["seconds"]) if lines else float("nan")
+
+
+def cmd_sweep(d):
+    x, y = real_digits()
+    c = centroids(x, y)
+    rows = []
+    for p in sorted(Path(d).glob("*.npy")):
+        sampler, steps = p.stem.rsplit("-", 1)
+        s = load(p)
+        rows.append((sampler, int(steps), nfe(sampler, int(steps)), fd(s, x),
+                     label_entropy(nearest(c, s)), timing(p), len(s)))
+    order = ["ddim", "dpm++2m", "heun", "pc", "ddpm"]
+    rows.sort(key=lambda r: (order.index(r[0]) if r[0] in order else 99, r[1]))
+    print("| sampler | steps | NFE | FD | label entropy | seconds | n |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.1f} | {r[6]} |")
+
+
+def cmd_guidance(d):
+    x, y = real_digits()
+    c = centroids(x, y)
+    print("| w | samples classified as requested | n | seconds |")
+    print("| --- | --- | --- | --- |")
+    for p in sorted(Path(d).glob("w*.npy"), key=lambda p: float(p.stem[1:])):
+        s = load(p)
+        rate = float((nearest(c, s) == np.arange(len(s)) % 10).mean())
+        print(f"| {p.stem[1:]} | {100 * rate:.1f}% | {len(s)} | {timing(p):.1f} |")
+
+
+def cmd_eval(path):
+    print("| model | n | bound (bpd) | prior | diffusion | decoder | bound s | "
+          "ODE (bpd) | Hutchinson SE | ODE NFE | ODE s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        j = json.loads(line)
+        b, o = j["bound"], j["ode"]
+
+        def est(e):
+            return f"{e['mean']:.3f} ± {e['se']:.3f}"
+
+        h = o["hutchinson_se"]
+        hse = "-" if h is None else f"{h:.3f}"
+        print(f"| step {j['step']} | {j['examples']} | {est(b['total'])} | {est(b['prior'])} | "
+              f"{est(b['diffusion'])} | {est(b['decoder'])} | {b['seconds']:.0f} | "
+              f"{est(o['bpd'])} | {hse} | {o['evaluations']} | "
+              f"{o['seconds']:.0f} |")
+
+
+def write_png(path, img):
+    """8-bit greyscale PNG of a 2-D uint8 array."""
+    h, w = img.shape
+    raw = b"".join(b"\x00" + img[i].tobytes() for i in range(h))
+
+    def chunk(tag, data):
+        body = tag + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    png = b"\x89PNG\r\n\x1a\n"
+    png += chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw, 9))
+    png += chunk(b"IEND", b"")
+    Path(path).write_bytes(png)
+
+
+def to_u8(x):
+    """[-1, 1] -> 0..255, as ddpm writes PNGs."""
+    return np.clip(np.round((np.asarray(x) + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def mosaic(rows, scale, gap=1, gap_value=128):
+    """rows: lists of 8x8 uint8 tiles; a `None` tile leaves an empty (grey) slot."""
+    cols = max(len(r) for r in rows)
+    t = 8 * scale
+    out = np.full((len(rows) * (t + gap) + gap, cols * (t + gap) + gap), gap_value, np.uint8)
+    for i, r in enumerate(rows):
+        for j, tile in enumerate(r):
+            if tile is None:
+                continue
+            big = np.kron(tile, np.ones((scale, scale), np.uint8))
+            y0, x0 = gap + i * (t + gap), gap + j * (t + gap)
+            out[y0:y0 + t, x0:x0 + t] = big
+    return out
+
+
+def tiles(path):
+    return [to_u8(v.reshape(8, 8)) for v in load(path)]
+
+
+def mask_array(kind):
+    m = np.zeros((8, 8), np.uint8)
+    if kind == "bottom":
+        m[4:, :] = 255
+    elif kind == "right":
+        m[:, 4:] = 255
+    else:
+        raise SystemExit(f"unknown mask {kind}")
+    return m
+
+
+def cmd_digit(i, out):
+    x, _ = real_digits()
+    write_png(out, to_u8(x[int(i)].reshape(8, 8)))
+
+
+def cmd_sdedit(out, scale, init, rows):
+    first = tiles(init)[0]
+    write_png(out, mosaic([[first, None] + tiles(p) for p in rows], int(scale)))
+
+
+def cmd_inpaint(out, scale, init, kind, samples):
+    first = tiles(init)[0]
+    m = mask_array(kind)
+    holed = np.where(m > 0, 128, first).astype(np.uint8)
+    write_png(out, mosaic([[first, m, holed, None] + tiles(samples)], int(scale)))
+
+
+def main(argv):
+    if not argv:
+        raise SystemExit(__doc__)
+    cmd, args = argv[0], argv[1:]
+    if cmd == "floor":
+        cmd_floor(int(args[0]) if args else None)
+    elif cmd == "fd":
+        cmd_fd(args)
+    elif cmd == "classify":
+        cmd_classify(args)
+    elif cmd == "sweep":
+        cmd_sweep(args[0])
+    elif cmd == "guidance":
+        cmd_guidance(args[0])
+    elif cmd == "eval":
+        cmd_eval(args[0])
+    elif cmd == "digit":
+        cmd_digit(*args)
+    elif cmd == "mask":
+        write_png(args[1], mask_array(args[0]))
+    elif cmd == "sdedit":
+        cmd_sdedit(args[0], args[1], args[2], args[3:])
+    elif cmd == "inpaint":
+        cmd_inpaint(*args)
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

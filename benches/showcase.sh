@@ -15,7 +15,7 @@
 #
 # Environment (defaults: the README's numbers): DDPM (binary, target/release/ddpm), PYTHON (with
 # numpy, python3), N (samples per sweep point, 500), STEPS (ddim, "5 10 20 50 100"), DPM_STEPS
-# (dpm++2m, "5 10 20 50"), TWO_CALL_STEPS (heun, "3 5 10 25": 5, 9, 19, 49 model calls),
+# (dpm++2m, "5 10 20 50"), TWO_CALL_STEPS (heun, "3 6 11 26": 4, 10, 20, 50 model calls),
 # DDPM_STEPS ("10 20 50 100"), PC_STEPS (pc, none), NE (examples for eval, 64), NG (samples
 # per guidance scale, 200), GSTEPS (their DDIM steps, 20), NICE ("nice -n 10"), STAGES
 # ("sweep eval guidance pictures": the parts to run). Finished sweep points, evals and guidance
@@ -72,8 +72,9 @@ say "FD noise floor"
 if want sweep; then
 say "steps vs quality, $N samples per point"
 mkdir -p "$OUT/sweep"
-# heun and pc take two model calls per step (one on the last): their step counts give the same
-# numbers of model evaluations (NFE) as the one-call samplers' 5, 10, 20, 50, 100.
+# heun and pc take two model calls per step (one on the last; heun also one on its first step,
+# from sigma 2e4): their step counts give about the one-call samplers' 5, 10, 20, 50 model
+# evaluations (NFE).
 sweep() { # sampler steps...
     local s=$1 k
     shift
@@ -83,7 +84,7 @@ sweep() { # sampler steps...
     done
 }
 read -r -a one <<<"${STEPS:-5 10 20 50 100}"
-read -r -a two <<<"${TWO_CALL_STEPS:-3 5 10 25}"
+read -r -a two <<<"${TWO_CALL_STEPS:-3 6 11 26}"
 read -r -a anc <<<"${DDPM_STEPS:-10 20 50 100}"
 sweep ddim "${one[@]}"
 read -r -a dpm <<<"${DPM_STEPS:-5 10 20 50}"

@@ -102,7 +102,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let start = Instant::now();
     let report = likelihood::evaluate(
-        &gen.unet,
+        &gen.net,
         &gen.schedule,
         cfg.diffusion.parameterization(),
         dataset.as_ref(),

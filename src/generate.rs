@@ -15,8 +15,8 @@ use crate::config::Config;
 use crate::data::images;
 use crate::error::{Error, Result};
 use crate::guidance::{self, Conditional, Guided};
-use crate::points::{Points, Standardization};
 use crate::model::{self, Network};
+use crate::points::{Points, Standardization};
 use crate::sampler::{self, InvertOptions, SampleOptions, SamplerKind, StepInfo};
 use crate::schedule::Schedule;
 use crate::train::{self, TrainState};
@@ -129,7 +129,8 @@ impl Generator {
         let schedule = config.diffusion.schedule()?;
         let standardization = match ckpt.metadata.get(checkpoint::META_STANDARDIZATION) {
             Some(text) => Some(
-                Standardization::from_meta(text).map_err(|e| Error::checkpoint(path, e.to_string()))?,
+                Standardization::from_meta(text)
+                    .map_err(|e| Error::checkpoint(path, e.to_string()))?,
             ),
             None if config.data.dataset.is_points() => {
                 return Err(Error::checkpoint(
@@ -250,7 +251,8 @@ impl Generator {
             let rows = |x: &Tensor, what: &str| self.rows(x, what, done, b, n);
             let x = match req.start {
                 Start::Noise => {
-                    let dims: Vec<usize> = std::iter::once(b).chain(shape.iter().copied()).collect();
+                    let dims: Vec<usize> =
+                        std::iter::once(b).chain(shape.iter().copied()).collect();
                     sampler::sample(
                         &model,
                         &self.schedule,
@@ -334,7 +336,11 @@ impl Generator {
         {
             return Err(Error::Invalid(format!(
                 "{what} of shape {dims:?}: expected (1 or {n}, {}) for this model",
-                shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let x = x.to_dtype(DType::F32)?.to_device(&self.device)?;
@@ -389,7 +395,8 @@ pub fn sample_options(cfg: &Config, sampler: SamplerKind, seed: u64) -> SampleOp
 /// settings and the run's seed, so successive grids show the same noise denoised better. A
 /// class-conditional model cycles its classes over the images (guided by sample.guidance), so
 /// a grid with as many columns as classes shows one class per column. Vector data is drawn as
-/// a scatter plot (2-D) in the units of the data, undoing `standardization`.
+/// a scatter plot in the units of the data (undoing `standardization`): of its first two
+/// coordinates, or of (x, 0) in 1-D.
 pub fn training_grid(
     cfg: &Config,
     schedule: &Schedule,
@@ -417,7 +424,14 @@ pub fn training_grid(
     let x = gen.generate(&opts, &req, &mut |_, _, _, _| Ok(()))?;
     if gen.is_points() {
         let points = gen.to_points(&x)?;
-        return images::save_png(&crate::points::scatter::scatter(&[&points], 256)?, path);
+        let plane: Vec<f64> = (0..points.len())
+            .flat_map(|i| {
+                let r = points.row(i);
+                [r[0], r.get(1).copied().unwrap_or(0.0)]
+            })
+            .collect();
+        let plane = Points::new(2, plane)?;
+        return images::save_png(&crate::points::scatter::scatter(&[&plane], 256)?, path);
     }
     let grid = images::grid(&images::to_images(&x)?, cfg.model.num_classes)?;
     // Tiny images (8x8 digits) are upscaled so each cell is at least 32 pixels on its short side.

@@ -20,6 +20,8 @@ pub fn image_hw(cfg: &Config) -> (usize, usize) {
 }
 
 /// A denoising network of either architecture.
+// One per run or generator, never stored in bulk: boxing the UNet would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Network {
     UNet(UNet),

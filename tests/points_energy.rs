@@ -50,7 +50,11 @@ const N: usize = 1000;
 
 fn truth(n: usize, index: u64) -> Points {
     let toy = Toy::EightGaussians;
-    toy.sample(n, toy.default_noise(), &mut Stream::new(77, Purpose::Eval, index))
+    toy.sample(
+        n,
+        toy.default_noise(),
+        &mut Stream::new(77, Purpose::Eval, index),
+    )
 }
 
 fn train_into(dir: &Path) -> Config {

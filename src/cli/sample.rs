@@ -15,8 +15,8 @@ use ddpm::precision::Precision;
 use ddpm::sampler::SamplerKind;
 
 use super::classes::ClassArgs;
-use super::points;
 use super::output::{stdout_line, write_out};
+use super::points;
 use super::progress::Progress;
 
 pub const EXAMPLES: &str = "\

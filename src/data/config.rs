@@ -251,10 +251,15 @@ impl DataConfig {
         }
         if self.dataset.toy().is_some() {
             if self.num_points < 2 {
-                return bad(format!("data.num_points = {} must be at least 2", self.num_points));
+                return bad(format!(
+                    "data.num_points = {} must be at least 2",
+                    self.num_points
+                ));
             }
             if let Some(d) = self.dim.filter(|&d| d != 2) {
-                return bad(format!("data.dim = {d}: \"{name}\" is 2-D; remove data.dim"));
+                return bad(format!(
+                    "data.dim = {d}: \"{name}\" is 2-D; remove data.dim"
+                ));
             }
         }
         match self.noise {

@@ -88,9 +88,9 @@ pub fn open(cfg: &DataConfig) -> Result<Arc<dyn Dataset>> {
             Arc::new(PointDataset::new(&points, &path.display().to_string())?)
         }
         kind => {
-            let toy = kind.toy().ok_or_else(|| {
-                Error::Config(format!("data.dataset = {kind:?} has no reader"))
-            })?;
+            let toy = kind
+                .toy()
+                .ok_or_else(|| Error::Config(format!("data.dataset = {kind:?} has no reader")))?;
             let mut stream = Stream::new(cfg.seed, Purpose::Data, 0);
             let points = toy.sample(cfg.num_points, cfg.toy_noise(toy), &mut stream);
             Arc::new(PointDataset::new(&points, kind.name())?)

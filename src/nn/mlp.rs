@@ -94,7 +94,11 @@ impl Mlp {
     pub fn new(vb: VarBuilder, cfg: &MlpConfig, dim: usize, out_dim: usize) -> Result<Self> {
         cfg.validate()?;
         let w = cfg.width;
-        let freqs = Tensor::from_vec(frequencies(cfg.time_dim), (1, cfg.time_dim / 2), vb.device())?;
+        let freqs = Tensor::from_vec(
+            frequencies(cfg.time_dim),
+            (1, cfg.time_dim / 2),
+            vb.device(),
+        )?;
         let tvb = vb.pp("time_embed");
         let blocks = (0..cfg.blocks)
             .map(|i| {
@@ -179,7 +183,13 @@ mod tests {
             blocks: 2,
             time_dim: 8,
         };
-        let net = Mlp::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg, 2, 4).unwrap();
+        let net = Mlp::new(
+            VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+            &cfg,
+            2,
+            4,
+        )
+        .unwrap();
         init_weights(&vm, seed).unwrap();
         (vm, net)
     }

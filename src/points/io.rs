@@ -16,8 +16,9 @@ pub fn read(path: &Path) -> Result<Points> {
     if is_npy {
         parse_npy(&bytes, &path.display().to_string())
     } else {
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| Error::Data(format!("{}: not UTF-8 text (CSV expected)", path.display())))?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            Error::Data(format!("{}: not UTF-8 text (CSV expected)", path.display()))
+        })?;
         parse_csv(text, &path.display().to_string())
     }
 }

@@ -56,7 +56,10 @@ impl Points {
     /// The points of an (N, D) tensor.
     pub fn from_tensor(x: &candle_core::Tensor) -> Result<Self> {
         let (_, d) = x.dims2()?;
-        let v: Vec<f32> = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+        let v: Vec<f32> = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
         Points::new(d, v.into_iter().map(f64::from).collect())
     }
 }
@@ -112,7 +115,10 @@ impl Toy {
                 }
                 Toy::EightGaussians => {
                     let a = stream.below(8) as f64 * PI / 4.0;
-                    (EIGHT_GAUSSIANS_RADIUS * a.cos(), EIGHT_GAUSSIANS_RADIUS * a.sin())
+                    (
+                        EIGHT_GAUSSIANS_RADIUS * a.cos(),
+                        EIGHT_GAUSSIANS_RADIUS * a.sin(),
+                    )
                 }
             };
             values.push(x + noise * stream.normal());
@@ -187,8 +193,7 @@ impl Standardization {
     pub fn from_meta(text: &str) -> Result<Self> {
         let s: Standardization = serde_json::from_str(text)
             .map_err(|e| Error::Invalid(format!("bad standardisation metadata: {e}")))?;
-        if s.mean.len() != s.scale.len() || s.scale.iter().any(|v| !(v.is_finite() && *v > 0.0))
-        {
+        if s.mean.len() != s.scale.len() || s.scale.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             return Err(Error::Invalid(
                 "bad standardisation metadata: mean and scale differ in length or a scale is not positive".into(),
             ));

@@ -56,8 +56,8 @@ pub fn scatter(panels: &[&Points], side: u32) -> Result<DynamicImage> {
                 let (x, y) = ((px + dx - 0.5).floor(), (py + dy - 0.5).floor());
                 if x >= 1.0 && y >= 1.0 && x < s - 1.0 && y < s - 1.0 {
                     let p = img.get_pixel_mut(x0 + x as u32, y as u32);
-                    for c in 0..3 {
-                        p.0[c] = (p.0[c] as f64 * (1.0 - ALPHA) + DOT[c] * ALPHA).round() as u8;
+                    for (v, dot) in p.0.iter_mut().zip(DOT) {
+                        *v = (*v as f64 * (1.0 - ALPHA) + dot * ALPHA).round() as u8;
                     }
                 }
             }
@@ -78,7 +78,8 @@ mod tests {
         assert_eq!(img.dimensions(), (2 * 64 + GAP, 64));
         // Span 2 * 1.1 = 2.2 over 64 px: (-1, -1) sits at px = (-1 / 2.2 + 0.5) * 64 = 2.9,
         // py = 64 - 2.9 = 61.1 in panel 0; (1, 1) at (61.1, 2.9) in panel 1.
-        let blue = |x: u32, y: u32| img.get_pixel(x, y).0[2] < 255 && img.get_pixel(x, y).0[0] < 200;
+        let blue =
+            |x: u32, y: u32| img.get_pixel(x, y).0[2] < 255 && img.get_pixel(x, y).0[0] < 200;
         assert!(blue(2, 61) || blue(3, 61) || blue(2, 60) || blue(3, 60));
         assert!(blue(64 + GAP + 61, 3) || blue(64 + GAP + 60, 2));
         // Nothing drawn in the opposite corners.

@@ -67,8 +67,14 @@ fn eight_gaussians_have_their_means_on_the_circle_and_their_spread() {
         assert!((n - 2000.0).abs() < 170.0, "component {k}: {n} points");
         // Mean within 4 sd / sqrt(n) = 0.032 of the centre.
         let (mx, my) = (sx / n, sy / n);
-        assert!((mx - EIGHT_GAUSSIANS_RADIUS * a.cos()).abs() < 0.032, "{k}: {mx}");
-        assert!((my - EIGHT_GAUSSIANS_RADIUS * a.sin()).abs() < 0.032, "{k}: {my}");
+        assert!(
+            (mx - EIGHT_GAUSSIANS_RADIUS * a.cos()).abs() < 0.032,
+            "{k}: {mx}"
+        );
+        assert!(
+            (my - EIGHT_GAUSSIANS_RADIUS * a.sin()).abs() < 0.032,
+            "{k}: {my}"
+        );
     }
     // E|x|^2 = R^2 + 2 sd^2 = 8.25.
     let m2 = p.values.iter().map(|v| v * v).sum::<f64>() / p.len() as f64;
@@ -110,7 +116,13 @@ fn csv_reads_with_or_without_a_header_and_round_trips() {
 fn bad_csv_is_named_by_file_line_and_column() {
     let err = |text: &str| parse_csv(text, "pts.csv").unwrap_err().to_string();
     let e = err("x,y\n1,2\n3,oops\n");
-    assert!(e.contains("pts.csv") && e.contains("line 3") && e.contains("column 2") && e.contains("oops"), "{e}");
+    assert!(
+        e.contains("pts.csv")
+            && e.contains("line 3")
+            && e.contains("column 2")
+            && e.contains("oops"),
+        "{e}"
+    );
     let e = err("1,2\n3,4,5\n");
     assert!(e.contains("line 2") && e.contains("3 columns"), "{e}");
     let e = err("1,nan\n");
@@ -141,11 +153,17 @@ fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn npy_reads_f32_f64_and_fortran_order() {
-    let f32s: Vec<u8> = [1f32, 2., 3., 4., 5., 6.].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let f32s: Vec<u8> = [1f32, 2., 3., 4., 5., 6.]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let p = parse_npy(&npy("<f4", false, "(3, 2)", &f32s), "a.npy").unwrap();
     assert_eq!(p, Points::new(2, vec![1., 2., 3., 4., 5., 6.]).unwrap());
     // Column-major: columns (1, 2, 3) and (4, 5, 6).
-    let f64s: Vec<u8> = [1f64, 2., 3., 4., 5., 6.].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let f64s: Vec<u8> = [1f64, 2., 3., 4., 5., 6.]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let q = parse_npy(&npy("<f8", true, "(3, 2)", &f64s), "b.npy").unwrap();
     assert_eq!(q, Points::new(2, vec![1., 4., 2., 5., 3., 6.]).unwrap());
 }
@@ -154,7 +172,10 @@ fn npy_reads_f32_f64_and_fortran_order() {
 fn bad_npy_names_the_file_and_the_problem() {
     let err = |b: Vec<u8>| parse_npy(&b, "v.npy").unwrap_err().to_string();
     let e = err(npy("<i8", false, "(1, 2)", &[0; 16]));
-    assert!(e.contains("v.npy") && e.contains("<i8") && e.contains("float32"), "{e}");
+    assert!(
+        e.contains("v.npy") && e.contains("<i8") && e.contains("float32"),
+        "{e}"
+    );
     let e = err(npy("<f4", false, "(2, 2, 2)", &[0; 32]));
     assert!(e.contains("rank 3"), "{e}");
     let e = err(npy("<f4", false, "(6,)", &[0; 24]));
@@ -169,7 +190,10 @@ fn bad_npy_names_the_file_and_the_problem() {
 fn point_dataset_serves_standardised_rows() {
     let p = Points::new(2, vec![0.0, 10.0, 2.0, 30.0]).unwrap();
     let ds = PointDataset::new(&p, "test").unwrap();
-    assert_eq!((ds.len(), ds.channels(), ds.example_shape()), (2, 2, vec![2]));
+    assert_eq!(
+        (ds.len(), ds.channels(), ds.example_shape()),
+        (2, 2, vec![2])
+    );
     let mut out = [0f32; 2];
     ds.example(1, false, &mut out).unwrap();
     assert_eq!(out, [1.0, 1.0]);

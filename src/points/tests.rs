@@ -199,3 +199,64 @@ fn point_dataset_serves_standardised_rows() {
     assert_eq!(out, [1.0, 1.0]);
     assert!(PointDataset::new(&Points::new(2, vec![]).unwrap(), "empty").is_err());
 }
+
+fn validate(text: &str) -> std::result::Result<crate::config::Config, String> {
+    let cfg = crate::config::Config::from_toml(text, "t.toml").map_err(|e| e.to_string())?;
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+const MLP: &str = "[model]\narch = \"mlp\"\n[sample]\nclip_x0 = false\n";
+
+#[test]
+fn vector_configs_are_checked_together_and_name_the_key() {
+    let ok = validate(&format!("{MLP}[data]\ndataset = \"moons\"\n")).unwrap();
+    assert_eq!(ok.data.example_shape(), vec![2]);
+    assert_eq!(ok.out_channels(), 2);
+    let cases = [
+        ("[model]\narch = \"unet\"\n[data]\ndataset = \"moons\"\n", "model.arch"),
+        ("[model]\narch = \"mlp\"\n[sample]\nclip_x0 = false\n", "model.arch"),
+        ("[model]\narch = \"mlp\"\n[data]\ndataset = \"moons\"\n", "sample.clip_x0"),
+        (
+            "[model]\narch = \"mlp\"\nnum_classes = 3\n[data]\ndataset = \"moons\"\n[sample]\nclip_x0 = false\n",
+            "model.num_classes",
+        ),
+        ("[data]\ndataset = \"points\"\n", "data.path"),
+        ("[data]\ndataset = \"moons\"\npath = \"a.csv\"\n", "data.path"),
+        ("[data]\ndataset = \"moons\"\nnoise = -1.0\n", "data.noise"),
+        ("[data]\ndataset = \"points\"\npath = \"a.csv\"\nnoise = 0.1\n", "data.noise"),
+        ("[data]\ndataset = \"8gaussians\"\ndim = 3\n", "data.dim"),
+        ("[data]\ndataset = \"swiss_roll\"\nnum_points = 1\n", "data.num_points"),
+        ("[data]\ndataset = \"moons\"\nclass_labels = true\n", "data.class_labels"),
+        ("[model.mlp]\ntime_dim = 5\n[data]\ndataset = \"moons\"\n", "model.mlp.time_dim"),
+    ];
+    for (text, key) in cases {
+        let text = if text.starts_with("[model]") {
+            text.to_string()
+        } else {
+            format!("{MLP}{text}")
+        };
+        let e = validate(&text).unwrap_err();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+    assert!(validate(&format!("{MLP}[model.mlp]\nwidht = 3\n"))
+        .unwrap_err()
+        .contains("widht"));
+}
+
+#[test]
+fn shipped_point_configs_validate_and_open_their_data() {
+    for name in ["moons", "swiss_roll", "8gaussians"] {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("configs/{name}.toml"));
+        let cfg = crate::config::Config::load(&path, &[]).unwrap();
+        let data = crate::data::open(&cfg.data).unwrap();
+        assert_eq!(
+            (data.len(), data.example_shape()),
+            (10_000, vec![2]),
+            "{name}"
+        );
+        let s = data.standardization().unwrap();
+        assert_eq!(s.mean.len(), 2);
+    }
+}

@@ -57,7 +57,7 @@ fn main() {
         let summary = train::train(&cfg, &Device::Cpu, &opts, &mut |_| Ok(())).unwrap();
         let train_s = clock.elapsed().as_secs_f64();
         let gen = Generator::load(&summary.checkpoint, true, DType::F32, &Device::Cpu).unwrap();
-        let mut draw = |sampler: SamplerKind| -> (Points, f64) {
+        let draw = |sampler: SamplerKind| -> (Points, f64) {
             let clock = Instant::now();
             let opts = generate::sample_options(&gen.config, sampler, 1);
             let req = Request::new(N, N);

@@ -31,6 +31,8 @@ pub const META_CONFIG: &str = "config";
 pub const META_STEP: &str = "step";
 /// Metadata key of the run's seed.
 pub const META_SEED: &str = "seed";
+/// Metadata key of vector data's standardisation (`points::Standardization`, JSON).
+pub const META_STANDARDIZATION: &str = "standardization";
 
 /// A checkpoint read back from disk: tensors on the CPU in their stored dtype, and metadata.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! The run configuration: one TOML file with the sections `[model]` (the UNet), `[diffusion]`
+//! The run configuration: one TOML file with the sections `[model]` (the network), `[diffusion]`
 //! (schedule, parameterisation, loss), `[data]`, `[optim]`, `[ema]`, `[train]` and `[sample]`.
 //! Every key has a default (the DDPM paper's), unknown keys are errors, and `validate()` checks
 //! the values together, naming the key at fault. Each section's struct lives with the code it
@@ -14,7 +14,7 @@ use crate::diffusion::{Parameterization, Prediction, VarianceType};
 use crate::ema::EmaConfig;
 use crate::error::{Error, Result};
 use crate::loss::{LossKind, LossOptions};
-use crate::nn::UNetConfig;
+use crate::nn::{Arch, UNetConfig};
 use crate::optim::OptimConfig;
 use crate::sampler::SamplerKind;
 use crate::schedule::{BetaSchedule, Schedule, Spacing};
@@ -225,8 +225,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         self.diffusion.validate()?;
         self.data.validate()?;
-        let size = self.data.image_size;
-        self.model.validate((size.height, size.width))?;
+        self.validate_arch()?;
         self.optim.validate()?;
         self.ema.validate()?;
         self.train.validate()?;
@@ -243,17 +242,52 @@ impl Config {
         }
     }
 
+    /// The network must suit the data: the UNet images, the MLP vectors (unconditional, and
+    /// sampled without clipping x0 to the image range [-1, 1]).
+    fn validate_arch(&self) -> Result<()> {
+        let dataset = self.data.dataset.name();
+        match (self.model.arch, self.data.dataset.is_points()) {
+            (Arch::Unet, false) => {
+                let size = self.data.image_size;
+                self.model.validate((size.height, size.width))
+            }
+            (Arch::Unet, true) => Err(Error::Config(format!(
+                "data.dataset = \"{dataset}\" is vector data; set model.arch = \"mlp\""
+            ))),
+            (Arch::Mlp, false) => Err(Error::Config(format!(
+                "model.arch = \"mlp\" is for vector data, but data.dataset = \"{dataset}\" is images; \
+                 use model.arch = \"unet\" or a dataset such as \"moons\" or \"points\""
+            ))),
+            (Arch::Mlp, true) => {
+                self.model.mlp.validate()?;
+                if self.model.num_classes.is_some() {
+                    return Err(Error::Config(
+                        "model.num_classes: the MLP is unconditional; remove it".into(),
+                    ));
+                }
+                if self.sample.clip_x0 {
+                    return Err(Error::Config(
+                        "sample.clip_x0 = true clips x0 to the image range [-1, 1], but vector \
+                         data is standardised and unbounded; set sample.clip_x0 = false"
+                            .into(),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The config as TOML text (what the run directory and checkpoints store).
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self)
             .map_err(|e| Error::Config(format!("cannot serialise the config: {e}")))
     }
 
-    /// Network output channels: C, or 2C with a learned variance.
+    /// Network output channels: C (or D for vectors), or twice that with a learned variance.
     pub fn out_channels(&self) -> usize {
         self.diffusion
             .parameterization()
-            .out_channels(self.data.channels)
+            .out_channels(self.data.example_shape()[0])
     }
 }
 

@@ -1,4 +1,4 @@
-//! Generating many images from a trained network: in batches (image i is the same image whatever
+//! Generating many images (or vectors) from a trained network: in batches (image i is the same image whatever
 //! the batch size), with classes cycled over the images under classifier-free guidance, from
 //! any start the samplers offer — noise, an image to edit (SDEdit), an image to inpaint, a given
 //! x_T — with progress per denoising step. Latent paths for interpolation are in `interpolate`.
@@ -15,8 +15,8 @@ use crate::config::Config;
 use crate::data::images;
 use crate::error::{Error, Result};
 use crate::guidance::{self, Conditional, Guided};
-use crate::model;
-use crate::nn::UNet;
+use crate::model::{self, Network};
+use crate::points::{Points, Standardization};
 use crate::sampler::{self, InvertOptions, SampleOptions, SamplerKind, StepInfo};
 use crate::schedule::Schedule;
 use crate::train::{self, TrainState};
@@ -25,12 +25,14 @@ use crate::train::{self, TrainState};
 pub struct Generator {
     pub config: Config,
     pub schedule: Schedule,
-    pub unet: UNet,
+    pub net: Network,
     /// The dtype the network computes in (samplers see f32).
     pub dtype: DType,
     /// The training step of the checkpoint.
     pub step: u64,
     pub device: Device,
+    /// For vector data: the standardisation the network was trained in, undone on the way out.
+    pub standardization: Option<Standardization>,
 }
 
 /// Where a generation starts. Image tensors are (1 or n, C, H, W) in [-1, 1], on any device; a
@@ -84,17 +86,17 @@ pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, usize, usize) -> Result<
 
 /// The network computing in some dtype, seen by samplers as an f32 model taking labels; an
 /// unconditional network has zero classes, so its only label is the null label 0.
-struct Network<'a> {
-    unet: &'a UNet,
+struct Labelled<'a> {
+    net: &'a Network,
     dtype: DType,
     num_classes: Option<usize>,
 }
 
-impl Conditional for Network<'_> {
+impl Conditional for Labelled<'_> {
     fn forward_labels(&self, x_t: &Tensor, t: &[usize], labels: &[u32]) -> Result<Tensor> {
         let labels = self.num_classes.map(|_| labels);
         let out = self
-            .unet
+            .net
             .forward(&x_t.to_dtype(self.dtype)?, t, labels, None)?;
         Ok(out.to_dtype(DType::F32)?)
     }
@@ -122,23 +124,50 @@ impl Generator {
                 format!("holds no `{prefix}*` weights"),
             ));
         }
-        let unet = model::from_tensors(&config, weights, dtype, device)
+        let net = model::from_tensors(&config, weights, dtype, device)
             .map_err(|e| Error::checkpoint(path, e.to_string()))?;
         let schedule = config.diffusion.schedule()?;
+        let standardization = match ckpt.metadata.get(checkpoint::META_STANDARDIZATION) {
+            Some(text) => Some(
+                Standardization::from_meta(text)
+                    .map_err(|e| Error::checkpoint(path, e.to_string()))?,
+            ),
+            None if config.data.dataset.is_points() => {
+                return Err(Error::checkpoint(
+                    path,
+                    "vector data without its standardisation metadata",
+                ))
+            }
+            None => None,
+        };
         Ok(Generator {
             config,
             schedule,
-            unet,
+            net,
             dtype,
             step,
             device: device.clone(),
+            standardization,
         })
     }
 
-    /// Per-sample shape (C, H, W).
-    pub fn sample_shape(&self) -> [usize; 3] {
-        let (h, w) = model::image_hw(&self.config);
-        [self.config.data.channels, h, w]
+    /// Per-sample shape: (C, H, W) for images, (D,) for vectors.
+    pub fn sample_shape(&self) -> Vec<usize> {
+        self.config.data.example_shape()
+    }
+
+    /// True when the model generates vectors (B, D) rather than images.
+    pub fn is_points(&self) -> bool {
+        self.config.data.dataset.is_points()
+    }
+
+    /// Generated vectors (N, D) in the units of the training data: the standardisation undone.
+    pub fn to_points(&self, x: &Tensor) -> Result<Points> {
+        let z = Points::from_tensor(x)?;
+        Ok(match &self.standardization {
+            Some(s) => s.undo(&z),
+            None => z,
+        })
     }
 
     /// The number of classes of a class-conditional model; None when unconditional.
@@ -168,9 +197,9 @@ impl Generator {
         }
     }
 
-    fn network(&self) -> Network<'_> {
-        Network {
-            unet: &self.unet,
+    fn network(&self) -> Labelled<'_> {
+        Labelled {
+            net: &self.net,
             dtype: self.dtype,
             num_classes: self.num_classes(),
         }
@@ -222,7 +251,8 @@ impl Generator {
             let rows = |x: &Tensor, what: &str| self.rows(x, what, done, b, n);
             let x = match req.start {
                 Start::Noise => {
-                    let dims = [b, shape[0], shape[1], shape[2]];
+                    let dims: Vec<usize> =
+                        std::iter::once(b).chain(shape.iter().copied()).collect();
                     sampler::sample(
                         &model,
                         &self.schedule,
@@ -297,19 +327,27 @@ impl Generator {
         Ok(x.to_device(&Device::Cpu)?)
     }
 
-    /// Rows done..done + b of `x` ((1 or n, C, H, W), the one row repeated), as f32 on the
-    /// device; `what` names x in errors.
+    /// Rows done..done + b of `x` ((1 or n, ...sample shape), the one row repeated), as f32
+    /// on the device; `what` names x in errors.
     fn rows(&self, x: &Tensor, what: &str, done: usize, b: usize, n: usize) -> Result<Tensor> {
-        let [c, h, w] = self.sample_shape();
+        let shape = self.sample_shape();
         let dims = x.dims();
-        if dims.len() != 4 || dims[1..] != [c, h, w] || (dims[0] != 1 && dims[0] != n) {
+        if dims.len() != shape.len() + 1 || dims[1..] != shape[..] || (dims[0] != 1 && dims[0] != n)
+        {
             return Err(Error::Invalid(format!(
-                "{what} of shape {dims:?}: expected (1 or {n}, {c}, {h}, {w}) for this model"
+                "{what} of shape {dims:?}: expected (1 or {n}, {}) for this model",
+                shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let x = x.to_dtype(DType::F32)?.to_device(&self.device)?;
         Ok(if dims[0] == 1 {
-            x.repeat((b, 1, 1, 1))?
+            let mut reps = vec![1usize; dims.len()];
+            reps[0] = b;
+            x.repeat(reps)?
         } else {
             x.narrow(0, done, b)?
         })
@@ -317,7 +355,7 @@ impl Generator {
 
     /// Rows of an inpainting mask ((1 or n, 1 or C, H, W)); the channels broadcast later.
     fn mask_rows(&self, mask: &Tensor, done: usize, b: usize, n: usize) -> Result<Tensor> {
-        let [c, h, w] = self.sample_shape();
+        let (c, (h, w)) = (self.config.data.channels, model::image_hw(&self.config));
         let dims = mask.dims();
         let ok = dims.len() == 4
             && (dims[0] == 1 || dims[0] == n)
@@ -356,21 +394,25 @@ pub fn sample_options(cfg: &Config, sampler: SamplerKind, seed: u64) -> SampleOp
 /// The EMA sample grid written during training: train.sample_count images with the `[sample]`
 /// settings and the run's seed, so successive grids show the same noise denoised better. A
 /// class-conditional model cycles its classes over the images (guided by sample.guidance), so
-/// a grid with as many columns as classes shows one class per column.
+/// a grid with as many columns as classes shows one class per column. Vector data is drawn as
+/// a scatter plot in the units of the data (undoing `standardization`): of its first two
+/// coordinates, or of (x, 0) in 1-D.
 pub fn training_grid(
     cfg: &Config,
     schedule: &Schedule,
     state: &TrainState,
+    standardization: Option<&Standardization>,
     path: &Path,
 ) -> Result<()> {
     let dtype = cfg.train.precision.dtype();
     let gen = Generator {
         config: cfg.clone(),
         schedule: schedule.clone(),
-        unet: model::from_tensors(cfg, state.ema_weights(), dtype, &state.device)?,
+        net: model::from_tensors(cfg, state.ema_weights(), dtype, &state.device)?,
         dtype,
         step: state.step,
         device: state.device.clone(),
+        standardization: standardization.cloned(),
     };
     let classes: Vec<u32> = (0..cfg.model.num_classes.unwrap_or(0) as u32).collect();
     let req = Request {
@@ -380,6 +422,17 @@ pub fn training_grid(
     };
     let opts = sample_options(cfg, cfg.sample.sampler, cfg.train.seed);
     let x = gen.generate(&opts, &req, &mut |_, _, _, _| Ok(()))?;
+    if gen.is_points() {
+        let points = gen.to_points(&x)?;
+        let plane: Vec<f64> = (0..points.len())
+            .flat_map(|i| {
+                let r = points.row(i);
+                [r[0], r.get(1).copied().unwrap_or(0.0)]
+            })
+            .collect();
+        let plane = Points::new(2, plane)?;
+        return images::save_png(&crate::points::scatter::scatter(&[&plane], 256)?, path);
+    }
     let grid = images::grid(&images::to_images(&x)?, cfg.model.num_classes)?;
     // Tiny images (8x8 digits) are upscaled so each cell is at least 32 pixels on its short side.
     let (h, w) = model::image_hw(cfg);

@@ -2,7 +2,7 @@
 //!
 //! The layers, bottom up: `schedule` (betas and every derived coefficient, f64), `diffusion`
 //! (the forward process and parameterisations), `loss` and `vlb` (objectives), `denoiser` (the
-//! trait samplers see), `sampler` (ancestral, DDIM, ...), `nn` (the UNet), `data`, and the
+//! trait samplers see), `sampler` (ancestral, DDIM, ...), `nn` (the UNet and the MLP), `data` and `points` (vector data), and the
 //! training loop with its optimizer, EMA and checkpoints. The library never prints: long work
 //! reports through callbacks.
 
@@ -23,6 +23,7 @@ pub mod model;
 pub mod nn;
 pub mod optim;
 pub mod oracle;
+pub mod points;
 pub mod precision;
 pub mod rng;
 pub mod sampler;

@@ -32,6 +32,8 @@ pub enum Purpose {
     Labels = 8,
     /// Anything evaluation-only (likelihood estimates, Hutchinson probes).
     Eval = 9,
+    /// Generated training data (the 2-D point generators), one stream per set.
+    Data = 10,
 }
 
 /// SplitMix64 finaliser: a bijective mix, so distinct inputs give distinct, well-spread keys.

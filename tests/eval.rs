@@ -148,7 +148,7 @@ fn eval_reports_the_bound_and_the_ode_with_a_consistent_csv() {
 }
 
 /// The bound (16 digits) and the ODE (8 digits, 6 steps) of `model`.
-fn likelihood_of(model: &ddpm::nn::UNet, cfg: &Config) -> EvalReport {
+fn likelihood_of(model: &ddpm::model::Network, cfg: &Config) -> EvalReport {
     let digits = data::open(&cfg.data).unwrap();
     let schedule = cfg.diffusion.schedule().unwrap();
     let param = cfg.diffusion.parameterization();
@@ -209,7 +209,7 @@ fn the_digits_are_likelier_under_a_trained_model_than_an_untrained_one() {
     let cfg = Config::load(&config("tiny.toml"), &narrow).unwrap();
     let dev = Device::Cpu;
     let untrained = TrainState::fresh(&cfg, &dev).unwrap();
-    let before = likelihood_of(&untrained.unet, &cfg);
+    let before = likelihood_of(&untrained.net, &cfg);
     let opts = TrainOptions {
         run_dir: tmp.path().join("run"),
         resume: false,
@@ -218,7 +218,7 @@ fn the_digits_are_likelier_under_a_trained_model_than_an_untrained_one() {
     };
     let summary = train::train(&cfg, &dev, &opts, &mut |_| Ok(())).unwrap();
     let trained = Generator::load(&summary.checkpoint, true, DType::F32, &dev).unwrap();
-    let after = likelihood_of(&trained.unet, &cfg);
+    let after = likelihood_of(&trained.net, &cfg);
     let (b0, b1) = (before.bound.unwrap(), after.bound.unwrap());
     let (o0, o1) = (before.ode.unwrap(), after.ode.unwrap());
     let bound_gain = paired_gain(&b0.per_example, &b1.per_example);

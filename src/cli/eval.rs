@@ -79,6 +79,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let (device, notice) = device::resolve(args.device)?;
     let gen = Generator::load(&args.checkpoint, !args.no_ema, DType::F32, &device)?;
+    if gen.is_points() {
+        anyhow::bail!(
+            "{} is a vector-data checkpoint; `ddpm eval` reports bits/dim of 8-bit images",
+            args.checkpoint.display()
+        );
+    }
     let cfg = &gen.config;
     let data_cfg = data_config(&cfg.data, args.data.as_deref());
     let dataset = data::open(&data_cfg)?;
@@ -102,7 +108,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let start = Instant::now();
     let report = likelihood::evaluate(
-        &gen.unet,
+        &gen.net,
         &gen.schedule,
         cfg.diffusion.parameterization(),
         dataset.as_ref(),

@@ -117,6 +117,12 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         args.precision.dtype(),
         &device,
     )?;
+    if gen.is_points() {
+        anyhow::bail!(
+            "{} is a vector-data checkpoint; `ddpm interpolate` makes image strips",
+            args.checkpoint.display()
+        );
+    }
     let cfg = &gen.config;
     let mut opts = generate::sample_options(cfg, sampler, 0);
     opts.eta = 0.0;
@@ -139,7 +145,10 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     if let Some(n) = notice {
         progress.note(args.quiet, &format!("ddpm: {n}"));
     }
-    let shape = gen.sample_shape();
+    let shape: [usize; 3] = gen
+        .sample_shape()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the checkpoint's samples are not (C, H, W) images"))?;
     let (a, b) = match (&args.from, &args.to) {
         (Some(from), Some(to)) => {
             let load = |p: &PathBuf, flag: &str| {

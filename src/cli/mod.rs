@@ -5,6 +5,7 @@ mod classes;
 mod eval;
 mod interpolate;
 mod output;
+mod points;
 mod progress;
 mod sample;
 mod schedule;

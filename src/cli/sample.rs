@@ -1,5 +1,6 @@
 //! `ddpm sample`: a checkpoint -> images as PNG files, a grid, or raw arrays (.npy) on stdout;
 //! of chosen classes (with guidance) and from noise, an image to edit, or an image to inpaint.
+//! Vector-data checkpoints write CSV rows instead (`points`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,6 +16,7 @@ use ddpm::sampler::SamplerKind;
 
 use super::classes::ClassArgs;
 use super::output::{stdout_line, write_out};
+use super::points;
 use super::progress::Progress;
 
 pub const EXAMPLES: &str = "\
@@ -26,20 +28,27 @@ Examples:
   ddpm sample --checkpoint C -n 10 --class 0,1,2,3,4,5,6,7,8,9 --guidance 2 --grid --out g.png
   ddpm sample --checkpoint C --init photo.png --strength 0.6 -n 4 --out-dir edits   # SDEdit
   ddpm sample --checkpoint C --init photo.png --mask hole.png --resample 5 -n 4 --out-dir fills
+  ddpm sample --checkpoint runs/moons/latest.safetensors -n 2000 --out - > moons.csv
+  ddpm sample --checkpoint runs/moons/latest.safetensors -n 2000 --sampler ddim --out m.png
 
 Image i of a run is the same whatever --batch-size: --seed S -n 10 gives the same ten images
 as ten calls with -n 1 --first-index 0..9, and --class cycles over that same index. A
 class-conditional checkpoint without --class samples unconditionally. --init images are
 fitted to the checkpoint's size and channels like training data; masks are white where the
-image is regenerated. stdout: the written paths, one per line, or the bytes with --out -.";
+image is regenerated. A vector-data checkpoint (moons, swiss_roll, 8gaussians, points) writes
+its samples as CSV with a header, in the units of its training data; --format png draws them
+as a scatter plot, beside fresh points of the true distribution for the built-in sets.
+stdout: the written paths, one per line, or the bytes with --out -.";
 
 /// Output file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// PNG images (several images in one file become a grid).
     Png,
-    /// One NumPy array (N, C, H, W) of float32 in [-1, 1].
+    /// One NumPy array (N, C, H, W) of float32 in [-1, 1], or (N, D) for vector data.
     Npy,
+    /// Comma-separated rows with a header, one per sample (vector-data checkpoints only).
+    Csv,
 }
 
 /// `ddpm sample`
@@ -110,7 +119,7 @@ pub struct SampleArgs {
     /// Nearest-neighbour upscaling of PNG output (8x8 digits are tiny).
     #[arg(long, default_value_t = 1)]
     pub scale: u32,
-    /// png or npy [default: from --out's extension, else png].
+    /// png, npy or csv [default: from --out's extension, else png, or csv for vector data].
     #[arg(long, value_enum)]
     pub format: Option<Format>,
     /// auto, cpu, cuda or cuda:N.
@@ -139,6 +148,9 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         args.precision.dtype(),
         &device,
     )?;
+    if gen.is_points() {
+        points::check_args(&args)?;
+    }
     let cfg = &gen.config;
     let sampler = if args.ddim {
         SamplerKind::Ddim
@@ -210,46 +222,11 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     progress.finish();
     let seconds = clock.elapsed().as_secs_f64();
 
-    let format = args.format.unwrap_or(match &args.out {
-        Some(p) if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) => Format::Npy,
-        _ => Format::Png,
-    });
-    let one_file = |x: &candle_core::Tensor| -> anyhow::Result<Vec<u8>> {
-        Ok(match format {
-            Format::Npy => images::encode_npy(x)?,
-            Format::Png => {
-                let imgs = images::to_images(x)?;
-                let img = if imgs.len() == 1 {
-                    images::upscale(&imgs[0], args.scale)
-                } else {
-                    images::upscale(&images::grid(&imgs, None)?, args.scale)
-                };
-                images::encode_png(&img)?
-            }
-        })
-    };
     let mut written = Vec::new();
-    match (&args.out, &args.out_dir) {
-        (Some(p), _) => written.extend(write_out(p, &one_file(&x)?)?),
-        (None, dir) => {
-            let dir = dir.clone().unwrap_or_else(|| PathBuf::from("samples"));
-            std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
-            if format == Format::Npy {
-                let p = dir.join("samples.npy");
-                ddpm::atomic::write(&p, &images::encode_npy(&x)?)?;
-                written.push(p);
-            } else if args.grid {
-                let p = dir.join("grid.png");
-                ddpm::atomic::write(&p, &one_file(&x)?)?;
-                written.push(p);
-            } else {
-                for (i, img) in images::to_images(&x)?.iter().enumerate() {
-                    let p = dir.join(format!("sample-{:05}.png", args.first_index as usize + i));
-                    images::save_png(&images::upscale(img, args.scale), &p)?;
-                    written.push(p);
-                }
-            }
-        }
+    if gen.is_points() {
+        written = points::write(&args, &gen, &x)?;
+    } else {
+        write_images(&args, &x, &mut written)?;
     }
     for p in &written {
         stdout_line(&p.display().to_string())?;
@@ -269,6 +246,58 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
             "precision": args.precision.to_string(),
         });
         stdout_line(&json.to_string())?;
+    }
+    Ok(())
+}
+
+/// Write images as one file (--out), or into --out-dir: one PNG each, a grid, or one .npy.
+fn write_images(
+    args: &SampleArgs,
+    x: &candle_core::Tensor,
+    written: &mut Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    let format = args.format.unwrap_or(match &args.out {
+        Some(p) if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) => Format::Npy,
+        _ => Format::Png,
+    });
+    let one_file = |x: &candle_core::Tensor| -> anyhow::Result<Vec<u8>> {
+        Ok(match format {
+            Format::Npy | Format::Csv => images::encode_npy(x)?,
+            Format::Png => {
+                let imgs = images::to_images(x)?;
+                let img = if imgs.len() == 1 {
+                    images::upscale(&imgs[0], args.scale)
+                } else {
+                    images::upscale(&images::grid(&imgs, None)?, args.scale)
+                };
+                images::encode_png(&img)?
+            }
+        })
+    };
+    if format == Format::Csv {
+        anyhow::bail!("--format csv is for vector-data checkpoints; images are png or npy");
+    }
+    match (&args.out, &args.out_dir) {
+        (Some(p), _) => written.extend(write_out(p, &one_file(x)?)?),
+        (None, dir) => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from("samples"));
+            std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
+            if format == Format::Npy {
+                let p = dir.join("samples.npy");
+                ddpm::atomic::write(&p, &images::encode_npy(x)?)?;
+                written.push(p);
+            } else if args.grid {
+                let p = dir.join("grid.png");
+                ddpm::atomic::write(&p, &one_file(x)?)?;
+                written.push(p);
+            } else {
+                for (i, img) in images::to_images(x)?.iter().enumerate() {
+                    let p = dir.join(format!("sample-{:05}.png", args.first_index as usize + i));
+                    images::save_png(&images::upscale(img, args.scale), &p)?;
+                    written.push(p);
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The `[data]` config section: which dataset, where it lives, the image geometry and the
-//! loader's threads. Parsing and validation only; opening the data is `data::open`'s job.
+//! The `[data]` config section: which dataset, where it lives, the image geometry (or, for
+//! vector data, the point count, noise and dimension) and the loader's threads. Parsing and validation only; opening the data is `data::open`'s job.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
+use crate::points::Toy;
 
 /// Which dataset to train on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -18,6 +19,32 @@ pub enum DatasetKind {
     Digits,
     /// A folder of images (png, jpeg, bmp, gif, webp), searched recursively.
     Folder,
+    /// 2-D two moons, drawn from `points::Toy::Moons`.
+    Moons,
+    /// 2-D swiss roll, drawn from `points::Toy::SwissRoll`.
+    SwissRoll,
+    /// 2-D mixture of 8 Gaussians on a circle, drawn from `points::Toy::EightGaussians`.
+    #[serde(rename = "8gaussians")]
+    EightGaussians,
+    /// Vectors (N, D) from a .csv or .npy file at `path`.
+    Points,
+}
+
+impl DatasetKind {
+    /// The built-in generator of this kind, if it is one.
+    pub fn toy(self) -> Option<Toy> {
+        match self {
+            DatasetKind::Moons => Some(Toy::Moons),
+            DatasetKind::SwissRoll => Some(Toy::SwissRoll),
+            DatasetKind::EightGaussians => Some(Toy::EightGaussians),
+            _ => None,
+        }
+    }
+
+    /// True for vector data (generators and point files), whose examples have shape (D,).
+    pub fn is_points(self) -> bool {
+        self == DatasetKind::Points || self.toy().is_some()
+    }
 }
 
 /// Image height and width in pixels. In TOML: `32` (square) or `[height, width]`.
@@ -110,9 +137,11 @@ impl<'de> Deserialize<'de> for ImageSize {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// `digits` (default) or `folder`.
+    /// `digits` (default), `folder`, or vector data: `moons`, `swiss_roll`, `8gaussians`,
+    /// `points` (a file).
     pub dataset: DatasetKind,
-    /// Root of the image folder; required for `folder`, not allowed for `digits`.
+    /// Root of the image folder, or the .csv/.npy file of `points`; required for those two,
+    /// not allowed otherwise.
     pub path: Option<PathBuf>,
     /// Training image size; images are resized on the shorter side, then centre-cropped.
     pub image_size: ImageSize,
@@ -126,6 +155,17 @@ pub struct DataConfig {
     pub workers: usize,
     /// Batches queued ahead of the training step.
     pub prefetch: usize,
+    /// Points drawn by a generator (moons, swiss_roll, 8gaussians) as the training set.
+    pub num_points: usize,
+    /// Standard deviation of a generator's Gaussian noise; absent = its default
+    /// (`points::Toy::default_noise`).
+    pub noise: Option<f64>,
+    /// Seed of a generator's training set (independent of train.seed, so runs with different
+    /// seeds see the same data).
+    pub seed: u64,
+    /// Dimension D of vector data; absent = from the data (2 for the generators). Training
+    /// records it in the checkpoint's config.
+    pub dim: Option<usize>,
 }
 
 impl Default for DataConfig {
@@ -139,6 +179,10 @@ impl Default for DataConfig {
             class_labels: false,
             workers: 2,
             prefetch: 4,
+            num_points: 10_000,
+            noise: None,
+            seed: 0,
+            dim: None,
         }
     }
 }
@@ -150,17 +194,24 @@ impl DataConfig {
     /// Check every value; the error names the key and, where there is one, the fix.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
-        match (self.dataset, &self.path) {
-            (DatasetKind::Folder, None) => {
-                return bad("data.path is required when data.dataset = \"folder\"".into())
-            }
-            (DatasetKind::Digits, Some(p)) => {
+        let needs_path = matches!(self.dataset, DatasetKind::Folder | DatasetKind::Points);
+        match (needs_path, &self.path) {
+            (true, None) => {
                 return bad(format!(
-                    "data.path = {:?} is only used with data.dataset = \"folder\"; remove it or set dataset = \"folder\"",
+                    "data.path is required when data.dataset = \"{}\"",
+                    self.dataset.name()
+                ))
+            }
+            (false, Some(p)) => {
+                return bad(format!(
+                    "data.path = {:?} is only used with data.dataset = \"folder\" or \"points\"; remove it or set the dataset",
                     p.display().to_string()
                 ))
             }
             _ => {}
+        }
+        if self.dataset.is_points() {
+            return self.validate_points();
         }
         let ImageSize { height, width } = self.image_size;
         if height == 0 || width == 0 || height > MAX_SIDE || width > MAX_SIDE {
@@ -181,6 +232,73 @@ impl DataConfig {
             return bad("data.prefetch must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The checks of vector data: no image-only options, sensible generator settings.
+    fn validate_points(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        let name = self.dataset.name();
+        if self.random_flip || self.class_labels {
+            return bad(format!(
+                "data.random_flip and data.class_labels are for images; data.dataset = \"{name}\" is vector data"
+            ));
+        }
+        if self.workers == 0 || self.prefetch == 0 {
+            return bad("data.workers and data.prefetch must be at least 1".into());
+        }
+        if self.dim == Some(0) {
+            return bad("data.dim must be at least 1".into());
+        }
+        if self.dataset.toy().is_some() {
+            if self.num_points < 2 {
+                return bad(format!(
+                    "data.num_points = {} must be at least 2",
+                    self.num_points
+                ));
+            }
+            if let Some(d) = self.dim.filter(|&d| d != 2) {
+                return bad(format!(
+                    "data.dim = {d}: \"{name}\" is 2-D; remove data.dim"
+                ));
+            }
+        }
+        match self.noise {
+            Some(v) if self.dataset.toy().is_none() => bad(format!(
+                "data.noise = {v} is only used by the generators (moons, swiss_roll, 8gaussians)"
+            )),
+            Some(v) if !(v.is_finite() && v >= 0.0) => {
+                bad(format!("data.noise = {v} must be a finite number >= 0"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The shape of one example: (C, H, W) for images, (D,) for vectors (D = data.dim, else 2).
+    pub fn example_shape(&self) -> Vec<usize> {
+        if self.dataset.is_points() {
+            vec![self.dim.unwrap_or(2)]
+        } else {
+            vec![self.channels, self.image_size.height, self.image_size.width]
+        }
+    }
+
+    /// The generator noise: data.noise, else the generator's default.
+    pub fn toy_noise(&self, toy: Toy) -> f64 {
+        self.noise.unwrap_or(toy.default_noise())
+    }
+}
+
+impl DatasetKind {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Digits => "digits",
+            DatasetKind::Folder => "folder",
+            DatasetKind::Moons => "moons",
+            DatasetKind::SwissRoll => "swiss_roll",
+            DatasetKind::EightGaussians => "8gaussians",
+            DatasetKind::Points => "points",
+        }
     }
 }
 

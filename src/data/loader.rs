@@ -19,14 +19,15 @@ use crate::error::{Error, Result};
 /// One training batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
-    /// B*C*H*W values in [-1, 1], example-major, CHW within an example.
+    /// B*C*H*W values in [-1, 1] (images) or B*D standardised values (vectors), example-major,
+    /// CHW within an image.
     pub x: Vec<f32>,
     /// One label per example when the dataset has labels.
     pub labels: Option<Vec<u32>>,
     /// The training step this batch belongs to.
     pub step: u64,
-    /// (B, C, H, W).
-    pub dims: [usize; 4],
+    /// (B, C, H, W) or (B, D).
+    pub dims: Vec<usize>,
 }
 
 impl Batch {
@@ -89,7 +90,7 @@ pub struct Loader {
     stop: Arc<AtomicBool>,
     start_step: u64,
     next_step: u64,
-    dims: [usize; 4],
+    dims: Vec<usize>,
     failed: bool,
 }
 
@@ -102,8 +103,8 @@ impl Loader {
         if dataset.is_empty() {
             return Err(Error::Data("the dataset has no examples".into()));
         }
-        let size = dataset.image_size();
-        let dims = [opts.batch_size, dataset.channels(), size.height, size.width];
+        let mut dims = vec![opts.batch_size];
+        dims.extend(dataset.example_shape());
         let workers = opts.workers.max(1);
         let depth = opts.prefetch.div_ceil(workers).max(1);
         let stop = Arc::new(AtomicBool::new(false));
@@ -113,7 +114,7 @@ impl Loader {
             stop: stop.clone(),
             start_step: opts.start_step,
             next_step: opts.start_step,
-            dims,
+            dims: dims.clone(),
             failed: false,
         };
         for w in 0..workers {
@@ -121,7 +122,7 @@ impl Loader {
             let job = Worker {
                 dataset: dataset.clone(),
                 order: Order::new(dataset.len(), opts.batch_size, opts.seed, opts.random_flip),
-                dims,
+                dims: dims.clone(),
                 step: opts.start_step + w as u64,
                 stride: workers as u64,
                 tx,
@@ -138,9 +139,9 @@ impl Loader {
         Ok(loader)
     }
 
-    /// (B, C, H, W) of every batch.
-    pub fn dims(&self) -> [usize; 4] {
-        self.dims
+    /// (B, C, H, W) or (B, D) of every batch.
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
     }
 
     /// The step of the next batch `next()` returns.
@@ -187,7 +188,7 @@ impl Drop for Loader {
 struct Worker {
     dataset: Arc<dyn Dataset>,
     order: Order,
-    dims: [usize; 4],
+    dims: Vec<usize>,
     step: u64,
     stride: u64,
     tx: SyncSender<Result<Batch>>,
@@ -207,8 +208,8 @@ impl Worker {
     }
 
     fn build(&mut self) -> Result<Batch> {
-        let [b, c, h, w] = self.dims;
-        let per = c * h * w;
+        let b = self.dims[0];
+        let per: usize = self.dims[1..].iter().product();
         let mut x = vec![0f32; b * per];
         let mut labels = self.dataset.num_classes().map(|_| Vec::with_capacity(b));
         for ((i, flip), out) in self
@@ -233,7 +234,7 @@ impl Worker {
             x,
             labels,
             step: self.step,
-            dims: self.dims,
+            dims: self.dims.clone(),
         })
     }
 }

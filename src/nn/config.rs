@@ -1,15 +1,30 @@
-//! The `[model]` section: the UNet's architecture as data, its defaults (the DDPM paper's
+//! The `[model]` section: which network (`arch`: the UNet for images, the MLP of `nn::mlp` for
+//! vectors, configured in `[model.mlp]`), the UNet's architecture as data, its defaults (the DDPM paper's
 //! CIFAR-10 model), its validation against an image size, and the layer plan both validation and
 //! the constructor walk, so the two can never disagree about what gets built.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::nn::mlp::MlpConfig;
+
+/// The network family.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// The DDPM UNet, for images (B, C, H, W).
+    #[default]
+    Unet,
+    /// A residual MLP, for vectors (B, D).
+    Mlp,
+}
 
 /// The UNet architecture (Ho et al. 2020, appendix B); the `[model]` section of the config.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct UNetConfig {
+    /// `unet` (default; the keys below) or `mlp` (the keys of `[model.mlp]`).
+    pub arch: Arch,
     /// Channels of the first level (`ch`); the time embedding has 4 * base_channels.
     pub base_channels: usize,
     /// Level i has base_channels * channel_mult[i] channels; one level fewer downsamplings.
@@ -27,6 +42,8 @@ pub struct UNetConfig {
     pub norm_groups: usize,
     /// Number of classes for class conditioning; None = unconditional.
     pub num_classes: Option<usize>,
+    /// The MLP's sizes, when arch = "mlp".
+    pub mlp: MlpConfig,
 }
 
 impl Default for UNetConfig {
@@ -41,6 +58,8 @@ impl Default for UNetConfig {
             dropout: 0.1,
             norm_groups: 32,
             num_classes: None,
+            arch: Arch::Unet,
+            mlp: MlpConfig::default(),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The noise-prediction network: the DDPM UNet (Ho et al. 2020) with its `[model]` config,
-//! layers, seeded initialisation and parameter count. It knows nothing of schedules, losses or
+//! The noise-prediction networks: the DDPM UNet (Ho et al. 2020) with its `[model]` config,
+//! layers, seeded initialisation and parameter count, and the MLP for vector data (`mlp`). It knows nothing of schedules, losses or
 //! samplers; those see it only through `crate::denoiser::Denoiser`.
 
 pub mod attention;
@@ -8,12 +8,14 @@ pub mod embedding;
 pub mod init;
 pub mod kernels;
 pub mod layers;
+pub mod mlp;
 pub mod resblock;
 pub mod unet;
 
 #[cfg(test)]
 mod tests;
 
-pub use config::UNetConfig;
+pub use config::{Arch, UNetConfig};
 pub use init::{init_weights, num_parameters};
+pub use mlp::{Mlp, MlpConfig};
 pub use unet::UNet;

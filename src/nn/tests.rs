@@ -32,6 +32,7 @@ fn tiny(attn: Vec<usize>) -> UNetConfig {
         dropout: 0.0,
         norm_groups: 8,
         num_classes: None,
+        ..UNetConfig::default()
     }
 }
 

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::data::{self, Loader, LoaderOptions};
 use crate::error::{Error, Result};
 use crate::generate;
+use crate::points::Standardization;
 
 /// How to run: where, how far, and the flag that asks the loop to stop.
 #[derive(Clone, Debug)]
@@ -89,7 +90,10 @@ pub fn train(
     cfg.train.precision.check(device)?;
     let schedule = cfg.diffusion.schedule()?;
     let dataset = data::open(&cfg.data)?;
+    let resolved = with_data_dim(cfg, dataset.as_ref());
+    let cfg = &resolved;
     check_classes(cfg, dataset.num_classes())?;
+    let standardization = dataset.standardization().cloned();
     let dir = RunDir::create(&opts.run_dir)?;
     let mut state = if opts.resume {
         resume_state(cfg, device, &dir)?
@@ -133,7 +137,7 @@ pub fn train(
     let mut last_ckpt = dir.latest();
     while state.step < total {
         if opts.interrupt.load(Ordering::SeqCst) {
-            let path = save(cfg, &dir, &state)?;
+            let path = save(cfg, &dir, &state, standardization.as_ref())?;
             on_event(Event::Checkpoint(&path))?;
             return Err(Error::Interrupted { step: state.step });
         }
@@ -174,18 +178,18 @@ pub fn train(
         }
         if cfg.train.sample_every > 0 && (step % cfg.train.sample_every == 0 || step == total) {
             let path = dir.sample_path(step);
-            generate::training_grid(cfg, &schedule, &state, &path)?;
+            generate::training_grid(cfg, &schedule, &state, standardization.as_ref(), &path)?;
             on_event(Event::Samples(&path))?;
         }
         if step % cfg.train.checkpoint_every == 0 || step == total {
-            last_ckpt = save(cfg, &dir, &state)?;
+            last_ckpt = save(cfg, &dir, &state, standardization.as_ref())?;
             on_event(Event::Checkpoint(&last_ckpt))?;
         }
     }
     // A fresh run of zero steps (--max-steps 0) still leaves the checkpoint it reports: the
     // initial weights, an untrained baseline for `ddpm eval`.
     if !last_ckpt.exists() {
-        last_ckpt = save(cfg, &dir, &state)?;
+        last_ckpt = save(cfg, &dir, &state, standardization.as_ref())?;
         on_event(Event::Checkpoint(&last_ckpt))?;
     }
     let images_per_sec = match steady_start {
@@ -222,8 +226,26 @@ fn check_classes(cfg: &Config, found: Option<usize>) -> Result<()> {
     }))
 }
 
-fn save(cfg: &Config, dir: &RunDir, state: &TrainState) -> Result<PathBuf> {
-    let (tensors, metadata) = state.checkpoint_contents(cfg)?;
+/// For vector data, `cfg` with data.dim set to the data's dimension (checked against any given
+/// one by `data::open`), so the stored config says what the network takes.
+fn with_data_dim(cfg: &Config, dataset: &dyn data::Dataset) -> Config {
+    let mut cfg = cfg.clone();
+    if cfg.data.dataset.is_points() {
+        cfg.data.dim = Some(dataset.channels());
+    }
+    cfg
+}
+
+fn save(
+    cfg: &Config,
+    dir: &RunDir,
+    state: &TrainState,
+    standardization: Option<&Standardization>,
+) -> Result<PathBuf> {
+    let (tensors, mut metadata) = state.checkpoint_contents(cfg)?;
+    if let Some(s) = standardization {
+        metadata.insert(checkpoint::META_STANDARDIZATION.to_string(), s.to_meta()?);
+    }
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
 }
 

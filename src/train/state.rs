@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::ema::Ema;
 use crate::error::{Error, Result};
 use crate::model;
-use crate::nn::UNet;
+use crate::model::Network;
 use crate::optim::{named_vars, AdamW};
 
 /// Prefix of the raw weights in a checkpoint.
@@ -31,7 +31,7 @@ pub struct TrainState {
     /// The trainable variables, sorted by name (f32 master weights).
     pub vars: Vec<(String, Var)>,
     /// The network over `varmap`, computing in f32.
-    pub unet: UNet,
+    pub net: Network,
     pub optimizer: AdamW,
     pub ema: Ema,
     /// Optimizer steps completed.
@@ -41,7 +41,7 @@ pub struct TrainState {
 impl TrainState {
     /// A fresh run: weights initialised from the seed, zero moments, EMA = weights.
     pub fn fresh(cfg: &Config, device: &Device) -> Result<Self> {
-        let (varmap, unet) = model::fresh(cfg, device)?;
+        let (varmap, net) = model::fresh(cfg, device)?;
         let vars = named_vars(&varmap)?;
         let optimizer = AdamW::new(&vars, cfg.optim.clone())?;
         let ema = Ema::new(&vars, cfg.ema.clone())?;
@@ -49,7 +49,7 @@ impl TrainState {
             device: device.clone(),
             varmap,
             vars,
-            unet,
+            net,
             optimizer,
             ema,
             step: 0,
@@ -76,9 +76,9 @@ impl TrainState {
     /// The network for one training step, computing in `dtype`. In f32 it is the network over
     /// the variables; in bf16 the variables are cast on the way in, so gradients flow back to
     /// the f32 master weights.
-    pub fn compute_unet(&self, cfg: &Config, dtype: DType) -> Result<UNet> {
+    pub fn compute_net(&self, cfg: &Config, dtype: DType) -> Result<Network> {
         if dtype == DType::F32 {
-            return Ok(self.unet.clone());
+            return Ok(self.net.clone());
         }
         let weights: HashMap<String, Tensor> = self
             .vars
@@ -159,7 +159,7 @@ mod tests {
             .unwrap();
         let t = [3usize, 60];
         let grads_in = |dtype: DType| {
-            let net = state.compute_unet(&cfg, dtype).unwrap();
+            let net = state.compute_net(&cfg, dtype).unwrap();
             let out = net
                 .forward(&x.to_dtype(dtype).unwrap(), &t, None, None)
                 .unwrap()

@@ -13,7 +13,7 @@ use crate::diffusion::q_sample;
 use crate::error::{Error, Result};
 use crate::guidance::drop_labels;
 use crate::loss::training_losses;
-use crate::nn::UNet;
+use crate::model::Network;
 use crate::optim::lr_at;
 use crate::rng::{Purpose, Stream};
 use crate::schedule::Schedule;
@@ -63,7 +63,7 @@ pub fn train_step(
     let mut acc = state.optimizer.accumulator();
     let mut loss_sum = 0f32;
     let compute_dtype = cfg.train.precision.dtype();
-    let net = state.compute_unet(cfg, compute_dtype)?;
+    let net = state.compute_net(cfg, compute_dtype)?;
     let count = micro_batches.len();
     for batch in micro_batches {
         let mut labels = batch.labels.clone();
@@ -131,7 +131,7 @@ pub fn train_step(
 
 /// The network output in f32 for x_t, computing in `dtype` (bf16 casts in and out).
 fn forward(
-    net: &UNet,
+    net: &Network,
     x_t: &Tensor,
     t: &[usize],
     labels: Option<&[u32]>,

@@ -229,6 +229,7 @@ mod unet {
             dropout: 0.0,
             norm_groups: 8,
             num_classes: None,
+            ..UNetConfig::default()
         };
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);

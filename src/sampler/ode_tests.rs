@@ -97,17 +97,29 @@ fn gaussian() -> (Schedule, MixtureOracle) {
 #[test]
 fn ode_samplers_are_the_exact_affine_map_of_x_t() {
     let (s, oracle) = gaussian();
-    let shape = [16, 32];
     for (kind, steps, a, b) in EXACT_MAPS {
-        let o = opts(kind, steps, Spacing::Trailing, 0.0);
-        let x = draw(&oracle, &s, eps_fixed(VarianceType::FixedSmall), &o, &shape);
-        let x_t = BatchNoise::new(o.seed, Purpose::SampleNoise, 0, shape[0])
-            .randn(&shape[1..], &Device::Cpu)
-            .unwrap();
-        let want: Vec<f64> = super::tests::flat(&x_t).iter().map(|v| a * v + b).collect();
-        let d = max_abs_diff(&x, &want);
+        let d = distance_to_affine_map(&s, &oracle, kind, steps, (a, b));
         assert!(d < 2e-5, "{kind} {steps} steps: {d}");
     }
+}
+
+/// max |sample - (a x_T + b)| over 16 samples of 32 coordinates, x_T being the first draws of
+/// each sample's stream (trailing spacing, no clipping, exact eps).
+fn distance_to_affine_map(
+    s: &Schedule,
+    oracle: &MixtureOracle,
+    kind: SamplerKind,
+    steps: usize,
+    (a, b): (f64, f64),
+) -> f64 {
+    let shape = [16, 32];
+    let o = opts(kind, steps, Spacing::Trailing, 0.0);
+    let x = draw(oracle, s, eps_fixed(VarianceType::FixedSmall), &o, &shape);
+    let x_t = BatchNoise::new(o.seed, Purpose::SampleNoise, 0, shape[0])
+        .randn(&shape[1..], &Device::Cpu)
+        .unwrap();
+    let want: Vec<f64> = super::tests::flat(&x_t).iter().map(|v| a * v + b).collect();
+    max_abs_diff(&x, &want)
 }
 
 /// Heun on the cosine schedule, where sigma_T = sqrt((1 - abar_T) / abar_T) = 20291: the script
@@ -130,15 +142,8 @@ fn heun_takes_euler_steps_above_sigma_max_on_the_cosine_schedule() {
     )
     .unwrap();
     let oracle = MixtureOracle::gaussian(0.4, 0.3, s.alphas_cumprod.clone()).unwrap();
-    let shape = [16, 32];
     for (steps, a, b) in [(10, 0.2687359, 0.3999947), (20, 0.2901019, 0.3999943)] {
-        let o = opts(SamplerKind::Heun, steps, Spacing::Trailing, 0.0);
-        let x = draw(&oracle, &s, eps_fixed(VarianceType::FixedSmall), &o, &shape);
-        let x_t = BatchNoise::new(o.seed, Purpose::SampleNoise, 0, shape[0])
-            .randn(&shape[1..], &Device::Cpu)
-            .unwrap();
-        let want: Vec<f64> = super::tests::flat(&x_t).iter().map(|v| a * v + b).collect();
-        let d = max_abs_diff(&x, &want);
+        let d = distance_to_affine_map(&s, &oracle, SamplerKind::Heun, steps, (a, b));
         assert!(d < 1e-3, "heun {steps} steps on cosine: {d}");
     }
 }

@@ -62,19 +62,43 @@ impl Conv {
         kernels::conv2d(x, &self.weight, &self.bias, self.stride, self.padding)
     }
 
-    /// The convolution plus a per-example bias `shift` (B, cout), folded into the layer's own
-    /// bias so it costs no pass over the output.
-    pub fn forward_shifted(&self, x: &Tensor, shift: &Tensor) -> Result<Tensor> {
-        let bias = shift.broadcast_add(&self.bias)?;
-        kernels::conv2d(x, &self.weight, &bias, self.stride, self.padding)
-    }
-
     /// The convolution plus `residual` (B, cout, H', W') in one op (a residual block's end).
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         kernels::conv2d_add(
             x,
             &self.weight,
             &self.bias,
+            residual,
+            self.stride,
+            self.padding,
+        )
+    }
+
+    /// The convolution of SiLU(norm(x)), plus a per-example bias `shift` (B, cout) and a
+    /// `residual` (B, cout, H', W') when given, as one op (the activation never becomes a
+    /// graph tensor).
+    pub fn forward_after_norm(
+        &self,
+        norm: &Norm,
+        x: &Tensor,
+        shift: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let bias = match shift {
+            Some(shift) => shift.broadcast_add(&self.bias)?,
+            None => self.bias.clone(),
+        };
+        let gn = kernels::GroupNormParams {
+            weight: &norm.weight,
+            bias: &norm.bias,
+            groups: norm.groups,
+            eps: GN_EPS,
+        };
+        kernels::norm_silu_conv2d(
+            x,
+            gn,
+            &self.weight,
+            &bias,
             residual,
             self.stride,
             self.padding,

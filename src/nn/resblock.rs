@@ -68,16 +68,20 @@ impl ResBlock {
         let t = self.temb_proj.forward(temb_act)?;
         let h = self
             .conv1
-            .forward_shifted(&self.norm1.forward_silu(x)?, &t)?;
-        let mut h = self.norm2.forward_silu(&h)?;
-        if let Some(mask) = mask {
-            h = (h * mask)?;
-        }
+            .forward_after_norm(&self.norm1, x, Some(&t), None)?;
         let residual = match &self.skip {
             Some(skip) => skip.forward(x)?,
             None => x.clone(),
         };
-        self.conv2.forward_add(&h, &residual)
+        match mask {
+            Some(mask) => {
+                let h = (self.norm2.forward_silu(&h)? * mask)?;
+                self.conv2.forward_add(&h, &residual)
+            }
+            None => self
+                .conv2
+                .forward_after_norm(&self.norm2, &h, None, Some(&residual)),
+        }
     }
 
     /// The same block over the same storage, recording no autograd graph.

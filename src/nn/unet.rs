@@ -205,7 +205,8 @@ impl UNet {
                 Layer::Down(_) => h,
             };
         }
-        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
+        self.conv_out
+            .forward_after_norm(&self.norm_out, &h, None, None)
     }
 
     /// The same model over the same weights (updates to them show through) that records no

@@ -152,7 +152,17 @@ pub(super) fn backward(
     stride: usize,
     pad: usize,
 ) -> candle_core::Result<(Option<Tensor>, Tensor, Tensor)> {
-    let need_dx = x.track_op();
+    backward_with(x, w, dy, (stride, pad), x.track_op())
+}
+
+/// `backward`, with dx computed exactly when `need_dx`.
+pub(super) fn backward_with(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    (stride, pad): (usize, usize),
+    need_dx: bool,
+) -> candle_core::Result<(Option<Tensor>, Tensor, Tensor)> {
     let op = Conv2dBackward {
         stride,
         pad,

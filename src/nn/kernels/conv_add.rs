@@ -75,7 +75,7 @@ impl CustomOp3 for Conv2dAdd {
 }
 
 /// y += r, in parallel over blocks.
-fn add_in_place(y: &mut [f32], r: &[f32]) {
+pub(super) fn add_in_place(y: &mut [f32], r: &[f32]) {
     const BLOCK: usize = 16_384;
     let n = y.len();
     let out = par::Shared::new(y);

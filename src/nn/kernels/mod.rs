@@ -1,8 +1,8 @@
 //! Our own CPU kernels for the UNet's hot operations, as candle custom ops with backward:
 //! convolution (`conv`, and `conv_add` with a residual added in the same op; Winograd
 //! F(4x4, 3x3) in `winograd` and `transforms` for the 3x3 stride-1 layers, im2col + GEMM in
-//! `im2col` for the rest, both on the `gemm` crate), GroupNorm fused with SiLU (`norm`) and
-//! nearest 2x upsampling (`resample`); `par` holds the shared plumbing. candle's CPU
+//! `im2col` for the rest, both on the `gemm` crate), GroupNorm fused with SiLU (`norm`), both
+//! fused with the convolution after them (`norm_conv`), and nearest 2x upsampling (`resample`); `par` holds the shared plumbing. candle's CPU
 //! convolution and its backward run at a fraction of the machine's GEMM speed (candle issue
 //! #3119), and its GroupNorm is a chain of full-tensor ops. Each public function takes the f32
 //! CPU path when `enabled` and falls back to candle's own ops on other devices and dtypes, so
@@ -13,6 +13,7 @@ pub mod conv;
 mod conv_add;
 mod im2col;
 pub mod norm;
+mod norm_conv;
 mod par;
 mod process;
 pub mod resample;
@@ -29,6 +30,7 @@ use candle_core::{DType, Tensor};
 pub use conv::conv2d;
 pub use conv_add::conv2d_add;
 pub use norm::group_norm;
+pub use norm_conv::{norm_silu_conv2d, GroupNormParams};
 pub use process::configure_cpu;
 pub use resample::upsample_nearest2x;
 

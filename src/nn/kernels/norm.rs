@@ -62,19 +62,28 @@ fn moments(v: &[f32], eps: f32) -> (f32, f32) {
 
 /// The op's settings.
 #[derive(Clone, Copy, Debug)]
-struct Settings {
-    groups: usize,
-    eps: f32,
-    silu: bool,
+pub(super) struct Settings {
+    pub groups: usize,
+    pub eps: f32,
+    pub silu: bool,
 }
 
 /// The forward op: its settings, and the (mean, rstd) of every (example, group) its forward
 /// computed, kept for its backward (the graph holds the op until then), which so skips two of
 /// its four passes.
 #[derive(Debug)]
-struct Norm {
+pub(super) struct Norm {
     settings: Settings,
     stats: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl Norm {
+    pub(super) fn new(settings: Settings) -> Self {
+        Norm {
+            settings,
+            stats: Mutex::new(None),
+        }
+    }
 }
 
 /// Groups per work item: enough to amortise scheduling when groups are small.
@@ -83,7 +92,7 @@ fn groups_per_item(n: usize) -> usize {
 }
 
 /// (batch, channels, spatial size) of an NC... tensor.
-fn dims(l: &Layout, groups: usize) -> candle_core::Result<(usize, usize, usize)> {
+pub(super) fn dims(l: &Layout, groups: usize) -> candle_core::Result<(usize, usize, usize)> {
     let d = l.dims();
     if d.len() < 3 || groups == 0 || d[1] % groups != 0 {
         candle_core::bail!("group_norm: input {d:?} with {groups} groups");
@@ -200,6 +209,38 @@ fn backward_group(
 }
 }
 
+/// act(GN(x)) of x (b, c, hw) and the (mean, rstd) of each (example, group).
+pub(super) fn forward_values(
+    settings: Settings,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    (b, c, hw): (usize, usize, usize),
+) -> (Vec<f32>, Vec<f32>) {
+    let Settings { groups, eps, silu } = settings;
+    let (cpg, total) = (c / groups, b * groups);
+    let n = cpg * hw;
+    let per = groups_per_item(n);
+    // SAFETY: the items cover every group of every example.
+    let mut y = unsafe { par::output(x.len()) };
+    let mut stats = vec![0f32; 2 * total];
+    let (out, st) = (Shared::new(&mut y), Shared::new(&mut stats));
+    par::for_each(total.div_ceil(per), |item, _| {
+        let first = item * per;
+        let count = per.min(total - first);
+        // SAFETY: the item alone writes its groups' values and statistics.
+        let (ys, sts) = unsafe {
+            (
+                out.slice(first * n, count * n),
+                st.slice(2 * first, 2 * count),
+            )
+        };
+        let xs = &x[first * n..][..count * n];
+        forward_groups(xs, ys, gamma, beta, sts, first, cpg, eps, silu);
+    });
+    (y, stats)
+}
+
 impl CustomOp3 for Norm {
     fn name(&self) -> &'static str {
         "ddpm-group-norm"
@@ -227,27 +268,7 @@ impl CustomOp3 for Norm {
                 beta.len()
             );
         }
-        let Settings { groups, eps, silu } = self.settings;
-        let (cpg, total) = (c / groups, b * groups);
-        let n = cpg * hw;
-        let per = groups_per_item(n);
-        // SAFETY: the items cover every group of every example.
-        let mut y = unsafe { par::output(x.len()) };
-        let mut stats = vec![0f32; 2 * total];
-        let (out, st) = (Shared::new(&mut y), Shared::new(&mut stats));
-        par::for_each(total.div_ceil(per), |item, _| {
-            let first = item * per;
-            let count = per.min(total - first);
-            // SAFETY: the item alone writes its groups' values and statistics.
-            let (ys, sts) = unsafe {
-                (
-                    out.slice(first * n, count * n),
-                    st.slice(2 * first, 2 * count),
-                )
-            };
-            let xs = &x[first * n..][..count * n];
-            forward_groups(xs, ys, gamma, beta, sts, first, cpg, eps, silu);
-        });
+        let (y, stats) = forward_values(self.settings, x, gamma, beta, (b, c, hw));
         if let Ok(mut slot) = self.stats.lock() {
             *slot = Some(Arc::new(stats));
         }
@@ -264,17 +285,27 @@ impl CustomOp3 for Norm {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let gb = Tensor::cat(&[gamma, beta], 0)?;
         let stats = self.stats.lock().ok().and_then(|s| s.clone());
-        let op = NormBackward {
-            settings: self.settings,
-            stats,
-        };
-        let packed = dy.contiguous()?.apply_op3_no_bwd(x, &gb, &op)?;
-        let (n, c) = (x.elem_count(), gamma.elem_count());
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dgamma = packed.narrow(0, n, c)?;
-        let dbeta = packed.narrow(0, n + c, c)?;
+        let (dx, dgamma, dbeta) = backward(self.settings, stats, x, &gb, dy)?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
+}
+
+/// (dx, dgamma, dbeta) of y = act(GN(x)) given dy; gb = [gamma, beta]; `stats` those of the
+/// forward over x (recomputed when None).
+pub(super) fn backward(
+    settings: Settings,
+    stats: Option<Arc<Vec<f32>>>,
+    x: &Tensor,
+    gb: &Tensor,
+    dy: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let op = NormBackward { settings, stats };
+    let packed = dy.contiguous()?.apply_op3_no_bwd(x, gb, &op)?;
+    let (n, c) = (x.elem_count(), gb.elem_count() / 2);
+    let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+    let dgamma = packed.narrow(0, n, c)?;
+    let dbeta = packed.narrow(0, n + c, c)?;
+    Ok((dx, dgamma, dbeta))
 }
 
 /// [dx, dgamma, dbeta] packed into one vector, from (dy, x, [gamma, beta]) and, when the
@@ -371,14 +402,12 @@ pub fn group_norm(
 ) -> Result<Tensor> {
     let c = x.dim(1)?;
     if super::enabled(x) && weight.dtype() == x.dtype() && bias.dtype() == x.dtype() {
-        let op = Norm {
-            settings: Settings {
-                groups,
-                eps: eps as f32,
-                silu,
-            },
-            stats: Mutex::new(None),
+        let settings = Settings {
+            groups,
+            eps: eps as f32,
+            silu,
         };
+        let op = Norm::new(settings);
         return Ok(x
             .contiguous()?
             .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?);

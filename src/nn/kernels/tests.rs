@@ -128,6 +128,86 @@ fn conv2d_add_matches_candle_forward_and_gradients() {
 }
 
 #[test]
+fn norm_silu_conv2d_matches_candle_forward_and_gradients() {
+    // (b, cin, cout, h, w, groups, per-example bias, residual): Winograd with a per-example
+    // bias (a block's conv1), Winograd with a residual (conv2), im2col into one channel (the
+    // UNet's conv_out). GroupNorm's errors (< 1e-6) feed a convolution checked to 1e-4 above:
+    // the same tolerance.
+    let cases = [
+        (2, 16, 24, 6, 10, 4, true, false),
+        (3, 16, 16, 5, 7, 8, false, true),
+        (2, 32, 1, 4, 4, 8, false, false),
+    ];
+    for (i, (b, cin, cout, h, w, groups, per_example, with_residual)) in
+        cases.into_iter().enumerate()
+    {
+        let i = 10 * i as u64 + 700;
+        let x = Var::from_tensor(&(randn(i, &[b, cin, h, w]) + 2.0).unwrap()).unwrap();
+        let gamma = var(i + 1, &[cin]);
+        let beta = var(i + 2, &[cin]);
+        let wt = var(i + 3, &[cout, cin, 3, 3]);
+        let bias = if per_example {
+            var(i + 4, &[b, cout])
+        } else {
+            var(i + 4, &[cout])
+        };
+        let residual = var(i + 5, &[b, cout, h, w]);
+        let mut vars = vec![&x, &gamma, &beta, &wt, &bias];
+        if with_residual {
+            vars.push(&residual);
+        }
+        check_op(
+            &vars,
+            |t| {
+                let gn = GroupNormParams {
+                    weight: &t[1],
+                    bias: &t[2],
+                    groups,
+                    eps: 1e-5,
+                };
+                super::norm_silu_conv2d(&t[0], gn, &t[3], &t[4], t.get(5), 1, 1).unwrap()
+            },
+            |t| {
+                let gn = candle_nn::GroupNorm::new(t[1].clone(), t[2].clone(), cin, groups, 1e-5)
+                    .unwrap();
+                let act = candle_core::Module::forward(&gn, &t[0])
+                    .unwrap()
+                    .silu()
+                    .unwrap();
+                let y = candle_conv(&[act, t[3].clone(), t[4].clone()], 1, 1);
+                match t.get(5) {
+                    Some(r) => (y + r).unwrap(),
+                    None => y,
+                }
+            },
+            1e-4,
+            &format!("norm_silu_conv2d case {}", (i - 700) / 10),
+        );
+    }
+}
+
+#[test]
+fn norm_silu_conv2d_second_backward_recomputes_the_same_gradients() {
+    // The first backward takes the activation the forward kept; a second one recomputes it.
+    let x = var(800, &[2, 16, 4, 4]);
+    let (gamma, beta) = (var(801, &[16]), var(802, &[16]));
+    let (w, bias) = (var(803, &[16, 16, 3, 3]), var(804, &[16]));
+    let gn = GroupNormParams {
+        weight: &gamma,
+        bias: &beta,
+        groups: 4,
+        eps: 1e-5,
+    };
+    let y = super::norm_silu_conv2d(&x, gn, &w, &bias, None, 1, 1).unwrap();
+    let loss = (y * randn(805, &[2, 16, 4, 4])).unwrap().sum_all().unwrap();
+    let (first, second) = (loss.backward().unwrap(), loss.backward().unwrap());
+    for v in [&x, &gamma, &beta, &w, &bias] {
+        let e = rel_err(first.get(v).unwrap(), second.get(v).unwrap());
+        assert!(e < 1e-6, "second backward differs by {e}");
+    }
+}
+
+#[test]
 fn conv2d_skips_the_input_gradient_of_a_constant_input() {
     let x = randn(1, &[2, 16, 4, 4]);
     let w = var(2, &[16, 16, 3, 3]);

@@ -10,8 +10,8 @@
 #   eval.jsonl, eval.md   `ddpm eval --method both` of the trained and an untrained (step 0) model
 #   guidance/, guidance.md  nearest-centroid rate of --class k samples labelled k, per w
 #   pictures/             the README pictures (copy them to configs/ by hand)
-# The README's guidance numbers and picture come from a smaller conditional model (its command
-# is in the README), passed as COND_CKPT.
+# The README's guidance picture and first row come from configs/digits_cond.toml as shipped;
+# its second row from a smaller conditional model (its command is in the README).
 #
 # Environment (defaults: the README's numbers): DDPM (binary, target/release/ddpm), PYTHON (with
 # numpy, python3), N (samples per sweep point, 500), STEPS (ddim, "5 10 20 50 100"), DPM_STEPS

@@ -25,19 +25,9 @@ die() {
 [[ -f "$DIST/ddpm.xz" ]] || die "no $DIST/ddpm.xz; build it with benches/gpu/build-binary.sh"
 xz -dc "$DIST/ddpm.xz" >"$WORK/ddpm" && chmod +x "$WORK/ddpm" || die "cannot unpack $DIST/ddpm.xz"
 BIN="$WORK/ddpm"
-# The toolkit libraries: the first folder holding libcublas.so.13 (as run.sh searches).
-if [[ -z "${CUDA_LIB_DIR:-}" ]]; then
-    CUDA_LIB_DIR=$("$PY" -c '
-import glob, nvidia, os
-hits = [p for r in nvidia.__path__ for p in glob.glob(os.path.join(r, "**", "libcublas.so.13"), recursive=True)]
-print(os.path.dirname(hits[0]) if hits else "")' 2>/dev/null)
-fi
-libs=$CUDA_LIB_DIR
-for extra in curand cuda_nvrtc cuda_runtime; do
-    d=$(dirname "$(find "$(dirname "$CUDA_LIB_DIR")/.." -name "lib${extra#cuda_}*.so.1[03]" 2>/dev/null | head -n 1)" 2>/dev/null)
-    [[ -n "$d" && "$d" != . ]] && libs="$libs:$d"
-done
-export LD_LIBRARY_PATH="$libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# shellcheck source=benches/gpu/cuda-libs.sh
+source benches/gpu/cuda-libs.sh
+PY=$PY cuda_lib_path
 missing=$(ldd "$BIN" | grep 'not found')
 [[ -z "$missing" ]] || die "the binary lacks libraries (set CUDA_LIB_DIR):"$'\n'"$missing"
 

@@ -18,8 +18,9 @@ use ddpm::optim::{named_vars, AdamW, OptimConfig};
 use ddpm::rng::{BatchNoise, Purpose};
 use ddpm::sampler::{sample, Ancestral, Context, SampleOptions, SamplerKind, Stepper};
 use ddpm::schedule::Spacing;
+use ddpm::shard;
 
-use common::{build, data_batch, l_simple, randn, schedule, w1, w3, Workload};
+use common::{build, data_batch, l_simple_part, randn, schedule, w1, w3, Workload};
 
 /// Counted GFLOP per image (REFERENCE.md: conv/matmul only): W1 train 8.67, W2 50 x 2.89,
 /// W3 train 0.368, W4 1000 x 0.123.
@@ -108,10 +109,19 @@ fn train(w: &Workload, warmup: usize, timed: usize) -> (Vec<f64>, (Instant, f64,
             snap = cpu_snapshot();
         }
         let t0 = Instant::now();
-        let grads = l_simple(&unet, &sched, &x0, step as u64)
-            .backward()
-            .unwrap();
-        opt.step(&grads, 2e-4).unwrap();
+        // As `ddpm train` does it: the batch in shards (one per thread), gradients weighted.
+        let b = x0.dim(0).unwrap();
+        let ranges = shard::ranges(b, shard::count(b, &Device::Cpu));
+        let shards = shard::run(&ranges, |_, r| {
+            let loss = l_simple_part(&unet, &sched, &x0, step as u64, r.clone());
+            Ok((loss.backward()?, r.len() as f64 / b as f64))
+        })
+        .unwrap();
+        let mut acc = opt.accumulator();
+        for (g, weight) in &shards {
+            acc.add_weighted(g, *weight).unwrap();
+        }
+        opt.step(&acc.finish().unwrap(), 2e-4).unwrap();
         if step >= warmup {
             times.push(t0.elapsed().as_secs_f64());
         }

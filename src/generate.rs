@@ -19,6 +19,7 @@ use crate::model::{self, Network};
 use crate::points::{Points, Standardization};
 use crate::sampler::{self, InvertOptions, SampleOptions, SamplerKind, StepInfo};
 use crate::schedule::Schedule;
+use crate::shard;
 use crate::train::{self, TrainState};
 
 /// A trained network ready to sample, with the config it was trained with.
@@ -95,9 +96,12 @@ struct Labelled<'a> {
 impl Conditional for Labelled<'_> {
     fn forward_labels(&self, x_t: &Tensor, t: &[usize], labels: &[u32]) -> Result<Tensor> {
         let labels = self.num_classes.map(|_| labels);
-        let out = self
-            .net
-            .forward(&x_t.to_dtype(self.dtype)?, t, labels, None)?;
+        // On the CPU the batch runs in shards, one per thread.
+        let shards = shard::count(x_t.dim(0)?, x_t.device());
+        let x = x_t.to_dtype(self.dtype)?;
+        let out = shard::map_batch(&x, t, labels, shards, |x, t, labels| {
+            self.net.forward(x, t, labels, None)
+        })?;
         Ok(out.to_dtype(DType::F32)?)
     }
 

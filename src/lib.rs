@@ -28,6 +28,7 @@ pub mod precision;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod shard;
 pub mod train;
 pub mod vlb;
 

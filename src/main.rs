@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Process-wide CPU settings (allocator, candle's pool off so batches run in shards), before
+    // any tensor work or other thread.
+    ddpm::nn::kernels::configure_cpu();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

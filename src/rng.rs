@@ -91,6 +91,14 @@ impl Stream {
         self.0.next_u64()
     }
 
+    /// A new stream keyed by the next 256 bits of this one: independent streams for work that
+    /// runs side by side (the shards of a batch), handed out in a fixed order.
+    pub fn fork(&mut self) -> Stream {
+        let mut key = [0u8; 32];
+        self.0.fill_bytes(&mut key);
+        Stream(ChaCha12Rng::from_seed(key))
+    }
+
     /// A Fisher-Yates shuffle of `items`.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {

@@ -120,6 +120,18 @@ pub fn schedule() -> Schedule {
 /// L_simple of one training step: t ~ U{0..T-1}, eps ~ N(0, I) from step `step`'s streams,
 /// loss = mean((eps_theta(sqrt(abar) x0 + sqrt(1 - abar) eps, t) - eps)^2).
 pub fn l_simple(unet: &UNet, schedule: &Schedule, x0: &Tensor, step: u64) -> Tensor {
+    l_simple_part(unet, schedule, x0, step, 0..x0.dim(0).unwrap())
+}
+
+/// L_simple of examples `part` of step `step`'s batch (the draws of the whole batch), the mean
+/// over those examples: one shard's loss.
+pub fn l_simple_part(
+    unet: &UNet,
+    schedule: &Schedule,
+    x0: &Tensor,
+    step: u64,
+    part: std::ops::Range<usize>,
+) -> Tensor {
     let b = x0.dim(0).unwrap();
     let mut ts = Stream::new(0, Purpose::Timesteps, step);
     let t: Vec<usize> = (0..b).map(|_| ts.below(schedule.len())).collect();
@@ -127,6 +139,14 @@ pub fn l_simple(unet: &UNet, schedule: &Schedule, x0: &Tensor, step: u64) -> Ten
         .randn(x0.shape(), &Device::Cpu)
         .unwrap();
     let x_t = ddpm::diffusion::q_sample(schedule, x0, &t, &eps).unwrap();
-    let pred = unet.forward(&x_t, &t, None, None).unwrap();
-    (pred - eps).unwrap().sqr().unwrap().mean_all().unwrap()
+    let (lo, n) = (part.start, part.len());
+    let pred = unet
+        .forward(&x_t.narrow(0, lo, n).unwrap(), &t[part], None, None)
+        .unwrap();
+    (pred - eps.narrow(0, lo, n).unwrap())
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
 }

@@ -15,6 +15,7 @@ use crate::nn::kernels;
 use crate::nn::layers::{Conv, Norm};
 use crate::nn::resblock::{Masks, ResBlock};
 use crate::rng::Stream;
+use crate::shard;
 
 /// One entry of the down / up paths (keys `down.{i}` / `up.{i}`, as ref_unet.py's ModuleLists).
 #[derive(Clone, Debug)]
@@ -240,7 +241,12 @@ impl Denoiser for UNet {
     /// Eval mode (no dropout), no labels, and no autograd graph through the weights. The input
     /// is not detached: a caller that differentiates with respect to x_t (the probability-flow
     /// ODE likelihood's divergence) gets its graph, and a plain x_t (sampling) builds none.
+    /// On the CPU the batch is computed in shards, one per thread (`shard::map_batch`).
     fn forward(&self, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
-        UNet::forward(&self.detached(), x_t, t, None, None)
+        let net = self.detached();
+        let shards = shard::count(x_t.dim(0)?, x_t.device());
+        shard::map_batch(x_t, t, None, shards, |x, t, _| {
+            UNet::forward(&net, x, t, None, None)
+        })
     }
 }

@@ -47,11 +47,13 @@ pub fn clip_grad_norm<'a>(
 }
 
 /// Averages the gradients of k micro-batches: sum over the micro-batches, then divide by k.
-/// With equal micro-batches and a mean loss, this is the gradient of the whole batch.
+/// With equal micro-batches and a mean loss, this is the gradient of the whole batch. A
+/// micro-batch computed in shards adds each shard's gradients with its weight n_k / n
+/// (`add_weighted`), which together count as one micro-batch.
 pub struct GradAccumulator {
     params: Vec<Tensor>,
     sums: Vec<Option<Tensor>>,
-    count: usize,
+    weight: f64,
 }
 
 impl GradAccumulator {
@@ -62,44 +64,58 @@ impl GradAccumulator {
         GradAccumulator {
             params,
             sums,
-            count: 0,
+            weight: 0.0,
         }
     }
 
-    /// Micro-batches added since the last `finish`.
-    pub fn count(&self) -> usize {
-        self.count
+    /// Micro-batches added since the last `finish` (the sum of the weights added).
+    pub fn count(&self) -> f64 {
+        self.weight
     }
 
     /// Add one micro-batch's gradients (f32, detached; other tensors' gradients are dropped).
     pub fn add(&mut self, grads: &GradStore) -> Result<()> {
+        self.add_weighted(grads, 1.0)
+    }
+
+    /// Add `weight` times `grads` (weight 1 is added exactly, without a multiplication).
+    pub fn add_weighted(&mut self, grads: &GradStore, weight: f64) -> Result<()> {
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(Error::Invalid(format!(
+                "gradient weight {weight} must be positive and finite"
+            )));
+        }
         for (p, sum) in self.params.iter().zip(&mut self.sums) {
             if let Some(g) = grads.get(p) {
-                let g = g.to_dtype(DType::F32)?.detach();
+                let mut g = g.to_dtype(DType::F32)?.detach();
+                if weight != 1.0 {
+                    g = (g * weight)?;
+                }
                 *sum = Some(match sum.take() {
                     Some(s) => (s + g)?,
                     None => g,
                 });
             }
         }
-        self.count += 1;
+        self.weight += weight;
         Ok(())
     }
 
-    /// The mean gradient over the micro-batches added so far, as a store the optimizer takes;
-    /// the accumulator is empty again afterwards.
+    /// The mean gradient over the micro-batches added so far (the weighted sum divided by the
+    /// sum of the weights), as a store the optimizer takes; the accumulator is empty again
+    /// afterwards.
     pub fn finish(&mut self) -> Result<GradStore> {
-        if self.count == 0 {
+        if self.weight == 0.0 {
             return Err(Error::Invalid("no micro-batch gradients to average".into()));
         }
-        let k = self.count as f64;
+        let k = self.weight;
         let mut out = GradStore::default();
         for (p, sum) in self.params.iter().zip(&mut self.sums) {
             if let Some(s) = sum.take() {
-                out.insert(p, (s / k)?);
+                out.insert(p, if k == 1.0 { s } else { (s / k)? });
             }
         }
-        self.count = 0;
+        self.weight = 0.0;
         Ok(out)
     }
 }

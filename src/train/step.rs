@@ -1,9 +1,11 @@
 //! One optimizer step, free of I/O: draw timesteps and noise from the step's streams, noise the
 //! batch with q(x_t | x0), run the network, take the loss and its gradients (averaged over the
-//! micro-batches), clip, update AdamW and the EMA. Class labels, when the data has them, are
+//! micro-batches, each computed in shards side by side on the CPU: `crate::shard`), clip, update AdamW and the EMA. Class labels, when the data has them, are
 //! first replaced by the null label with probability train.label_dropout. Everything random is
 //! keyed by the step number, so a run resumed at step s does exactly what an uninterrupted run
 //! does at step s.
+
+use std::sync::Mutex;
 
 use candle_core::{DType, Tensor};
 
@@ -17,6 +19,7 @@ use crate::model::Network;
 use crate::optim::lr_at;
 use crate::rng::{Purpose, Stream};
 use crate::schedule::Schedule;
+use crate::shard;
 
 use super::state::TrainState;
 
@@ -77,35 +80,45 @@ pub fn train_step(
             .collect();
         let eps = streams.noise.randn(x0.shape(), &device)?;
         let x_t = q_sample(schedule, &x0, &t, &eps)?;
-        let out = forward(
-            &net,
-            &x_t,
-            &t,
-            labels.as_deref(),
-            &mut streams.dropout,
-            cfg,
-            compute_dtype,
-        )?;
-        let terms = training_losses(
-            schedule,
-            cfg.diffusion.parameterization(),
-            &cfg.diffusion.loss_options(),
-            &out,
-            &x0,
-            &x_t,
-            &t,
-            &eps,
-        )?;
-        let loss = terms.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        if !loss.is_finite() {
-            return Err(Error::NonFinite {
-                what: "the loss",
-                step: step + 1,
-                value: loss as f64,
-            });
+        // The micro-batch in shards (one per CPU thread), each with its own dropout stream
+        // forked in shard order; gradients weighted n_k / n add up to the micro-batch's.
+        let ranges = shard::ranges(b, shard::count(b, &device));
+        let dropout: Vec<Mutex<Stream>> = ranges
+            .iter()
+            .map(|_| Mutex::new(streams.dropout.fork()))
+            .collect();
+        let shards = shard::run(&ranges, |k, r| {
+            let part = |x: &Tensor| x.narrow(0, r.start, r.len());
+            let (x0, x_t, eps, t) = (part(&x0)?, part(&x_t)?, part(&eps)?, &t[r.clone()]);
+            let mut stream = dropout[k]
+                .lock()
+                .map_err(|_| Error::Invalid("a shard's dropout stream was poisoned".into()))?;
+            let labels = labels.as_ref().map(|l| &l[r.clone()]);
+            let out = forward(&net, &x_t, t, labels, &mut stream, cfg, compute_dtype)?;
+            let terms = training_losses(
+                schedule,
+                cfg.diffusion.parameterization(),
+                &cfg.diffusion.loss_options(),
+                &out,
+                &x0,
+                &x_t,
+                t,
+                &eps,
+            )?;
+            let loss = terms.loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            if !loss.is_finite() {
+                return Err(Error::NonFinite {
+                    what: "the loss",
+                    step: step + 1,
+                    value: loss as f64,
+                });
+            }
+            Ok((loss, terms.loss.backward()?, r.len() as f64 / b as f64))
+        })?;
+        for (loss, grads, weight) in shards {
+            loss_sum += loss * weight as f32;
+            acc.add_weighted(&grads, weight)?;
         }
-        loss_sum += loss;
-        acc.add(&terms.loss.backward()?)?;
     }
     let mut grads = acc.finish()?;
     // Without clipping the norm is still measured (for metrics.csv); f64::MAX never clips.

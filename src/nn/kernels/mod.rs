@@ -2,7 +2,9 @@
 //! convolution (`conv`, and `conv_add` with a residual added in the same op; Winograd
 //! F(4x4, 3x3) in `winograd` and `transforms` for the 3x3 stride-1 layers, im2col + GEMM in
 //! `im2col` for the rest, both on the `gemm` crate), GroupNorm fused with SiLU (`norm`), both
-//! fused with the convolution after them (`norm_conv`), and nearest 2x upsampling (`resample`); `par` holds the shared plumbing. candle's CPU
+//! fused with the convolution after them (`norm_conv`), and nearest 2x upsampling (`resample`);
+//! `par` holds the shared plumbing, including the thread pool that `crate::shard` runs the
+//! shards of a batch on. candle's CPU
 //! convolution and its backward run at a fraction of the machine's GEMM speed (candle issue
 //! #3119), and its GroupNorm is a chain of full-tensor ops. Each public function takes the f32
 //! CPU path when `enabled` and falls back to candle's own ops on other devices and dtypes, so
@@ -31,6 +33,7 @@ pub use conv::conv2d;
 pub use conv_add::conv2d_add;
 pub use norm::group_norm;
 pub use norm_conv::{norm_silu_conv2d, GroupNormParams};
+pub use par::{is_serial, shards, threads};
 pub use process::configure_cpu;
 pub use resample::upsample_nearest2x;
 

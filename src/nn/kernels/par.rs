@@ -1,36 +1,114 @@
-//! The plumbing every kernel shares: parallel loops over candle's CPU thread pool, per-thread
+//! The plumbing every kernel shares: parallel loops over our CPU thread pool, per-thread
 //! scratch buffers reused across calls, a pointer for work items that write disjoint parts of
 //! one output, and `multiversion!`, which compiles a loop twice (baseline x86-64 and
 //! AVX2+FMA) and picks at run time, since the crate itself is built for baseline x86-64.
+//!
+//! Two pools: candle's own barrier pool, which the kernels' loops use while it is on (the
+//! library's default), and ours (rayon, candle's thread count), on which whole shards of a
+//! batch (`crate::shard`) run side by side, each with its kernels on one thread (`serial`).
+//! `configure_cpu` switches candle's pool off; the kernels' loops then use ours.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use candle_core::utils::barrier_pool;
 
-/// Threads a parallel loop runs on: candle's pool workers plus the calling thread.
+use rayon::prelude::*;
+
+static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+
+thread_local! {
+    static SERIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The worker threads: candle's thread count (RAYON_NUM_THREADS, else the physical cores),
+/// started on first use. None when the threads cannot be started: everything then runs on
+/// the calling thread.
+pub fn pool() -> Option<&'static rayon::ThreadPool> {
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(candle_core::utils::get_num_threads())
+            .thread_name(|i| format!("ddpm-cpu-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Run `f` with every kernel loop it reaches on this thread staying on this thread: for work
+/// that is already split across the threads one level up (a shard of a batch).
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.set(self.0);
+        }
+    }
+    let _restore = Restore(SERIAL.replace(true));
+    f()
+}
+
+/// Whether this thread is inside `serial`.
+pub fn is_serial() -> bool {
+    SERIAL.get()
+}
+
+/// Threads a parallel loop runs on: candle's pool workers plus the calling thread while
+/// candle's pool is on (the library's default), else our pool's; 1 inside `serial`.
 pub fn threads() -> usize {
-    barrier_pool().n_workers() + 1
+    if is_serial() {
+        return 1;
+    }
+    match barrier_pool().n_workers() {
+        0 => pool().map_or(1, |p| p.current_num_threads()),
+        workers => workers + 1,
+    }
 }
 
 /// Run `f(item, thread)` for every item in 0..n, items handed out one at a time to whichever
 /// thread is free; `thread` is in 0..threads(), so it can index per-thread accumulators.
+/// The threads are candle's barrier pool while it is on (it spins between the many short
+/// loops of a step, cheaper than waking rayon workers), else our pool.
 pub fn for_each(n: usize, f: impl Fn(usize, usize) + Sync) {
-    if n == 0 {
-        return;
-    }
-    if n == 1 || threads() == 1 {
+    if n <= 1 || threads() == 1 {
         (0..n).for_each(|i| f(i, 0));
         return;
     }
-    let next = AtomicUsize::new(0);
-    barrier_pool().execute(|thread| loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= n {
-            break;
-        }
-        f(i, thread);
-    });
+    let candle = barrier_pool();
+    if candle.n_workers() > 0 {
+        let next = AtomicUsize::new(0);
+        candle.execute(|thread| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            f(i, thread);
+        });
+    } else if let Some(pool) = pool() {
+        pool.install(|| {
+            (0..n)
+                .into_par_iter()
+                .with_max_len(1)
+                .for_each(|i| f(i, rayon::current_thread_index().unwrap_or(0)))
+        });
+    }
+}
+
+/// Run `f(k)` for k in 0..n on the pool, each call on one thread with its kernels serial
+/// (`serial`), and return the results in order of k. n = 1 runs on the calling thread with
+/// parallel kernels.
+pub fn shards<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    match pool() {
+        Some(pool) if n > 1 && !is_serial() => pool.install(|| {
+            (0..n)
+                .into_par_iter()
+                .with_max_len(1)
+                .map(|k| serial(|| f(k)))
+                .collect()
+        }),
+        _ => (0..n).map(f).collect(),
+    }
 }
 
 /// Partial sums a reduction keeps, at most: items are split into this many fixed runs.

@@ -7,22 +7,21 @@
 //!   training step faults in, zeroes and unmaps hundreds of megabytes again: a fifth of a W3
 //!   step in the profile. Keeping blocks up to 32 MB in the heap and never trimming it turns
 //!   that into plain reuse. Peak memory is unchanged; memory is just not given back.
-//! - Thread pool: candle's pool workers park after a short spin (25,000 iterations). Between
-//!   the many short parallel regions of a step that is often exceeded, and when another process
-//!   keeps the other core busy a parked worker wakes late: W3 then ran at ~190 ms per step
-//!   instead of ~130. Spinning for ~2 million iterations (tens of milliseconds, like the 200 ms
-//!   block time of the OpenMP runtime PyTorch uses) keeps workers on their cores through a
-//!   step, at the cost of some idle spinning after it.
+//! - Threads: the CPU work runs as shards of the batch, one per thread of our pool
+//!   (`crate::shard`), each shard's ops on its own thread. candle's own CPU pool would then be
+//!   a second set of threads competing for the same cores (its elementwise ops over 64K
+//!   values fan out to it from inside a shard: W3 training fell from ~420 to ~200 images/s),
+//!   so it is switched off: CANDLE_NUM_THREADS=1 leaves it without workers. Our kernels run
+//!   in parallel on our pool wherever a batch is not sharded.
 
-/// Worker spin iterations before parking (candle's default is 25,000).
-const SPIN_LIMIT: &str = "2000000";
-
-/// Apply both settings. The spin limit is read when candle's pool starts, so this must run
-/// before the first tensor op; an explicit CANDLE_BARRIER_POOL_SPIN_LIMIT is left alone.
-/// Returns whether the allocator settings applied (glibc on Linux).
+/// Apply both settings. candle reads CANDLE_NUM_THREADS when its pool starts, so this must run
+/// before the first tensor op; an explicit CANDLE_NUM_THREADS is left alone (above 1,
+/// candle keeps its pool and batches are not sharded: `crate::shard::count`). Returns whether the allocator settings
+/// applied (glibc on Linux).
 pub fn configure_cpu() -> bool {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", SPIN_LIMIT);
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // At startup, before any other thread exists that could read the environment.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     tune_allocator()
 }

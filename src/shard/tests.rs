@@ -1,0 +1,181 @@
+//! Shards against the whole batch: the ranges tile the batch, a sharded forward equals one
+//! forward, and the size-weighted shard gradients equal the batch gradient, on a small UNet
+//! with every weight nonzero (so every parameter's gradient is tested). Gradient tolerance
+//! 1e-4 of each tensor's scale, as the kernel tests; measured worst: 1.6e-5 (2 shards).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::*;
+use crate::error::Error;
+use crate::nn::{init_weights, UNet, UNetConfig};
+use crate::optim::GradAccumulator;
+use crate::rng::{Purpose, Stream};
+
+fn randn(index: u64, dims: &[usize]) -> Tensor {
+    Stream::new(5, Purpose::Eval, index)
+        .randn(dims, &Device::Cpu)
+        .unwrap()
+}
+
+/// ch 16, [1, 2], attention at 4, 10 classes, on 1x8x8; the zero-initialised output layers
+/// get small random values too.
+fn unet() -> (VarMap, UNet) {
+    let cfg = UNetConfig {
+        base_channels: 16,
+        channel_mult: vec![1, 2],
+        num_res_blocks: 1,
+        attention_resolutions: vec![4],
+        dropout: 0.0,
+        norm_groups: 8,
+        num_classes: Some(10),
+        ..UNetConfig::default()
+    };
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let net = UNet::new(vb, &cfg, 1, 1, (8, 8)).unwrap();
+    init_weights(&varmap, 3).unwrap();
+    for (i, var) in varmap.all_vars().iter().enumerate() {
+        let max = var.abs().unwrap().max_all().unwrap();
+        if max.to_scalar::<f32>().unwrap() == 0.0 {
+            var.set(&(randn(100 + i as u64, var.dims()) * 0.05).unwrap())
+                .unwrap();
+        }
+    }
+    (varmap, net)
+}
+
+/// max |a - b| / max(max |b|, floor). The floor (1e-3 of the largest gradient, for gradients)
+/// covers those that are zero in exact arithmetic (attention's key bias: softmax ignores it),
+/// which come out as ~1e-10 of rounding noise.
+fn max_rel(a: &Tensor, b: &Tensor, floor: f32) -> f32 {
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale.max(floor)
+}
+
+#[test]
+fn ranges_tile_the_batch_in_order() {
+    for batch in [1, 2, 5, 64, 65] {
+        for shards in 1..=8 {
+            let r = ranges(batch, shards);
+            assert_eq!(r.len(), shards);
+            assert_eq!(r[0].start, 0);
+            assert_eq!(r[shards - 1].end, batch);
+            for w in r.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+            }
+            let sizes: Vec<usize> = r.iter().map(|r| r.len()).collect();
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{batch} in {shards}: {sizes:?}");
+        }
+    }
+    assert_eq!(ranges(64, 2), vec![0..32, 32..64]);
+}
+
+#[test]
+fn count_is_one_off_the_cpu_pool_or_inside_a_shard() {
+    // This test process keeps candle's pool (no configure_cpu): never sharded.
+    assert_eq!(count(64, &Device::Cpu), 1);
+    assert_eq!(
+        run(&ranges(4, 2), |_, _| Ok(count(64, &Device::Cpu))).unwrap(),
+        [1, 1]
+    );
+}
+
+#[test]
+fn run_keeps_shard_order_and_returns_the_first_error() {
+    let out = run(&ranges(10, 4), |k, r| Ok((k, r))).unwrap();
+    assert_eq!(out, vec![(0, 0..2), (1, 2..5), (2, 5..7), (3, 7..10)]);
+    let err = run(&ranges(10, 4), |k, _| {
+        if k >= 2 {
+            Err(Error::Invalid(format!("shard {k}")))
+        } else {
+            Ok(k)
+        }
+    });
+    assert!(matches!(err, Err(Error::Invalid(m)) if m == "shard 2"));
+}
+
+#[test]
+fn sharded_forward_equals_one_forward() {
+    let (_vars, net) = unet();
+    let net = net.detached();
+    let x = randn(1, &[5, 1, 8, 8]);
+    let t = [3, 999, 0, 500, 42];
+    let y = [0, 9, 10, 4, 4];
+    let whole = net.forward(&x, &t, Some(&y), None).unwrap();
+    for shards in [2, 3, 5] {
+        let parts = map_batch(&x, &t, Some(&y), shards, |x, t, y| {
+            net.forward(x, t, y, None)
+        })
+        .unwrap();
+        assert_eq!(parts.dims(), whole.dims());
+        let rel = max_rel(&parts, &whole, 1e-30);
+        assert!(rel < 1e-5, "{shards} shards: max relative difference {rel}");
+    }
+    // A wrong assembly (shards swapped) is far off: the comparison can fail.
+    let swapped = Tensor::cat(
+        &[
+            whole.narrow(0, 1, 4).unwrap(),
+            whole.narrow(0, 0, 1).unwrap(),
+        ],
+        0,
+    )
+    .unwrap();
+    assert!(max_rel(&swapped, &whole, 1e-30) > 1e-2);
+}
+
+#[test]
+fn weighted_shard_gradients_equal_the_batch_gradient() {
+    let (vars, net) = unet();
+    let x = randn(2, &[7, 1, 8, 8]);
+    let target = randn(3, &[7, 1, 8, 8]);
+    let t = [1, 20, 300, 999, 7, 640, 55];
+    let y = [1, 2, 3, 4, 10, 6, 7];
+    // Mean squared error over the examples r: one shard's mean loss.
+    let loss = |r: std::ops::Range<usize>| -> Result<Tensor> {
+        let (lo, n) = (r.start, r.len());
+        let out = net.forward(&x.narrow(0, lo, n)?, &t[r.clone()], Some(&y[r]), None)?;
+        Ok((out - target.narrow(0, lo, n)?)?.sqr()?.mean_all()?)
+    };
+    let params: Vec<Tensor> = vars
+        .all_vars()
+        .iter()
+        .map(|v| v.as_tensor().clone())
+        .collect();
+    let whole = loss(0..7).unwrap().backward().unwrap();
+    let largest = params
+        .iter()
+        .map(|p| {
+            let g = whole.get(p).unwrap().abs().unwrap();
+            g.max_all().unwrap().to_scalar::<f32>().unwrap()
+        })
+        .fold(0f32, f32::max);
+    for shards in [2, 3] {
+        let grads = run(&ranges(7, shards), |_, r| {
+            Ok((loss(r.clone())?.backward()?, r.len() as f64 / 7.0))
+        })
+        .unwrap();
+        let mut acc = GradAccumulator::new(&params);
+        for (g, w) in &grads {
+            acc.add_weighted(g, *w).unwrap();
+        }
+        let sum = acc.finish().unwrap();
+        let mut worst = 0f32;
+        for p in &params {
+            let (a, b) = (sum.get(p).unwrap(), whole.get(p).unwrap());
+            worst = worst.max(max_rel(a, b, 1e-3 * largest));
+        }
+        assert!(
+            worst < 1e-4,
+            "{shards} shards: worst relative difference {worst}"
+        );
+    }
+}

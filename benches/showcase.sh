@@ -20,8 +20,7 @@
 # per guidance scale, 200), GSTEPS (their DDIM steps, 20), NICE ("nice -n 10"), STAGES
 # ("sweep eval guidance pictures": the parts to run). Finished sweep points, evals and guidance
 # samples are kept, so an interrupted run continues. Batches of N images run several times
-# faster on a CPU than the default 64 and give the same images. RAYON_NUM_THREADS=1 is faster
-# on a loaded 2-core machine.
+# faster on a CPU than the default 64 and give the same images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

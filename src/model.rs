@@ -36,7 +36,7 @@ impl Network {
         x_t: &Tensor,
         t: &[usize],
         labels: Option<&[u32]>,
-        dropout: Option<&mut Stream>,
+        dropout: Option<&mut [Stream]>,
     ) -> Result<Tensor> {
         match self {
             Network::UNet(u) => u.forward(x_t, t, labels, dropout),

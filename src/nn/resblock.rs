@@ -121,15 +121,32 @@ pub(crate) struct Masks {
 }
 
 impl Masks {
-    /// `n` mask values drawn from `stream`, uploaded to `device` as `dtype`.
+    /// The masks of a batch whose example i draws from `streams[i]`: `block_lens` values per
+    /// example for each block in order (C H W of its mask), laid out block by block as
+    /// (B, C, H, W) for `take`. An example's masks depend only on its own stream, not on which
+    /// examples share its batch or shard.
     pub fn draw(
-        stream: &mut Stream,
+        streams: &mut [Stream],
         p: f64,
-        n: usize,
+        block_lens: &[usize],
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let data = Tensor::from_vec(mask_values(stream, p, n), n, device)?.to_dtype(dtype)?;
+        let per_example: usize = block_lens.iter().sum();
+        let draws: Vec<Vec<f32>> = streams
+            .iter_mut()
+            .map(|s| mask_values(s, p, per_example))
+            .collect();
+        let mut data = Vec::with_capacity(per_example * streams.len());
+        let mut start = 0;
+        for &len in block_lens {
+            for d in &draws {
+                data.extend_from_slice(&d[start..start + len]);
+            }
+            start += len;
+        }
+        let n = data.len();
+        let data = Tensor::from_vec(data, n, device)?.to_dtype(dtype)?;
         Ok(Masks { data, offset: 0 })
     }
 

@@ -133,15 +133,15 @@ impl UNet {
 
     /// The model output eps_theta(x, t[, y]): x (B, C, H, W) -> (B, out_channels, H, W).
     /// `t`: one timestep per example; `labels`: one class per example (num_classes = "no
-    /// label"), None = all unlabelled; `dropout`: the stream masks are drawn from (training),
-    /// None = eval mode. H and W must be divisible by 2^(levels - 1); attention placement was
+    /// label"), None = all unlabelled; `dropout`: one stream per example that its masks are
+    /// drawn from (training), None = eval mode. H and W must be divisible by 2^(levels - 1); attention placement was
     /// fixed for the image size given to `new`.
     pub fn forward(
         &self,
         x: &Tensor,
         t: &[usize],
         labels: Option<&[u32]>,
-        dropout: Option<&mut Stream>,
+        dropout: Option<&mut [Stream]>,
     ) -> Result<Tensor> {
         let (b, c, hh, ww) = x.dims4()?;
         let factor = 1usize << self.downsamplings;
@@ -156,9 +156,15 @@ impl UNet {
         let (dev, dtype) = (x.device(), x.dtype());
         let temb_act = self.time_embed.forward(t, labels, dev, dtype)?.silu()?;
         let mut masks = match dropout {
-            Some(stream) if self.dropout > 0.0 => {
-                let n = self.res_blocks().map(|r| r.mask_len(b, hh, ww)).sum();
-                Some(Masks::draw(stream, self.dropout, n, dev, dtype)?)
+            Some(streams) if self.dropout > 0.0 => {
+                if streams.len() != b {
+                    return Err(Error::Invalid(format!(
+                        "UNet: {} dropout streams for a batch of {b}",
+                        streams.len()
+                    )));
+                }
+                let lens: Vec<usize> = self.res_blocks().map(|r| r.mask_len(1, hh, ww)).collect();
+                Some(Masks::draw(streams, self.dropout, &lens, dev, dtype)?)
             }
             _ => None,
         };

@@ -5,8 +5,6 @@
 //! keyed by the step number, so a run resumed at step s does exactly what an uninterrupted run
 //! does at step s.
 
-use std::sync::Mutex;
-
 use candle_core::{DType, Tensor};
 
 use crate::config::Config;
@@ -80,21 +78,21 @@ pub fn train_step(
             .collect();
         let eps = streams.noise.randn(x0.shape(), &device)?;
         let x_t = q_sample(schedule, &x0, &t, &eps)?;
-        // The micro-batch in shards (one per CPU thread), each with its own dropout stream
-        // forked in shard order; gradients weighted n_k / n add up to the micro-batch's.
+        // One dropout stream per example, forked in example order, so the masks do not depend
+        // on the shards. The micro-batch runs in shards (one per CPU thread); their gradients
+        // weighted n_k / n add up to the micro-batch's.
+        let dropout: Vec<Stream> = if cfg.model.dropout > 0.0 {
+            (0..b).map(|_| streams.dropout.fork()).collect()
+        } else {
+            Vec::new()
+        };
         let ranges = shard::ranges(b, shard::count(b, &device));
-        let dropout: Vec<Mutex<Stream>> = ranges
-            .iter()
-            .map(|_| Mutex::new(streams.dropout.fork()))
-            .collect();
-        let shards = shard::run(&ranges, |k, r| {
+        let shards = shard::run(&ranges, |_, r| {
             let part = |x: &Tensor| x.narrow(0, r.start, r.len());
             let (x0, x_t, eps, t) = (part(&x0)?, part(&x_t)?, part(&eps)?, &t[r.clone()]);
-            let mut stream = dropout[k]
-                .lock()
-                .map_err(|_| Error::Invalid("a shard's dropout stream was poisoned".into()))?;
+            let mut dropout = dropout.get(r.clone()).map(<[Stream]>::to_vec);
             let labels = labels.as_ref().map(|l| &l[r.clone()]);
-            let out = forward(&net, &x_t, t, labels, &mut stream, cfg, compute_dtype)?;
+            let out = forward(&net, &x_t, t, labels, dropout.as_deref_mut(), compute_dtype)?;
             let terms = training_losses(
                 schedule,
                 cfg.diffusion.parameterization(),
@@ -142,18 +140,16 @@ pub fn train_step(
     })
 }
 
-/// The network output in f32 for x_t, computing in `dtype` (bf16 casts in and out).
+/// The network output in f32 for x_t, computing in `dtype` (bf16 casts in and out);
+/// `dropout`: one stream per example when the model has dropout.
 fn forward(
     net: &Network,
     x_t: &Tensor,
     t: &[usize],
     labels: Option<&[u32]>,
-    dropout: &mut Stream,
-    cfg: &Config,
+    dropout: Option<&mut [Stream]>,
     dtype: DType,
 ) -> Result<Tensor> {
-    let rate = cfg.model.dropout;
-    let stream = if rate > 0.0 { Some(dropout) } else { None };
-    let out = net.forward(&x_t.to_dtype(dtype)?, t, labels, stream)?;
+    let out = net.forward(&x_t.to_dtype(dtype)?, t, labels, dropout)?;
     Ok(out.to_dtype(DType::F32)?)
 }

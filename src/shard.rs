@@ -48,9 +48,30 @@ pub fn run<R: Send>(
     ranges: &[Range<usize>],
     f: impl Fn(usize, Range<usize>) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    kernels::shards(ranges.len(), |k| f(k, ranges[k].clone()))
-        .into_iter()
-        .collect()
+    run_reporting(ranges, &mut |_, _| Ok(()), |k, r, _| f(k, r))
+}
+
+/// Progress of a shard's work: (steps done, steps in all).
+pub type Report<'a> = &'a mut dyn FnMut(usize, usize) -> Result<()>;
+
+/// As `run`, with progress: shard 0 runs on the calling thread and reports through `report`
+/// (every shard takes the same steps); the others get a report that does nothing.
+pub fn run_reporting<R: Send>(
+    ranges: &[Range<usize>],
+    report: Report,
+    f: impl Fn(usize, Range<usize>, Report) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let f = &f;
+    kernels::shards(
+        ranges.len(),
+        || f(0, ranges[0].clone(), report),
+        |k| f(k, ranges[k].clone(), &mut |_, _| Ok(())),
+    )
+    .into_iter()
+    .collect()
 }
 
 /// A per-example map over a batch (`x` (B, ...), one timestep and optional label per example)

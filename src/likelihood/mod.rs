@@ -26,6 +26,7 @@ use crate::diffusion::Parameterization;
 use crate::error::{Error, Result};
 use crate::rng::{BatchNoise, Purpose};
 use crate::schedule::Schedule;
+use crate::shard;
 use crate::vlb::variational_bound;
 
 /// Which estimates to compute.
@@ -185,7 +186,7 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64) -> Result<()>;
 /// stream (seed, Eval, i) and the ODE's from (seed, Eval, ODE_STREAMS + i), so its numbers do
 /// not depend on the batch size.
 pub fn evaluate(
-    model: &dyn Denoiser,
+    model: &(dyn Denoiser + Sync),
     schedule: &Schedule,
     param: Parameterization,
     data: &dyn Dataset,
@@ -233,15 +234,16 @@ pub fn evaluate(
             bound.push(&bd.prior, &bd.terms);
         }
         if opts.method.ode() {
-            let mut noise = ode_noise(opts.seed, first as u64, b);
             let (base, start) = (units, Instant::now());
-            let nll = ode_nll(
+            let shards = shard::count(b, device);
+            let nll = ode_nll_in_shards(
                 model,
                 schedule,
                 param,
                 &x0,
-                &opts.ode,
-                &mut noise,
+                first,
+                opts,
+                shards,
                 &mut |d, _| progress(base + 2 * d as u64, total_units),
             )?;
             seconds.1 += start.elapsed().as_secs_f64();
@@ -276,6 +278,38 @@ pub fn evaluate(
             .then(|| bound.report(schedule, seconds.0)),
         ode,
     })
+}
+
+/// `ode_nll` of the batch x0 (examples first ..) computed in `shards` shards (one per CPU
+/// thread: `shard::count`): each example draws from its own streams and the ODE treats examples
+/// independently, so the shards give the same estimates as one batch, up to rounding. Each
+/// shard runs its forward and backward passes on one thread, where the whole batch would
+/// run its backward pass (the divergence) through parallel kernels full of barriers.
+#[allow(clippy::too_many_arguments)]
+fn ode_nll_in_shards(
+    model: &(dyn Denoiser + Sync),
+    schedule: &Schedule,
+    param: Parameterization,
+    x0: &Tensor,
+    first: usize,
+    opts: &EvalOptions,
+    shards: usize,
+    report: shard::Report,
+) -> Result<OdeNll> {
+    let b = x0.dim(0)?;
+    let ranges = shard::ranges(b, shards.clamp(1, b.max(1)));
+    let parts = shard::run_reporting(&ranges, report, |_, r, report| {
+        let mut noise = ode_noise(opts.seed, (first + r.start) as u64, r.len());
+        let x = x0.narrow(0, r.start, r.len())?;
+        ode_nll(model, schedule, param, &x, &opts.ode, &mut noise, report)
+    })?;
+    let mut whole = parts[0].clone();
+    for part in &parts[1..] {
+        for (row, more) in whole.bpd.iter_mut().zip(&part.bpd) {
+            row.extend_from_slice(more);
+        }
+    }
+    Ok(whole)
 }
 
 /// Heun steps the ODE takes under `opts` (0 when the method has no ODE).

@@ -125,3 +125,64 @@ fn evaluation_adds_up_and_does_not_depend_on_the_batch_size() {
         format!("0,0,{},{}", b5.decoder.mean, b5.decoder.se)
     );
 }
+
+/// The ODE of a batch in 3 shards (on the pool's threads; the first on this thread, reporting
+/// progress) gives each example the estimate it gets in one piece.
+#[test]
+fn the_ode_in_shards_equals_the_ode_in_one_piece() {
+    let s = Schedule::new(BetaSchedule::Linear, 50, 1e-4, 0.02, false).unwrap();
+    let model = DiffMixture {
+        components: vec![
+            Component {
+                weight: 1.0,
+                mean: vec![-0.5],
+                std: 0.3,
+            },
+            Component {
+                weight: 2.0,
+                mean: vec![0.4],
+                std: 0.2,
+            },
+        ],
+        alphas_cumprod: s.alphas_cumprod.clone(),
+    };
+    let opts = EvalOptions {
+        method: Method::Ode,
+        examples: 5,
+        batch_size: 5,
+        seed: 4,
+        clip: true,
+        ode: OdeOptions {
+            steps: 6,
+            probes: 2,
+            probe: Probe::Gaussian,
+        },
+    };
+    let x0 = load_batch(&Tiny, 0, 5, &Device::Cpu).unwrap();
+    let param = Parameterization::default();
+    let run = |shards, steps: &mut Vec<usize>| {
+        let report = &mut |d, _| {
+            steps.push(d);
+            Ok(())
+        };
+        ode_nll_in_shards(&model, &s, param, &x0, 7, &opts, shards, report).unwrap()
+    };
+    let (mut one_steps, mut three_steps) = (Vec::new(), Vec::new());
+    let one = run(1, &mut one_steps);
+    let three = run(3, &mut three_steps);
+    assert_eq!(one_steps, three_steps);
+    assert!(!one_steps.is_empty());
+    assert_eq!(
+        (one.nodes.clone(), one.evaluations),
+        (three.nodes.clone(), three.evaluations)
+    );
+    assert_eq!(three.bpd.len(), 2);
+    for (a, b) in one.bpd.iter().zip(&three.bpd) {
+        assert_eq!(b.len(), 5);
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-6, "{x} vs {y}");
+        }
+    }
+    // The examples' estimates differ, so a shuffled assembly would fail.
+    assert!((one.bpd[0][0] - one.bpd[0][4]).abs() > 1e-3);
+}

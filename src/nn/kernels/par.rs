@@ -95,19 +95,34 @@ pub fn for_each(n: usize, f: impl Fn(usize, usize) + Sync) {
     }
 }
 
-/// Run `f(k)` for k in 0..n on the pool, each call on one thread with its kernels serial
-/// (`serial`), and return the results in order of k. n = 1 runs on the calling thread with
-/// parallel kernels.
-pub fn shards<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+/// Run shard 0 (`first`) on the calling thread and shards 1..n (`rest(k)`) on the pool, each
+/// on one thread with its kernels serial (`serial`); results in order of k. Shard 0 stays on
+/// the caller so it can report progress through whatever the caller holds. n = 1 runs `first`
+/// with parallel kernels.
+pub fn shards<R: Send>(
+    n: usize,
+    first: impl FnOnce() -> R,
+    rest: impl Fn(usize) -> R + Sync,
+) -> Vec<R> {
     match pool() {
-        Some(pool) if n > 1 && !is_serial() => pool.install(|| {
-            (0..n)
-                .into_par_iter()
-                .with_max_len(1)
-                .map(|k| serial(|| f(k)))
-                .collect()
-        }),
-        _ => (0..n).map(f).collect(),
+        Some(pool) if n > 1 && !is_serial() => {
+            let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+            let (head, tail) = out.split_at_mut(1);
+            let rest = &rest;
+            pool.in_place_scope(|scope| {
+                for (i, slot) in tail.iter_mut().enumerate() {
+                    scope.spawn(move |_| *slot = Some(serial(|| rest(i + 1))));
+                }
+                head[0] = Some(serial(first));
+            });
+            // The scope returns once every spawned shard has filled its slot.
+            out.into_iter().flatten().collect()
+        }
+        _ => {
+            let mut out = vec![first()];
+            out.extend((1..n).map(rest));
+            out
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The UNet at the reference workloads' shapes: forward (eval) and forward + backward of
-//! L_simple at W1 (3x32x32, batch 32) and W3 (1x16x16, batch 64); one DDIM step at W2 (batch 16);
+//! L_simple at W1 (3x32x32, batch 32) and W3 (1x16x16, batch 64), as one batch with parallel
+//! kernels and as `ddpm train` runs it (one shard per thread, `ours_sharded_forward_backward`);
+//! one DDIM step at W2 (batch 16);
 //! one ancestral step at W4 (batch 64); one AdamW update of W1's 6.5M parameters. Seeded, few
 //! samples. `candle_forward_backward` is the same step on candle's own ops (the "before"):
 //! `cargo bench --bench unet -- ours` skips it and takes about a minute.
@@ -8,6 +10,7 @@ mod common;
 
 use std::time::Duration;
 
+use candle_core::Device;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 use ddpm::diffusion::Parameterization;
 use ddpm::nn::kernels::with_candle_ops;
@@ -15,8 +18,9 @@ use ddpm::optim::{named_vars, AdamW, OptimConfig};
 use ddpm::rng::{BatchNoise, Purpose};
 use ddpm::sampler::{Ancestral, Context, Ddim, Stepper};
 use ddpm::schedule::Spacing;
+use ddpm::shard;
 
-use common::{build, data_batch, l_simple, randn, schedule, w1, w3, Workload};
+use common::{build, data_batch, l_simple, l_simple_part, randn, schedule, w1, w3, Workload};
 
 fn forward_and_backward(c: &mut Criterion, w: &Workload) {
     let mut g = c.benchmark_group(format!("unet/{}", w.name));
@@ -39,6 +43,19 @@ fn forward_and_backward(c: &mut Criterion, w: &Workload) {
             l_simple(&unet, &sched, &x0, step).backward().unwrap()
         })
     });
+    g.bench_function(
+        BenchmarkId::new("ours_sharded_forward_backward", w.batch),
+        |b| {
+            b.iter(|| {
+                step += 1;
+                let ranges = shard::ranges(w.batch, shard::count(w.batch, &Device::Cpu));
+                shard::run(&ranges, |_, r| {
+                    Ok(l_simple_part(&unet, &sched, &x0, step, r).backward()?)
+                })
+                .unwrap()
+            })
+        },
+    );
     g.bench_function(BenchmarkId::new("candle_forward_backward", w.batch), |b| {
         b.iter(|| {
             step += 1;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use ddpm::diffusion::Parameterization;
-use ddpm::nn::kernels::with_candle_ops;
+use ddpm::nn::kernels::{on_pool, with_candle_ops};
 use ddpm::optim::{named_vars, AdamW, OptimConfig};
 use ddpm::rng::{BatchNoise, Purpose};
 use ddpm::sampler::{sample, Ancestral, Context, SampleOptions, SamplerKind, Stepper};
@@ -198,7 +198,8 @@ fn child(name: &str, candle: bool) {
         "W2" => ddim(&w),
         _ => ancestral(&w, 100),
     };
-    let (mut times, snap) = if candle { with_candle_ops(run) } else { run() };
+    // As the binary does: the whole workload on the CPU pool's first thread.
+    let (mut times, snap) = on_pool(|| if candle { with_candle_ops(run) } else { run() });
     let other = other_cores(snap, cpu_snapshot());
     let (min, max) = (
         times.iter().cloned().fold(f64::MAX, f64::min),

@@ -13,7 +13,9 @@ fn main() -> ExitCode {
     // any tensor work or other thread.
     ddpm::nn::kernels::configure_cpu();
     let args = cli::Cli::parse();
-    match cli::run(args) {
+    // The command runs on the CPU pool's first thread, so its parallel loops and shards start
+    // without waking anyone first.
+    match ddpm::nn::kernels::on_pool(|| cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => cli::report(&err),
     }

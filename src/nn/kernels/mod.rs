@@ -33,7 +33,7 @@ pub use conv::conv2d;
 pub use conv_add::conv2d_add;
 pub use norm::group_norm;
 pub use norm_conv::{norm_silu_conv2d, GroupNormParams};
-pub use par::{is_serial, shards, threads};
+pub use par::{is_serial, on_pool, shards, threads};
 pub use process::configure_cpu;
 pub use resample::upsample_nearest2x;
 

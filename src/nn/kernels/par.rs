@@ -30,10 +30,25 @@ pub fn pool() -> Option<&'static rayon::ThreadPool> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(candle_core::utils::get_num_threads())
             .thread_name(|i| format!("ddpm-cpu-{i}"))
+            // The main thread's size: whole commands run here (`on_pool`), including candle's
+            // recursive walk of the autograd graph.
+            .stack_size(8 << 20)
             .build()
             .ok()
     })
     .as_ref()
+}
+
+/// Run `f` on one of the pool's threads (on this thread if there is no pool). A command run
+/// this way reaches the pool's other threads without handing work across to them and waiting
+/// to be woken: a loop's items go to the worker's own queue and it runs the ones nobody took
+/// (from outside, every parallel loop is a round trip to sleeping workers: one DDIM-20 image
+/// on W1's model took 1.0 s instead of 0.7 s on one thread).
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match pool() {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
 }
 
 /// Run `f` with every kernel loop it reaches on this thread staying on this thread: for work

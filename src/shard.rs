@@ -1,18 +1,21 @@
 //! Data parallelism on the CPU: a batch cut into shards of consecutive examples, one per
 //! thread, each computed start to finish on its own thread (the training loss and its
-//! backward pass, or a sampling forward pass) with the kernels inside it single-threaded.
+//! backward pass, a sampling forward pass, or the likelihood ODE of its examples) with the
+//! kernels inside it single-threaded.
 //!
-//! On a small model the ops of one example batch are too short to split well across threads:
-//! candle's backward is serial bookkeeping between ops, and every parallel op ends in a
-//! barrier. W3 (train, 1x16x16, batch 64) ran only 1.2-1.6x faster on 2 threads than on 1 with
-//! parallel kernels; as two shards of 32 it runs ~2x faster (two independent threads, no
-//! barriers). Sharding applies where candle's own CPU pool is off (`configure_cpu`, which the
-//! binary calls), since that pool's workers would compete with the shards for the cores.
+//! On a small model the ops of one batch are too short to split well across threads: candle's
+//! backward is serial bookkeeping between ops, and every parallel op ends in a barrier. W3
+//! (train, 1x16x16, batch 64) with parallel kernels ran only 1.1-1.6x faster on 2 threads than
+//! on 1; as two shards of 32 it runs 1.5-1.7x faster, and 1.2x faster than the parallel kernels
+//! on 2 threads (step minimum ~108 vs ~120 ms). Sharding applies where candle's own CPU pool is
+//! off (`configure_cpu`, which the binary calls), since that pool's workers would compete with
+//! the shards for the cores.
 //!
 //! Shard k of a batch of n over s shards holds examples k n / s .. (k + 1) n / s. The
 //! gradient of the batch mean loss is the size-weighted sum of the shards' mean-loss
 //! gradients, sum_k (n_k / n) g_k, added in shard order, so a run is reproducible bit for bit
-//! for a given thread count; a different thread count changes the shards and so the rounding.
+//! for a given thread count; a different thread count changes the shards and so the rounding
+//! (examples draw their own random numbers, so nothing else changes).
 
 use std::ops::Range;
 

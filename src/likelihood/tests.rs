@@ -51,11 +51,10 @@ impl Dataset for Tiny {
     }
 }
 
-#[test]
-fn evaluation_adds_up_and_does_not_depend_on_the_batch_size() {
-    let s = Schedule::new(BetaSchedule::Linear, 50, 1e-4, 0.02, false).unwrap();
-    let model = DiffMixture {
-        // Two bumps, so that d eps / dx is not diagonal and the Rademacher probes disagree.
+/// The exact eps of two Gaussian bumps on `s`: d eps / dx is not diagonal, so Rademacher
+/// probes disagree.
+fn two_bumps(s: &Schedule) -> DiffMixture {
+    DiffMixture {
         components: vec![
             Component {
                 weight: 1.0,
@@ -69,7 +68,13 @@ fn evaluation_adds_up_and_does_not_depend_on_the_batch_size() {
             },
         ],
         alphas_cumprod: s.alphas_cumprod.clone(),
-    };
+    }
+}
+
+#[test]
+fn evaluation_adds_up_and_does_not_depend_on_the_batch_size() {
+    let s = Schedule::new(BetaSchedule::Linear, 50, 1e-4, 0.02, false).unwrap();
+    let model = two_bumps(&s);
     let report = |batch_size| {
         let opts = EvalOptions {
             method: Method::Both,
@@ -131,21 +136,7 @@ fn evaluation_adds_up_and_does_not_depend_on_the_batch_size() {
 #[test]
 fn the_ode_in_shards_equals_the_ode_in_one_piece() {
     let s = Schedule::new(BetaSchedule::Linear, 50, 1e-4, 0.02, false).unwrap();
-    let model = DiffMixture {
-        components: vec![
-            Component {
-                weight: 1.0,
-                mean: vec![-0.5],
-                std: 0.3,
-            },
-            Component {
-                weight: 2.0,
-                mean: vec![0.4],
-                std: 0.2,
-            },
-        ],
-        alphas_cumprod: s.alphas_cumprod.clone(),
-    };
+    let model = two_bumps(&s);
     let opts = EvalOptions {
         method: Method::Ode,
         examples: 5,

@@ -13,6 +13,8 @@ pub mod resblock;
 pub mod unet;
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 
 pub use config::{Arch, UNetConfig};

@@ -3,12 +3,12 @@
 //! with every weight nonzero (so every parameter's gradient is tested). Gradient tolerance
 //! 1e-4 of each tensor's scale, as the kernel tests; measured worst: 1.6e-5 (2 shards).
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
 
 use super::*;
 use crate::error::Error;
-use crate::nn::{init_weights, UNet, UNetConfig};
+use crate::nn::UNet;
 use crate::optim::GradAccumulator;
 use crate::rng::{Purpose, Stream};
 
@@ -18,31 +18,9 @@ fn randn(index: u64, dims: &[usize]) -> Tensor {
         .unwrap()
 }
 
-/// ch 16, [1, 2], attention at 4, 10 classes, on 1x8x8; the zero-initialised output layers
-/// get small random values too.
+/// The kernel tests' model (every weight live) with 10 classes.
 fn unet() -> (VarMap, UNet) {
-    let cfg = UNetConfig {
-        base_channels: 16,
-        channel_mult: vec![1, 2],
-        num_res_blocks: 1,
-        attention_resolutions: vec![4],
-        dropout: 0.0,
-        norm_groups: 8,
-        num_classes: Some(10),
-        ..UNetConfig::default()
-    };
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let net = UNet::new(vb, &cfg, 1, 1, (8, 8)).unwrap();
-    init_weights(&varmap, 3).unwrap();
-    for (i, var) in varmap.all_vars().iter().enumerate() {
-        let max = var.abs().unwrap().max_all().unwrap();
-        if max.to_scalar::<f32>().unwrap() == 0.0 {
-            var.set(&(randn(100 + i as u64, var.dims()) * 0.05).unwrap())
-                .unwrap();
-        }
-    }
-    (varmap, net)
+    crate::nn::testing::seeded_tiny_unet(Some(10))
 }
 
 /// max |a - b| / max(max |b|, floor). The floor (1e-3 of the largest gradient, for gradients)

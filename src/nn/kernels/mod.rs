@@ -50,12 +50,5 @@ pub fn enabled(x: &Tensor) -> bool {
 /// on other devices: the reference the kernels are compared with, in tests and benches.
 /// (Backward passes follow whatever ops the forward recorded.)
 pub fn with_candle_ops<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CANDLE_ONLY.set(self.0);
-        }
-    }
-    let _restore = Restore(CANDLE_ONLY.replace(true));
-    f()
+    par::with_flag(&CANDLE_ONLY, f)
 }

@@ -11,6 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::thread::LocalKey;
 
 use candle_core::utils::barrier_pool;
 
@@ -54,13 +55,18 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// Run `f` with every kernel loop it reaches on this thread staying on this thread: for work
 /// that is already split across the threads one level up (a shard of a batch).
 pub fn serial<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
+    with_flag(&SERIAL, f)
+}
+
+/// Run `f` with the thread-local `flag` set, restoring its value afterwards (also on a panic).
+pub fn with_flag<R>(flag: &'static LocalKey<Cell<bool>>, f: impl FnOnce() -> R) -> R {
+    struct Restore(&'static LocalKey<Cell<bool>>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            SERIAL.set(self.0);
+            self.0.set(self.1);
         }
     }
-    let _restore = Restore(SERIAL.replace(true));
+    let _restore = Restore(flag, flag.replace(true));
     f()
 }
 

@@ -290,36 +290,14 @@ fn upsample_matches_candle_forward_and_gradient() {
 }
 
 mod unet {
-    use candle_core::DType;
-    use candle_nn::{VarBuilder, VarMap};
+    use candle_nn::VarMap;
 
     use super::*;
     use crate::denoiser::Denoiser;
-    use crate::nn::{init_weights, UNet, UNetConfig};
+    use crate::nn::UNet;
 
-    /// ch 16, [1, 2], 1 block, attention at 4, 2 heads, 8 groups, on 1x8x8 images; every
-    /// variable seeded (including the zero-initialised output layers), so all gradients are live.
     fn model() -> (VarMap, UNet) {
-        let cfg = UNetConfig {
-            base_channels: 16,
-            channel_mult: vec![1, 2],
-            num_res_blocks: 1,
-            attention_resolutions: vec![4],
-            num_heads: 2,
-            dropout: 0.0,
-            norm_groups: 8,
-            num_classes: None,
-            ..UNetConfig::default()
-        };
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let unet = UNet::new(vb, &cfg, 1, 1, (8, 8)).unwrap();
-        init_weights(&varmap, 4).unwrap();
-        for (i, var) in varmap.all_vars().iter().enumerate() {
-            let noise = (randn(1000 + i as u64, var.dims()) * 0.1).unwrap();
-            var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
-        }
-        (varmap, unet)
+        crate::nn::testing::seeded_tiny_unet(None)
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //! (train, 1x16x16, batch 64) with parallel kernels ran only 1.1-1.6x faster on 2 threads than
 //! on 1; as two shards of 32 it runs 1.5-1.7x faster than on 1 thread, and faster than the
 //! parallel kernels on 2 threads by 1.1x in the best step (~108 vs ~120 ms) and 1.3x in the
-//! median run of the side-by-side comparison (506 vs 378 images/s), whose slow runs are gone. Sharding applies where candle's own CPU pool is
-//! off (`configure_cpu`, which the binary calls), since that pool's workers would compete with
-//! the shards for the cores.
+//! median run of the side-by-side comparison (506 vs 378 images/s), whose slow runs are gone.
+//! Sharding applies where candle's own CPU pool is off (`configure_cpu`, which the binary
+//! calls), since that pool's workers would compete with the shards for the cores.
 //!
 //! Shard k of a batch of n over s shards holds examples k n / s .. (k + 1) n / s. The
 //! gradient of the batch mean loss is the size-weighted sum of the shards' mean-loss

@@ -19,8 +19,7 @@
 # DDPM_STEPS ("10 20 50 100"), PC_STEPS (pc, none), NE (examples for eval, 64), NG (samples
 # per guidance scale, 200), GSTEPS (their DDIM steps, 20), NICE ("nice -n 10"), STAGES
 # ("sweep eval guidance pictures": the parts to run). Finished sweep points, evals and guidance
-# samples are kept, so an interrupted run continues. Batches of N images run several times
-# faster on a CPU than the default 64 and give the same images.
+# samples are kept, so an interrupted run continues. The batch size N does not change the images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -19,7 +19,8 @@
 # DDPM_STEPS ("10 20 50 100"), PC_STEPS (pc, none), NE (examples for eval, 64), NG (samples
 # per guidance scale, 200), GSTEPS (their DDIM steps, 20), NICE ("nice -n 10"), STAGES
 # ("sweep eval guidance pictures": the parts to run). Finished sweep points, evals and guidance
-# samples are kept, so an interrupted run continues. The batch size N does not change the images.
+# samples are kept, so an interrupted run continues. Each sweep point is one batch of N (the batch
+# size does not change the images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

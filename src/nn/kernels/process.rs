@@ -6,7 +6,10 @@
 //!   back to the kernel as soon as they are freed (mmap above 128 KB, heap trimming), so each
 //!   training step faults in, zeroes and unmaps hundreds of megabytes again: a fifth of a W3
 //!   step in the profile. Keeping blocks up to 32 MB in the heap and never trimming it turns
-//!   that into plain reuse. Peak memory is unchanged; memory is just not given back.
+//!   that into plain reuse. Peak memory is unchanged; memory is just not given back. And one
+//!   heap (arena) for all threads: with a heap per thread, blocks the shards free on one
+//!   thread are not reused by the other, and W1's peak RSS rose from ~850 to ~960 MB
+//!   (MALLOC_ARENA_MAX=1 vs the default, same speed: the allocations are few and large).
 //! - Threads: the CPU work runs as shards of the batch, one per thread of our pool
 //!   (`crate::shard`), each shard's ops on its own thread. candle's own CPU pool would then be
 //!   a second set of threads competing for the same cores (its elementwise ops over 64K
@@ -26,20 +29,25 @@ pub fn configure_cpu() -> bool {
     tune_allocator()
 }
 
-/// Keep blocks up to 32 MB in malloc's heap and stop returning freed heap to the kernel.
-/// Returns whether the settings were applied (glibc on Linux); elsewhere it does nothing.
+/// Keep blocks up to 32 MB in malloc's heap, stop returning freed heap to the kernel, and
+/// keep one heap for all threads. Returns whether the settings were applied (glibc on Linux);
+/// elsewhere it does nothing.
 fn tune_allocator() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         extern "C" {
             fn mallopt(param: i32, value: i32) -> i32;
         }
-        // <malloc.h>: M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3 (32 MB is glibc's maximum).
+        // <malloc.h>: M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3 (32 MB is glibc's maximum),
+        // M_ARENA_MAX = -8.
         const M_TRIM_THRESHOLD: i32 = -1;
         const M_MMAP_THRESHOLD: i32 = -3;
-        // SAFETY: mallopt only changes malloc's tunables; both values are in range.
+        const M_ARENA_MAX: i32 = -8;
+        // SAFETY: mallopt only changes malloc's tunables; all values are in range.
         unsafe {
-            mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1
+            mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1
+                && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1
+                && mallopt(M_ARENA_MAX, 1) == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

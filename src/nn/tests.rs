@@ -288,11 +288,9 @@ fn seeded_dropout_is_reproducible_and_not_eval() {
     assert!(unet
         .forward(&x, &t, None, Some(&mut streams(1)[1..]))
         .is_err());
-    // Eval mode is deterministic too.
-    assert_eq!(
-        values(&eval),
-        values(&Denoiser::forward(&unet, &x, &t).unwrap())
-    );
+    // Eval mode is deterministic too (the Denoiser forward may run in shards: see
+    // shard::count; rounding then differs).
+    assert!(max_abs_diff(&eval, &Denoiser::forward(&unet, &x, &t).unwrap()) < 1e-5);
 }
 
 #[test]

@@ -58,9 +58,20 @@ fn ranges_tile_the_batch_in_order() {
 }
 
 #[test]
-fn count_is_one_off_the_cpu_pool_or_inside_a_shard() {
-    // This test process keeps candle's pool (no configure_cpu): never sharded.
-    assert_eq!(count(64, &Device::Cpu), 1);
+fn count_is_one_per_thread_unless_candles_pool_is_on_or_inside_a_shard() {
+    // A test process keeps candle's pool unless CANDLE_NUM_THREADS=1 or RAYON_NUM_THREADS=1
+    // is set (no configure_cpu here): then it is never sharded.
+    let threads = kernels::threads();
+    let want = |batch: usize| {
+        if candle_pool_on() {
+            1
+        } else {
+            threads.min(batch)
+        }
+    };
+    for batch in [1, 2, 64] {
+        assert_eq!(count(batch, &Device::Cpu), want(batch), "batch {batch}");
+    }
     assert_eq!(
         run(&ranges(4, 2), |_, _| Ok(count(64, &Device::Cpu))).unwrap(),
         [1, 1]

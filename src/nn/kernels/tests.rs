@@ -335,9 +335,8 @@ mod unet {
         let tracked = unet.forward(&x, &t, None, None).unwrap();
         let eval = Denoiser::forward(&unet, &x, &t).unwrap();
         assert!(tracked.track_op() && !eval.track_op());
-        assert_eq!(
-            tracked.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            eval.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        );
+        // Bit-equal in one piece; the eval forward runs in shards where candle's pool is off
+        // (CANDLE_NUM_THREADS=1), and a kernel's blocking may then round differently.
+        assert!(rel_err(&eval, &tracked) < 1e-5);
     }
 }

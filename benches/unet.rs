@@ -20,7 +20,9 @@ use ddpm::sampler::{Ancestral, Context, Ddim, Stepper};
 use ddpm::schedule::Spacing;
 use ddpm::shard;
 
-use common::{build, data_batch, l_simple, l_simple_part, randn, schedule, w1, w3, Workload};
+use common::{
+    build, data_batch, draws, l_simple, l_simple_part, randn, schedule, w1, w3, Workload,
+};
 
 fn forward_and_backward(c: &mut Criterion, w: &Workload) {
     let mut g = c.benchmark_group(format!("unet/{}", w.name));
@@ -48,11 +50,9 @@ fn forward_and_backward(c: &mut Criterion, w: &Workload) {
         |b| {
             b.iter(|| {
                 step += 1;
+                let d = draws(&sched, &x0, step);
                 let ranges = shard::ranges(w.batch, shard::count(w.batch, &Device::Cpu));
-                shard::run(&ranges, |_, r| {
-                    Ok(l_simple_part(&unet, &sched, &x0, step, r).backward()?)
-                })
-                .unwrap()
+                shard::run(&ranges, |_, r| Ok(l_simple_part(&unet, &d, r).backward()?)).unwrap()
             })
         },
     );

@@ -20,7 +20,7 @@ use ddpm::sampler::{sample, Ancestral, Context, SampleOptions, SamplerKind, Step
 use ddpm::schedule::Spacing;
 use ddpm::shard;
 
-use common::{build, data_batch, l_simple_part, randn, schedule, w1, w3, Workload};
+use common::{build, data_batch, draws, l_simple_part, randn, schedule, w1, w3, Workload};
 
 /// Counted GFLOP per image (REFERENCE.md: conv/matmul only): W1 train 8.67, W2 50 x 2.89,
 /// W3 train 0.368, W4 1000 x 0.123.
@@ -112,8 +112,9 @@ fn train(w: &Workload, warmup: usize, timed: usize) -> (Vec<f64>, (Instant, f64,
         // As `ddpm train` does it: the batch in shards (one per thread), gradients weighted.
         let b = x0.dim(0).unwrap();
         let ranges = shard::ranges(b, shard::count(b, &Device::Cpu));
+        let d = draws(&sched, &x0, step as u64);
         let shards = shard::run(&ranges, |_, r| {
-            let loss = l_simple_part(&unet, &sched, &x0, step as u64, r.clone());
+            let loss = l_simple_part(&unet, &d, r.clone());
             Ok((loss.backward()?, r.len() as f64 / b as f64))
         })
         .unwrap();

@@ -6,9 +6,9 @@
 //! On a small model the ops of one batch are too short to split well across threads: candle's
 //! backward is serial bookkeeping between ops, and every parallel op ends in a barrier. W3
 //! (train, 1x16x16, batch 64) with parallel kernels ran only 1.1-1.6x faster on 2 threads than
-//! on 1; as two shards of 32 it runs 1.5-1.7x faster than on 1 thread, and faster than the
-//! parallel kernels on 2 threads by 1.1x in the best step (~108 vs ~120 ms) and 1.3x in the
-//! median run of the side-by-side comparison (506 vs 378 images/s), whose slow runs are gone.
+//! on 1; as two shards of 32 it runs 1.5-1.7x faster than on 1 thread, its best step is
+//! ~108 ms against ~120 ms, and its ratio to PyTorch in the side-by-side comparison rose from
+//! 1.13x to 1.39x-1.54x (README, CPU performance).
 //! Sharding applies where candle's own CPU pool is off (`configure_cpu`, which the binary
 //! calls), since that pool's workers would compete with the shards for the cores.
 //!

@@ -117,21 +117,15 @@ pub fn schedule() -> Schedule {
     Schedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02, false).unwrap()
 }
 
-/// L_simple of one training step: t ~ U{0..T-1}, eps ~ N(0, I) from step `step`'s streams,
-/// loss = mean((eps_theta(sqrt(abar) x0 + sqrt(1 - abar) eps, t) - eps)^2).
-pub fn l_simple(unet: &UNet, schedule: &Schedule, x0: &Tensor, step: u64) -> Tensor {
-    l_simple_part(unet, schedule, x0, step, 0..x0.dim(0).unwrap())
+/// Step `step`'s draws for the batch x0, as `ddpm train` makes them before sharding:
+/// t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(abar) x0 + sqrt(1 - abar) eps.
+pub struct Draws {
+    pub t: Vec<usize>,
+    pub eps: Tensor,
+    pub x_t: Tensor,
 }
 
-/// L_simple of examples `part` of step `step`'s batch (the draws of the whole batch), the mean
-/// over those examples: one shard's loss.
-pub fn l_simple_part(
-    unet: &UNet,
-    schedule: &Schedule,
-    x0: &Tensor,
-    step: u64,
-    part: std::ops::Range<usize>,
-) -> Tensor {
+pub fn draws(schedule: &Schedule, x0: &Tensor, step: u64) -> Draws {
     let b = x0.dim(0).unwrap();
     let mut ts = Stream::new(0, Purpose::Timesteps, step);
     let t: Vec<usize> = (0..b).map(|_| ts.below(schedule.len())).collect();
@@ -139,11 +133,22 @@ pub fn l_simple_part(
         .randn(x0.shape(), &Device::Cpu)
         .unwrap();
     let x_t = ddpm::diffusion::q_sample(schedule, x0, &t, &eps).unwrap();
+    Draws { t, eps, x_t }
+}
+
+/// L_simple of one training step: mean((eps_theta(x_t, t) - eps)^2) over the batch.
+pub fn l_simple(unet: &UNet, schedule: &Schedule, x0: &Tensor, step: u64) -> Tensor {
+    let d = draws(schedule, x0, step);
+    l_simple_part(unet, &d, 0..d.t.len())
+}
+
+/// L_simple over examples `part` of the draws `d`: one shard's mean loss.
+pub fn l_simple_part(unet: &UNet, d: &Draws, part: std::ops::Range<usize>) -> Tensor {
     let (lo, n) = (part.start, part.len());
     let pred = unet
-        .forward(&x_t.narrow(0, lo, n).unwrap(), &t[part], None, None)
+        .forward(&d.x_t.narrow(0, lo, n).unwrap(), &d.t[part], None, None)
         .unwrap();
-    (pred - eps.narrow(0, lo, n).unwrap())
+    (pred - d.eps.narrow(0, lo, n).unwrap())
         .unwrap()
         .sqr()
         .unwrap()

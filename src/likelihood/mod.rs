@@ -303,10 +303,13 @@ fn ode_nll_in_shards(
         let x = x0.narrow(0, r.start, r.len())?;
         ode_nll(model, schedule, param, &x, &opts.ode, &mut noise, report)
     })?;
-    let mut whole = parts[0].clone();
-    for part in &parts[1..] {
-        for (row, more) in whole.bpd.iter_mut().zip(&part.bpd) {
-            row.extend_from_slice(more);
+    let mut parts = parts.into_iter();
+    let mut whole = parts
+        .next()
+        .ok_or_else(|| Error::Invalid("the ODE of an empty batch".into()))?;
+    for part in parts {
+        for (row, more) in whole.bpd.iter_mut().zip(part.bpd) {
+            row.extend(more);
         }
     }
     Ok(whole)

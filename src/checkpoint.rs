@@ -131,8 +131,44 @@ fn encode_raw(
         }
         cpu.push((name.clone(), t.to_device(&Device::Cpu)?.contiguous()?));
     }
-    safetensors::serialize(cpu, Some(meta))
-        .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))
+    let bytes = safetensors::serialize(cpu, Some(meta))
+        .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
+    sorted_header(bytes).map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))
+}
+
+/// The same file with its JSON header's keys in sorted order. safetensors writes
+/// `__metadata__` in `HashMap` order, which changes from one process to the next, so two runs
+/// with the same config and seed wrote the same tensors under headers that differed in their
+/// bytes. Sorting keeps every entry and the compact JSON's length, so the header (8-byte
+/// little-endian length n, then n bytes of JSON padded with spaces) keeps its length n and the
+/// tensor data its offsets; readers do not care about key order.
+fn sorted_header(mut bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    use serde_json::Value;
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .filter(|&n| bytes.len() >= 8 + n)
+        .ok_or("header length out of range")?;
+    let header = &bytes[8..8 + n];
+    let mut top: BTreeMap<String, Value> =
+        serde_json::from_slice(header).map_err(|e| format!("header is not JSON: {e}"))?;
+    if let Some(meta) = top.get_mut("__metadata__") {
+        // Through a BTreeMap: `Value`'s own map keeps insertion order when serde_json's
+        // `preserve_order` feature is on somewhere in the dependency tree.
+        let sorted: BTreeMap<String, String> =
+            serde_json::from_value(meta.take()).map_err(|e| format!("metadata: {e}"))?;
+        *meta = serde_json::to_value(sorted).map_err(|e| format!("metadata: {e}"))?;
+    }
+    let json = serde_json::to_vec(&top).map_err(|e| e.to_string())?;
+    if json.len() > n {
+        return Err(format!(
+            "sorted header is {} bytes, longer than the {n} written",
+            json.len()
+        ));
+    }
+    bytes[8..8 + json.len()].copy_from_slice(&json);
+    bytes[8 + json.len()..8 + n].fill(b' ');
+    Ok(bytes)
 }
 
 /// Replace `path` by `bytes` atomically (see `atomic::write`), as a checkpoint error.

@@ -251,6 +251,13 @@ fn training_in_shards_repeats_exactly_and_matches_one_thread() {
         three == train_on_threads(dir, "3", "again"),
         "3 threads twice differ"
     );
+    // The whole file, header included: the metadata is written in sorted order, not in
+    // safetensors' per-process HashMap order.
+    let file = |run: &str| std::fs::read(dir.join(run).join("latest.safetensors")).unwrap();
+    assert!(
+        file("three") == file("again"),
+        "the same run twice wrote different checkpoint bytes"
+    );
     let floats = |b: &[u8]| -> Vec<f32> {
         b.chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

@@ -90,6 +90,39 @@ fn round_trip_is_bit_identical_and_leaves_no_temp_files() {
     assert!(e.contains("c.safetensors") && e.contains("`step`"), "{e}");
 }
 
+#[test]
+fn equal_checkpoints_are_equal_bytes() {
+    // Six metadata keys: safetensors' HashMap order (a fresh random hasher per encode) would
+    // put them in one of 720 orders each time.
+    let mut metadata = meta("[train]\nlr = 1e-4\n");
+    for (k, v) in [
+        ("step", "7"),
+        ("parameters", "60"),
+        ("zeta", "z"),
+        ("alpha", "a"),
+    ] {
+        metadata.insert(k.into(), v.into());
+    }
+    let path = Path::new("c.safetensors");
+    let first = encode(path, &sample_tensors(), &metadata).unwrap();
+    for _ in 0..8 {
+        assert!(encode(path, &sample_tensors(), &metadata).unwrap() == first);
+    }
+    // Sorted, and still a file safetensors reads, with every value.
+    let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&first[8..8 + n]).unwrap();
+    let at = |k: &str| header.find(&format!("\"{k}\":")).unwrap();
+    assert!(at("alpha") < at("config") && at("config") < at("format") && at("step") < at("zeta"));
+    let dir = tempfile::tempdir().unwrap();
+    write_atomic(&dir.path().join("c.safetensors"), &first).unwrap();
+    let ck = load(&dir.path().join("c.safetensors")).unwrap();
+    metadata.insert(META_FORMAT.into(), FORMAT.into());
+    assert_eq!(ck.metadata, metadata);
+    for (name, t) in &sample_tensors() {
+        assert_eq!(bits(&ck.tensors[name]), bits(t), "{name}");
+    }
+}
+
 /// `load(path)` fails, naming the path and saying `what`.
 fn assert_load_fails(path: &Path, what: &str) {
     let e = load(path).unwrap_err().to_string();

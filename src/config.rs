@@ -248,6 +248,11 @@ impl Config {
         let dataset = self.data.dataset.name();
         match (self.model.arch, self.data.dataset.is_points()) {
             (Arch::Unet, false) => {
+                if let Some(key) = self.model.unused_key() {
+                    return Err(Error::Config(format!(
+                        "[model.{key}] configures model.arch = \"mlp\", but model.arch = \"unet\"; remove it"
+                    )));
+                }
                 let size = self.data.image_size;
                 self.model.validate((size.height, size.width))
             }
@@ -259,6 +264,12 @@ impl Config {
                  use model.arch = \"unet\" or a dataset such as \"moons\" or \"points\""
             ))),
             (Arch::Mlp, true) => {
+                if let Some(key) = self.model.unused_key() {
+                    return Err(Error::Config(format!(
+                        "model.{key} configures the UNet, but model.arch = \"mlp\" (its sizes are \
+                         in [model.mlp]); remove it"
+                    )));
+                }
                 self.model.mlp.validate()?;
                 if self.model.num_classes.is_some() {
                     return Err(Error::Config(

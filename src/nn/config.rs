@@ -3,7 +3,7 @@
 //! CIFAR-10 model), its validation against an image size, and the layer plan both validation and
 //! the constructor walk, so the two can never disagree about what gets built.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 use crate::nn::mlp::MlpConfig;
@@ -20,7 +20,9 @@ pub enum Arch {
 }
 
 /// The UNet architecture (Ho et al. 2020, appendix B); the `[model]` section of the config.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// It is written out (run directories, checkpoints, `ddpm info`) with the keys of the network
+/// `arch` builds only; validation makes sure the others are at their defaults.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct UNetConfig {
     /// `unet` (default; the keys below) or `mlp` (the keys of `[model.mlp]`).
@@ -64,6 +66,47 @@ impl Default for UNetConfig {
     }
 }
 
+impl Serialize for UNetConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct UNetKeys<'a> {
+            arch: Arch,
+            base_channels: usize,
+            channel_mult: &'a [usize],
+            num_res_blocks: usize,
+            attention_resolutions: &'a [usize],
+            num_heads: usize,
+            dropout: f64,
+            norm_groups: usize,
+            num_classes: Option<usize>,
+        }
+        #[derive(Serialize)]
+        struct MlpKeys<'a> {
+            arch: Arch,
+            mlp: &'a MlpConfig,
+        }
+        match self.arch {
+            Arch::Unet => UNetKeys {
+                arch: self.arch,
+                base_channels: self.base_channels,
+                channel_mult: &self.channel_mult,
+                num_res_blocks: self.num_res_blocks,
+                attention_resolutions: &self.attention_resolutions,
+                num_heads: self.num_heads,
+                dropout: self.dropout,
+                norm_groups: self.norm_groups,
+                num_classes: self.num_classes,
+            }
+            .serialize(s),
+            Arch::Mlp => MlpKeys {
+                arch: self.arch,
+                mlp: &self.mlp,
+            }
+            .serialize(s),
+        }
+    }
+}
+
 /// One layer of the plan, in forward order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Block {
@@ -102,6 +145,31 @@ impl UNetConfig {
     /// Number of downsamplings: levels - 1.
     pub fn downsamplings(&self) -> usize {
         self.channel_mult.len().saturating_sub(1)
+    }
+
+    /// A key set (to other than its default) that the network `arch` does not use: one of the
+    /// UNet's under `arch = "mlp"`, or `mlp` (the `[model.mlp]` table) under the UNet. The MLP's
+    /// `num_classes` has its own error (it is unconditional).
+    pub fn unused_key(&self) -> Option<&'static str> {
+        let d = UNetConfig::default();
+        match self.arch {
+            Arch::Unet => (self.mlp != d.mlp).then_some("mlp"),
+            Arch::Mlp => [
+                ("base_channels", self.base_channels == d.base_channels),
+                ("channel_mult", self.channel_mult == d.channel_mult),
+                ("num_res_blocks", self.num_res_blocks == d.num_res_blocks),
+                (
+                    "attention_resolutions",
+                    self.attention_resolutions == d.attention_resolutions,
+                ),
+                ("num_heads", self.num_heads == d.num_heads),
+                ("dropout", self.dropout == d.dropout),
+                ("norm_groups", self.norm_groups == d.norm_groups),
+            ]
+            .into_iter()
+            .find(|(_, default)| !default)
+            .map(|(key, _)| key),
+        }
     }
 
     /// GroupNorm groups over `c` channels: min(norm_groups, c).
@@ -398,5 +466,51 @@ mod tests {
             UNetConfig::default()
         );
         assert!(toml::from_str::<UNetConfig>("channels = 3").is_err());
+    }
+
+    #[test]
+    fn only_the_built_networks_keys_are_written() {
+        let unet = toml::to_string(&w1_like()).unwrap();
+        assert!(
+            unet.contains("base_channels = 64") && !unet.contains("width"),
+            "{unet}"
+        );
+        let mlp = UNetConfig {
+            arch: Arch::Mlp,
+            mlp: MlpConfig {
+                width: 64,
+                ..MlpConfig::default()
+            },
+            ..UNetConfig::default()
+        };
+        let text = toml::to_string(&mlp).unwrap();
+        assert!(text.contains("[mlp]\nwidth = 64\n"), "{text}");
+        assert!(
+            !text.contains("channel") && !text.contains("dropout"),
+            "{text}"
+        );
+        // Nothing is lost: the keys left out are at their defaults, as validation demands.
+        assert_eq!(toml::from_str::<UNetConfig>(&text).unwrap(), mlp);
+        assert_eq!((mlp.unused_key(), w1_like().unused_key()), (None, None));
+        let set = |cfg: UNetConfig| cfg.unused_key();
+        assert_eq!(
+            set(UNetConfig {
+                dropout: 0.0,
+                ..mlp.clone()
+            }),
+            Some("dropout")
+        );
+        assert_eq!(
+            set(UNetConfig {
+                channel_mult: vec![1],
+                ..mlp.clone()
+            }),
+            Some("channel_mult")
+        );
+        let unet_with_mlp = UNetConfig {
+            arch: Arch::Unet,
+            ..mlp
+        };
+        assert_eq!(set(unet_with_mlp), Some("mlp"));
     }
 }

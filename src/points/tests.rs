@@ -221,6 +221,11 @@ fn vector_configs_are_checked_together_and_name_the_key() {
             "[model]\narch = \"mlp\"\nnum_classes = 3\n[data]\ndataset = \"moons\"\n[sample]\nclip_x0 = false\n",
             "model.num_classes",
         ),
+        (
+            "[model]\narch = \"mlp\"\ndropout = 0.0\n[data]\ndataset = \"moons\"\n[sample]\nclip_x0 = false\n",
+            "model.dropout",
+        ),
+        ("[model]\narch = \"unet\"\n[model.mlp]\nwidth = 64\n", "[model.mlp]"),
         ("[data]\ndataset = \"points\"\n", "data.path"),
         ("[data]\ndataset = \"moons\"\npath = \"a.csv\"\n", "data.path"),
         ("[data]\ndataset = \"moons\"\nnoise = -1.0\n", "data.noise"),

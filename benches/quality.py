@@ -8,8 +8,8 @@ The real data are read from src/data/digits.csv.gz and scaled like training data
   quality.py floor [N]                 FD noise floor of the real digits (N: N vs the rest)
   quality.py fd S.npy...               FD (and label entropy) of each sample file
   quality.py classify S.npy...         nearest-centroid rate of image i labelled i mod 10
-  quality.py sweep DIR                 markdown table of DIR/SAMPLER-STEPS.npy (+ .json timings)
-  quality.py guidance DIR              markdown table of DIR/w*.npy (+ .json timings)
+  quality.py sweep DIR                 markdown table of DIR/SAMPLER-STEPS.npy (+ .json: seconds, NFE)
+  quality.py guidance DIR              markdown table of DIR/w*.npy (+ .json: seconds, NFE)
   quality.py eval FILE.jsonl           markdown table of `ddpm eval --json` lines
   quality.py digit I OUT.png           real digit I as an 8x8 PNG (for --init)
   quality.py mask KIND OUT.png         an 8x8 mask, white = regenerate (KIND: bottom, right)
@@ -135,22 +135,15 @@ def cmd_classify(paths):
         }))
 
 
-def nfe(sampler, steps):
-    """Model evaluations per image: heun and pc (one corrector step) take two per step except
-    the last (heun's last step is Euler; pc corrects after every step but the last). Heun also
-    takes Euler steps from sigma above 80: on the digits model's cosine schedule (sigma_T = 2e4)
-    that is the first step alone, for up to 26 steps."""
-    if sampler == "heun":
-        return 2 * steps - 2
-    return 2 * steps - 1 if sampler == "pc" else steps
-
-
-def timing(npy):
+def run_info(npy):
+    """Seconds and network evaluations per image, from the `ddpm sample --json` line saved
+    beside the samples (NaN where absent)."""
     j = Path(npy).with_suffix(".json")
-    if not j.exists():
-        return float("nan")
-    lines = [l for l in j.read_text().splitlines() if l.startswith("{")]
-    return float(json.loads(lines[-1])["seconds"]) if lines else float("nan")
+    lines = [l for l in j.read_text().splitlines() if l.startswith("{")] if j.exists() else []
+    if not lines:
+        return float("nan"), float("nan")
+    info = json.loads(lines[-1])
+    return float(info["seconds"]), float(info.get("network_evaluations_per_image", "nan"))
 
 
 def cmd_sweep(d):
@@ -160,14 +153,15 @@ def cmd_sweep(d):
     for p in sorted(Path(d).glob("*.npy")):
         sampler, steps = p.stem.rsplit("-", 1)
         s = load(p)
-        rows.append((sampler, int(steps), nfe(sampler, int(steps)), fd(s, x),
-                     label_entropy(nearest(c, s)), timing(p), len(s)))
+        seconds, nfe = run_info(p)
+        rows.append((sampler, int(steps), nfe, fd(s, x), label_entropy(nearest(c, s)), seconds,
+                     len(s)))
     order = ["ddim", "dpm++2m", "heun", "pc", "ddpm"]
     rows.sort(key=lambda r: (order.index(r[0]) if r[0] in order else 99, r[1]))
     print("| sampler | steps | NFE | FD | label entropy | seconds | n |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.1f} | {r[6]} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]:g} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.1f} | {r[6]} |")
 
 
 def cmd_guidance(d):
@@ -178,7 +172,7 @@ def cmd_guidance(d):
     for p in sorted(Path(d).glob("w*.npy"), key=lambda p: float(p.stem[1:])):
         s = load(p)
         rate = float((nearest(c, s) == np.arange(len(s)) % 10).mean())
-        print(f"| {p.stem[1:]} | {100 * rate:.1f}% | {len(s)} | {timing(p):.1f} |")
+        print(f"| {p.stem[1:]} | {100 * rate:.1f}% | {len(s)} | {run_info(p)[0]:.1f} |")
 
 
 def cmd_eval(path):

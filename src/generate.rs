@@ -7,6 +7,7 @@
 pub mod interpolate;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -34,6 +35,10 @@ pub struct Generator {
     pub device: Device,
     /// For vector data: the standardisation the network was trained in, undone on the way out.
     pub standardization: Option<Standardization>,
+    /// Examples passed through the network so far (a guided batch counts its conditional and
+    /// unconditional halves): divided by the images made, the network evaluations per image,
+    /// which `ddpm sample --json` reports.
+    pub evaluations: AtomicU64,
 }
 
 /// Where a generation starts. Image tensors are (1 or n, C, H, W) in [-1, 1], on any device; a
@@ -91,11 +96,14 @@ struct Labelled<'a> {
     net: &'a Network,
     dtype: DType,
     num_classes: Option<usize>,
+    evaluations: &'a AtomicU64,
 }
 
 impl Conditional for Labelled<'_> {
     fn forward_labels(&self, x_t: &Tensor, t: &[usize], labels: &[u32]) -> Result<Tensor> {
         let labels = self.num_classes.map(|_| labels);
+        self.evaluations
+            .fetch_add(x_t.dim(0)? as u64, Ordering::Relaxed);
         // On the CPU the batch runs in shards, one per thread.
         let shards = shard::count(x_t.dim(0)?, x_t.device());
         let x = x_t.to_dtype(self.dtype)?;
@@ -152,6 +160,7 @@ impl Generator {
             step,
             device: device.clone(),
             standardization,
+            evaluations: AtomicU64::new(0),
         })
     }
 
@@ -206,6 +215,7 @@ impl Generator {
             net: &self.net,
             dtype: self.dtype,
             num_classes: self.num_classes(),
+            evaluations: &self.evaluations,
         }
     }
 
@@ -417,6 +427,7 @@ pub fn training_grid(
         step: state.step,
         device: state.device.clone(),
         standardization: standardization.cloned(),
+        evaluations: AtomicU64::new(0),
     };
     let classes: Vec<u32> = (0..cfg.model.num_classes.unwrap_or(0) as u32).collect();
     let req = Request {

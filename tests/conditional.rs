@@ -352,6 +352,24 @@ fn class_conditional_run_samples_classes_and_refuses_bad_ones() {
         "0",
     ]);
     assert_eq!(body(&uncond), body(&zero));
+    // `--json` counts network evaluations per image: guided, the conditional and unconditional
+    // outputs at each of tiny.toml's 5 DDIM steps; guidance 1 or the null label alone, one.
+    let evaluations = |args: &[&str]| {
+        let base = ["--out", "x.npy", "--json", "--batch-size", "2"];
+        let (out, _) = sample(dir, ckpt, &[&base[..], args].concat(), 0);
+        let json: serde_json::Value =
+            serde_json::from_str(String::from_utf8(out).unwrap().lines().last().unwrap()).unwrap();
+        json["network_evaluations_per_image"].as_f64().unwrap()
+    };
+    assert_eq!(
+        evaluations(&["-n", "3", "--class", "1", "--guidance", "3"]),
+        10.0
+    );
+    assert_eq!(
+        evaluations(&["-n", "3", "--class", "1", "--guidance", "1"]),
+        5.0
+    );
+    assert_eq!(evaluations(&["-n", "3"]), 5.0);
 
     let (_, e) = sample(dir, ckpt, &["-n", "1", "--class", "3,10", "--out", "-"], 1);
     assert!(e.contains("--class") && e.contains("10"), "{e}");

@@ -151,6 +151,45 @@ fn sample_i_does_not_depend_on_batch_size_or_split() {
     };
     assert_eq!(body(&all), body(&batched));
     assert_eq!(body(&all)[3 * 256..], body(&last)[..]);
+
+    // `--json` reports the network evaluations per image each sampler made in 5 steps: one a
+    // step for DDPM, DDIM and DPM-Solver++(2M); predictor-corrector one more after every step
+    // but the last; Heun two a step but one on the last (into sigma = 0) and on the first (from
+    // t = 99, sigma = sqrt((1 - abar) / abar) ~ 150, above heun::SIGMA_MAX = 80; t = 79 is ~ 26).
+    for (sampler, want) in [
+        ("ddpm", 5.0),
+        ("ddim", 5.0),
+        ("dpm++2m", 5.0),
+        ("pc", 9.0),
+        ("heun", 8.0),
+    ] {
+        let args = [
+            "sample",
+            "--checkpoint",
+            ckpt,
+            "-n",
+            "3",
+            "--batch-size",
+            "2",
+            "--steps",
+            "5",
+            "--sampler",
+            sampler,
+            "--out",
+            "x.npy",
+            "--json",
+            "--quiet",
+            "--device",
+            "cpu",
+        ];
+        let (out, _) = run(dir, &args, 0);
+        let text = String::from_utf8(out).unwrap();
+        let json: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            json["network_evaluations_per_image"], want,
+            "{sampler}: {text}"
+        );
+    }
 }
 
 fn model_tensors(path: &Path) -> Vec<(String, Vec<u8>)> {

@@ -3,6 +3,7 @@
 //! Vector-data checkpoints write CSV rows instead (`points`).
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -131,7 +132,8 @@ pub struct SampleArgs {
     /// No progress.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Print a JSON summary line (images, seconds, images/s) on stdout after the paths.
+    /// Print a JSON summary line (images, network evaluations per image, seconds, images/s) on
+    /// stdout after the paths.
     #[arg(long)]
     pub json: bool,
 }
@@ -211,6 +213,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         progress.note(args.quiet, &format!("ddpm: {n}"));
     }
     let clock = Instant::now();
+    let evaluated_before = gen.evaluations.load(Ordering::Relaxed);
     let x = gen.generate(&opts, &req, &mut |done, n, step, steps| {
         let pos = (done.div_ceil(batch) * steps + step) as u64;
         progress.update(pos, || format!("image {}/{n}", (done + 1).min(n)));
@@ -221,6 +224,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     })?;
     progress.finish();
     let seconds = clock.elapsed().as_secs_f64();
+    let evaluated = gen.evaluations.load(Ordering::Relaxed) - evaluated_before;
 
     let mut written = Vec::new();
     if gen.is_points() {
@@ -240,6 +244,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
             "batch_size": batch,
             "sampler": sampler.to_string(),
             "steps": opts.steps,
+            "network_evaluations_per_image": evaluated as f64 / args.n as f64,
             "seconds": seconds,
             "images_per_sec": args.n as f64 / seconds.max(1e-9),
             "device": format!("{device:?}"),

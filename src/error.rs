@@ -44,6 +44,10 @@ pub enum Error {
     #[error("interrupted at step {step}; checkpoint saved")]
     Interrupted { step: u64 },
 
+    /// Stopped on request (SIGINT/SIGTERM) before finishing; the caller says what it kept.
+    #[error("stopped before finishing")]
+    Stopped,
+
     /// Any other invalid argument; the message says which and why.
     #[error("{0}")]
     Invalid(String),

@@ -239,18 +239,36 @@ impl Generator {
         req: &Request,
         progress: Progress,
     ) -> Result<Tensor> {
+        let mut parts = Vec::new();
+        self.generate_batches(opts, req, progress, &mut |_, x| {
+            parts.push(x);
+            Ok::<_, Error>(())
+        })?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// `generate`, handing each batch to `on_batch` (on the CPU, with the position of its first
+    /// image among the `req.n`) as soon as it is done, so that a caller writing them keeps every
+    /// finished batch when a long run is stopped.
+    pub fn generate_batches<E: From<Error>>(
+        &self,
+        opts: &SampleOptions,
+        req: &Request,
+        progress: Progress,
+        on_batch: &mut dyn FnMut(usize, Tensor) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let (n, batch_size) = (req.n, req.batch_size);
         if n == 0 || batch_size == 0 {
             return Err(Error::Invalid(
                 "the number of images and the batch size must be at least 1".into(),
-            ));
+            )
+            .into());
         }
         self.check_classes(req.classes)?;
         let net = self.network();
         let null = net.num_classes() as u32;
         let param = self.config.diffusion.parameterization();
         let shape = self.sample_shape();
-        let mut parts = Vec::new();
         let mut done = 0;
         while done < n {
             let b = batch_size.min(n - done);
@@ -308,10 +326,10 @@ impl Generator {
                     on_step,
                 ),
             }?;
-            parts.push(x.to_device(&Device::Cpu)?);
+            on_batch(done, x.to_device(&Device::Cpu).map_err(Error::from)?)?;
             done += b;
         }
-        Ok(Tensor::cat(&parts, 0)?)
+        Ok(())
     }
 
     /// Deterministic DDIM inversion of images x0 (N, C, H, W) to their x_T, under the classes

@@ -385,3 +385,71 @@ fn sigint_saves_a_loadable_checkpoint_and_exits_130() {
     // And it resumes.
     train_tiny(dir, "run", step + 2, &["--resume"]);
 }
+
+/// SIGINT while sampling into a folder: the finished batches' PNGs stay (each whole, their
+/// paths on stdout), the exit code is 130, and stderr says which images are done and how to
+/// sample the rest.
+#[test]
+fn sigint_while_sampling_keeps_the_finished_images() {
+    use std::io::{BufRead, BufReader, Read};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run_dir = train_tiny(dir, "run", 2, &[]);
+    let ckpt = run_dir.join("latest.safetensors");
+    let bin = assert_cmd::cargo::cargo_bin("ddpm");
+    let mut child = std::process::Command::new(bin)
+        .current_dir(dir)
+        .args(["sample", "--checkpoint", ckpt.to_str().unwrap()])
+        .args(["-n", "1000000", "--batch-size", "2", "--first-index", "4"])
+        .args(["--out-dir", "out", "--device", "cpu", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first path on stdout means the first batch is on disk; then interrupt.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.ends_with("sample-00004.png\n"), "{first:?}");
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+
+    let paths: Vec<&str> = std::iter::once(first.trim_end())
+        .chain(rest.lines())
+        .collect();
+    let kept = paths.len();
+    assert!(
+        kept >= 2 && kept % 2 == 0,
+        "{kept} images: whole batches only"
+    );
+    let want = format!(
+        "images 4..{} of 4..1000004 are in out; the rest: --first-index {} -n {}",
+        4 + kept,
+        4 + kept,
+        1_000_000 - kept
+    );
+    assert!(stderr.contains(&want), "{stderr}\nwanted: {want}");
+    for (i, p) in paths.iter().enumerate() {
+        assert!(p.ends_with(&format!("sample-{:05}.png", 4 + i)), "{p}");
+        let img = read_png(&std::fs::read(dir.join(p)).unwrap());
+        assert_eq!((img.width(), img.height()), (8, 8), "{p}");
+    }
+    let mut on_disk: Vec<_> = std::fs::read_dir(dir.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    on_disk.sort();
+    assert_eq!(
+        on_disk.len(),
+        kept,
+        "files besides the printed ones: {on_disk:?}"
+    );
+}

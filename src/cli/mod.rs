@@ -9,6 +9,7 @@ mod points;
 mod progress;
 mod sample;
 mod schedule;
+mod signals;
 mod train;
 
 use std::path::PathBuf;

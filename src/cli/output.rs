@@ -27,7 +27,9 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
         }
-        if let Some(ddpm::Error::Interrupted { .. }) = cause.downcast_ref::<ddpm::Error>() {
+        if let Some(ddpm::Error::Interrupted { .. } | ddpm::Error::Stopped) =
+            cause.downcast_ref::<ddpm::Error>()
+        {
             let _ = writeln!(io::stderr(), "ddpm: {err}");
             return ExitCode::from(130);
         }

@@ -73,6 +73,14 @@ impl Progress {
         }
     }
 
+    /// Run `f` (which writes to the terminal) with the bar hidden, so the two do not mix.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.bar {
+            Some(bar) => bar.suspend(f),
+            None => f(),
+        }
+    }
+
     /// Remove the bar.
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {

@@ -2,6 +2,7 @@
 //! of chosen classes (with guidance) and from noise, an image to edit, or an image to inpaint.
 //! Vector-data checkpoints write CSV rows instead (`points`).
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -19,6 +20,7 @@ use super::classes::ClassArgs;
 use super::output::{stdout_line, write_out};
 use super::points;
 use super::progress::Progress;
+use super::signals::interrupt_flag;
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -39,7 +41,8 @@ fitted to the checkpoint's size and channels like training data; masks are white
 image is regenerated. A vector-data checkpoint (moons, swiss_roll, 8gaussians, points) writes
 its samples as CSV with a header, in the units of its training data; --format png draws them
 as a scatter plot, beside fresh points of the true distribution for the built-in sets.
-stdout: the written paths, one per line, or the bytes with --out -.";
+stdout: the written paths, one per line, or the bytes with --out -. One PNG per image is
+written batch by batch: Ctrl-C keeps the finished ones and says how to sample the rest.";
 
 /// Output file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -206,34 +209,78 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         start,
     };
 
+    // Checked before sampling: a bad --format must not cost a whole run.
+    let format = match gen.is_points() {
+        true => None,
+        false => Some(image_format(&args)?),
+    };
+    let per_image = format.and_then(|f| per_image_dir(&args, f));
+    if let Some(dir) = &per_image {
+        std::fs::create_dir_all(dir).map_err(|e| ddpm::Error::io(dir, e))?;
+    }
+
     let steps = gen.steps_per_batch(&opts, &start)?;
     let total_steps = (args.n.div_ceil(batch.max(1)) * steps) as u64;
-    let mut progress = Progress::new(total_steps, "steps", args.quiet);
+    let progress = RefCell::new(Progress::new(total_steps, "steps", args.quiet));
     if let Some(n) = notice {
-        progress.note(args.quiet, &format!("ddpm: {n}"));
+        progress.borrow().note(args.quiet, &format!("ddpm: {n}"));
     }
-    let clock = Instant::now();
-    let evaluated_before = gen.evaluations.load(Ordering::Relaxed);
-    let x = gen.generate(&opts, &req, &mut |done, n, step, steps| {
+    let interrupt = interrupt_flag()?;
+    let on_step = &mut |done: usize, n: usize, step: usize, steps: usize| {
+        if interrupt.load(Ordering::Relaxed) {
+            return Err(ddpm::Error::Stopped);
+        }
+        let mut progress = progress.borrow_mut();
         let pos = (done.div_ceil(batch) * steps + step) as u64;
         progress.update(pos, || format!("image {}/{n}", (done + 1).min(n)));
         progress.line(false, || {
             format!("sampling: batch from image {done} of {n}, step {step}/{steps}")
         });
         Ok(())
-    })?;
-    progress.finish();
+    };
+    let clock = Instant::now();
+    let evaluated_before = gen.evaluations.load(Ordering::Relaxed);
+    let mut kept = 0;
+    let x = match &per_image {
+        // One PNG per image: each batch is written (and its paths printed) as soon as it is
+        // done, so stopping a long run keeps every finished image.
+        Some(dir) => gen
+            .generate_batches(
+                &opts,
+                &req,
+                on_step,
+                &mut |first, x| -> anyhow::Result<()> {
+                    for (i, img) in images::to_images(&x)?.iter().enumerate() {
+                        let index = args.first_index as usize + first + i;
+                        let p = dir.join(format!("sample-{index:05}.png"));
+                        images::save_png(&images::upscale(img, args.scale), &p)?;
+                        progress
+                            .borrow()
+                            .suspend(|| stdout_line(&p.display().to_string()))?;
+                    }
+                    kept = first + x.dim(0)?;
+                    Ok(())
+                },
+            )
+            .map(|()| None),
+        None => gen
+            .generate(&opts, &req, on_step)
+            .map(Some)
+            .map_err(Into::into),
+    };
+    progress.borrow().finish();
+    let x = x.map_err(|e| stopped_after(e, &args, per_image.as_deref(), kept))?;
     let seconds = clock.elapsed().as_secs_f64();
     let evaluated = gen.evaluations.load(Ordering::Relaxed) - evaluated_before;
 
-    let mut written = Vec::new();
-    if gen.is_points() {
-        written = points::write(&args, &gen, &x)?;
-    } else {
-        write_images(&args, &x, &mut written)?;
-    }
-    for p in &written {
-        stdout_line(&p.display().to_string())?;
+    if let Some(x) = &x {
+        let written = match format {
+            None => points::write(&args, &gen, x)?,
+            Some(format) => write_images(&args, format, x)?,
+        };
+        for p in &written {
+            stdout_line(&p.display().to_string())?;
+        }
     }
     if args.json {
         let json = serde_json::json!({
@@ -255,54 +302,89 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Write images as one file (--out), or into --out-dir: one PNG each, a grid, or one .npy.
-fn write_images(
+/// An interruption, said with what it kept and how to go on from there: the PNGs of finished
+/// batches in `dir` (images `first_index..first_index + kept`), or nothing for output that is
+/// written at the end. Other errors pass through.
+fn stopped_after(
+    e: anyhow::Error,
     args: &SampleArgs,
-    x: &candle_core::Tensor,
-    written: &mut Vec<PathBuf>,
-) -> anyhow::Result<()> {
+    dir: Option<&std::path::Path>,
+    kept: usize,
+) -> anyhow::Error {
+    if !matches!(e.downcast_ref::<ddpm::Error>(), Some(ddpm::Error::Stopped)) {
+        return e;
+    }
+    let first = args.first_index as usize;
+    let msg = match dir {
+        Some(dir) if kept > 0 => format!(
+            "interrupted: images {first}..{} of {first}..{} are in {}; the rest: --first-index {} -n {}",
+            first + kept,
+            first + args.n,
+            dir.display(),
+            first + kept,
+            args.n - kept
+        ),
+        Some(_) => "interrupted before the first batch was done; nothing written".to_string(),
+        None => "interrupted; nothing written (this output is written when all images are done)"
+            .to_string(),
+    };
+    e.context(msg)
+}
+
+/// The image format: --format, else .npy for an --out ending in .npy, else PNG. CSV is for
+/// vector data.
+fn image_format(args: &SampleArgs) -> anyhow::Result<Format> {
     let format = args.format.unwrap_or(match &args.out {
         Some(p) if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) => Format::Npy,
         _ => Format::Png,
     });
-    let one_file = |x: &candle_core::Tensor| -> anyhow::Result<Vec<u8>> {
-        Ok(match format {
-            Format::Npy | Format::Csv => images::encode_npy(x)?,
-            Format::Png => {
-                let imgs = images::to_images(x)?;
-                let img = if imgs.len() == 1 {
-                    images::upscale(&imgs[0], args.scale)
-                } else {
-                    images::upscale(&images::grid(&imgs, None)?, args.scale)
-                };
-                images::encode_png(&img)?
-            }
-        })
-    };
     if format == Format::Csv {
         anyhow::bail!("--format csv is for vector-data checkpoints; images are png or npy");
     }
-    match (&args.out, &args.out_dir) {
-        (Some(p), _) => written.extend(write_out(p, &one_file(x)?)?),
-        (None, dir) => {
-            let dir = dir.clone().unwrap_or_else(|| PathBuf::from("samples"));
-            std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
-            if format == Format::Npy {
-                let p = dir.join("samples.npy");
-                ddpm::atomic::write(&p, &images::encode_npy(x)?)?;
-                written.push(p);
-            } else if args.grid {
-                let p = dir.join("grid.png");
-                ddpm::atomic::write(&p, &one_file(x)?)?;
-                written.push(p);
+    Ok(format)
+}
+
+/// The directory that gets one PNG per image (--out-dir, default `samples`), unless the images
+/// go to one file (--out, --grid, --format npy).
+fn per_image_dir(args: &SampleArgs, format: Format) -> Option<PathBuf> {
+    (args.out.is_none() && !args.grid && format == Format::Png).then(|| {
+        args.out_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("samples"))
+    })
+}
+
+/// Write all images as one file: --out (a PNG, a grid when n > 1, or .npy; `-` is stdout), or
+/// grid.png / samples.npy in --out-dir. Returns the paths written.
+fn write_images(
+    args: &SampleArgs,
+    format: Format,
+    x: &candle_core::Tensor,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let bytes = match format {
+        Format::Npy | Format::Csv => images::encode_npy(x)?,
+        Format::Png => {
+            let imgs = images::to_images(x)?;
+            let img = if imgs.len() == 1 {
+                images::upscale(&imgs[0], args.scale)
             } else {
-                for (i, img) in images::to_images(x)?.iter().enumerate() {
-                    let p = dir.join(format!("sample-{:05}.png", args.first_index as usize + i));
-                    images::save_png(&images::upscale(img, args.scale), &p)?;
-                    written.push(p);
-                }
-            }
+                images::upscale(&images::grid(&imgs, None)?, args.scale)
+            };
+            images::encode_png(&img)?
         }
+    };
+    if let Some(p) = &args.out {
+        return Ok(write_out(p, &bytes)?.into_iter().collect());
     }
-    Ok(())
+    let dir = args
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("samples"));
+    std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
+    let p = dir.join(match format {
+        Format::Png => "grid.png",
+        _ => "samples.npy",
+    });
+    ddpm::atomic::write(&p, &bytes)?;
+    Ok(vec![p])
 }

@@ -1,12 +1,7 @@
 //! `ddpm train`: config + flags -> a run directory with checkpoints, metrics and sample grids.
 
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-
-use anyhow::Context;
 use clap::Args;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use std::path::PathBuf;
 
 use ddpm::config::Config;
 use ddpm::device::{self, DeviceSpec};
@@ -15,6 +10,7 @@ use ddpm::train::{self, Event, TrainOptions};
 
 use super::output::stdout_line;
 use super::progress::Progress;
+use super::signals::interrupt_flag;
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -78,14 +74,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "run".into());
         PathBuf::from("runs").join(stem)
     });
-    let interrupt = Arc::new(AtomicBool::new(false));
-    for sig in [SIGINT, SIGTERM] {
-        // A second signal while the first is being handled exits at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&interrupt))
-            .context("installing the signal handler")?;
-        signal_hook::flag::register(sig, Arc::clone(&interrupt))
-            .context("installing the signal handler")?;
-    }
+    let interrupt = interrupt_flag()?;
     let opts = TrainOptions {
         run_dir: run_dir.clone(),
         resume: args.resume,

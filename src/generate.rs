@@ -13,15 +13,14 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::checkpoint;
 use crate::config::Config;
-use crate::data::images;
 use crate::error::{Error, Result};
 use crate::guidance::{self, Conditional, Guided};
 use crate::model::{self, Network};
 use crate::points::{Points, Standardization};
-use crate::sampler::{self, InvertOptions, SampleOptions, SamplerKind, StepInfo};
+use crate::sampler::{self, SampleOptions, SamplerKind, StepInfo};
 use crate::schedule::Schedule;
 use crate::shard;
-use crate::train::{self, TrainState};
+use crate::train;
 
 /// A trained network ready to sample, with the config it was trained with.
 pub struct Generator {
@@ -332,33 +331,6 @@ impl Generator {
         Ok(())
     }
 
-    /// Deterministic DDIM inversion of images x0 (N, C, H, W) to their x_T, under the classes
-    /// cycled over the images and guidance w, as `generate` would denoise them.
-    pub fn invert(
-        &self,
-        x0: &Tensor,
-        classes: &[u32],
-        guidance: f64,
-        inv: &InvertOptions,
-        progress: Progress,
-    ) -> Result<Tensor> {
-        self.check_classes(classes)?;
-        let n = x0.dim(0)?;
-        let x0 = self.rows(x0, "image", 0, n, n)?;
-        let net = self.network();
-        let labels = guidance::cycle(classes, 0, n, net.num_classes() as u32);
-        let model = Guided::new(&net, labels, guidance)?;
-        let x = sampler::ddim_invert(
-            &model,
-            &self.schedule,
-            self.config.diffusion.parameterization(),
-            inv,
-            &x0,
-            &mut |info| progress(0, n, info.index + 1, info.total),
-        )?;
-        Ok(x.to_device(&Device::Cpu)?)
-    }
-
     /// Rows done..done + b of `x` ((1 or n, ...sample shape), the one row repeated), as f32
     /// on the device; `what` names x in errors.
     fn rows(&self, x: &Tensor, what: &str, done: usize, b: usize, n: usize) -> Result<Tensor> {
@@ -421,54 +393,4 @@ pub fn sample_options(cfg: &Config, sampler: SamplerKind, seed: u64) -> SampleOp
         corrector_steps: s.corrector_steps,
         snr: s.snr,
     }
-}
-
-/// The EMA sample grid written during training: train.sample_count images with the `[sample]`
-/// settings and the run's seed, so successive grids show the same noise denoised better. A
-/// class-conditional model cycles its classes over the images (guided by sample.guidance), so
-/// a grid with as many columns as classes shows one class per column. Vector data is drawn as
-/// a scatter plot in the units of the data (undoing `standardization`): of its first two
-/// coordinates, or of (x, 0) in 1-D.
-pub fn training_grid(
-    cfg: &Config,
-    schedule: &Schedule,
-    state: &TrainState,
-    standardization: Option<&Standardization>,
-    path: &Path,
-) -> Result<()> {
-    let dtype = cfg.train.precision.dtype();
-    let gen = Generator {
-        config: cfg.clone(),
-        schedule: schedule.clone(),
-        net: model::from_tensors(cfg, state.ema_weights(), dtype, &state.device)?,
-        dtype,
-        step: state.step,
-        device: state.device.clone(),
-        standardization: standardization.cloned(),
-        evaluations: AtomicU64::new(0),
-    };
-    let classes: Vec<u32> = (0..cfg.model.num_classes.unwrap_or(0) as u32).collect();
-    let req = Request {
-        classes: &classes,
-        guidance: cfg.sample.guidance,
-        ..Request::new(cfg.train.sample_count, cfg.sample.batch_size)
-    };
-    let opts = sample_options(cfg, cfg.sample.sampler, cfg.train.seed);
-    let x = gen.generate(&opts, &req, &mut |_, _, _, _| Ok(()))?;
-    if gen.is_points() {
-        let points = gen.to_points(&x)?;
-        let plane: Vec<f64> = (0..points.len())
-            .flat_map(|i| {
-                let r = points.row(i);
-                [r[0], r.get(1).copied().unwrap_or(0.0)]
-            })
-            .collect();
-        let plane = Points::new(2, plane)?;
-        return images::save_png(&crate::points::scatter::scatter(&[&plane], 256)?, path);
-    }
-    let grid = images::grid(&images::to_images(&x)?, cfg.model.num_classes)?;
-    // Tiny images (8x8 digits) are upscaled so each cell is at least 32 pixels on its short side.
-    let (h, w) = model::image_hw(cfg);
-    let scale = (32 / h.min(w).max(1)).max(1) as u32;
-    images::save_png(&images::upscale(&grid, scale), path)
 }

@@ -1,13 +1,16 @@
 //! Paths between two noise latents x_T for interpolation videos and strips: the latent a seed
 //! gives `ddpm sample`, and N frames along the great circle between two latents (`slerp`), which
 //! a deterministic sampler then maps to images (the endpoints are exactly the two seeds' or the
-//! two inverted images' samples). The latents of images come from `Generator::invert`.
+//! two inverted images' samples). The latents of images come from `Generator::invert`, here:
+//! deterministic DDIM inversion under the same classes and guidance as the way back.
 
 use candle_core::{Device, Tensor};
 
+use super::{Generator, Progress};
 use crate::error::{Error, Result};
+use crate::guidance::{self, Conditional, Guided};
 use crate::rng::{BatchNoise, Purpose};
-use crate::sampler::slerp;
+use crate::sampler::{self, slerp, InvertOptions};
 
 /// The x_T (1, C, H, W) that `ddpm sample --seed seed --first-index index` draws for its first
 /// image: the first C*H*W normals of stream (seed, SampleNoise, index).
@@ -41,6 +44,35 @@ pub fn path(a: &Tensor, b: &Tensor, frames: usize) -> Result<Tensor> {
         .map(|w| slerp(a, b, w))
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&rows, 0)?)
+}
+
+impl Generator {
+    /// Deterministic DDIM inversion of images x0 (N, C, H, W) to their x_T, under the classes
+    /// cycled over the images and guidance w, as `generate` would denoise them.
+    pub fn invert(
+        &self,
+        x0: &Tensor,
+        classes: &[u32],
+        guidance: f64,
+        inv: &InvertOptions,
+        progress: Progress,
+    ) -> Result<Tensor> {
+        self.check_classes(classes)?;
+        let n = x0.dim(0)?;
+        let x0 = self.rows(x0, "image", 0, n, n)?;
+        let net = self.network();
+        let labels = guidance::cycle(classes, 0, n, net.num_classes() as u32);
+        let model = Guided::new(&net, labels, guidance)?;
+        let x = sampler::ddim_invert(
+            &model,
+            &self.schedule,
+            self.config.diffusion.parameterization(),
+            inv,
+            &x0,
+            &mut |info| progress(0, n, info.index + 1, info.total),
+        )?;
+        Ok(x.to_device(&Device::Cpu)?)
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! it reports through `on_event`, and stops cleanly — checkpoint first — when `interrupt` is set.
 
 mod config;
+mod grid;
 mod run_dir;
 mod state;
 mod step;
@@ -23,7 +24,6 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::data::{self, Loader, LoaderOptions};
 use crate::error::{Error, Result};
-use crate::generate;
 use crate::points::Standardization;
 
 /// How to run: where, how far, and the flag that asks the loop to stop.
@@ -178,7 +178,7 @@ pub fn train(
         }
         if cfg.train.sample_every > 0 && (step % cfg.train.sample_every == 0 || step == total) {
             let path = dir.sample_path(step);
-            generate::training_grid(cfg, &schedule, &state, standardization.as_ref(), &path)?;
+            grid::training_grid(cfg, &schedule, &state, standardization.as_ref(), &path)?;
             on_event(Event::Samples(&path))?;
         }
         if step % cfg.train.checkpoint_every == 0 || step == total {

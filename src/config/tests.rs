@@ -1,0 +1,92 @@
+use super::*;
+
+/// Load `text` after a `[data]` section the default (CIFAR-10) model fits: 32x32 RGB.
+fn load_str(text: &str, overrides: &[&str]) -> Result<Config> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!("[data]\nimage_size = 32\nchannels = 3\n{text}"),
+    )
+    .unwrap();
+    let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    Config::load(&path, &o)
+}
+
+#[test]
+fn empty_file_gives_the_paper_defaults() {
+    let cfg = load_str("", &[]).unwrap();
+    assert_eq!(cfg.diffusion.timesteps, 1000);
+    assert_eq!(cfg.diffusion.beta_end, 0.02);
+    assert_eq!(cfg.optim.lr, 2e-4);
+    assert_eq!(cfg.train.batch_size, 128);
+}
+
+#[test]
+fn unknown_and_mistyped_keys_are_named() {
+    let e = load_str("[train]\nstepz = 3\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("stepz") && e.contains("c.toml"), "{e}");
+    let e = load_str("[train]\nsteps = \"many\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("steps") || e.contains("many"), "{e}");
+    let e = load_str("[trian]\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("trian"), "{e}");
+}
+
+#[test]
+fn overrides_apply_and_are_validated() {
+    let cfg = load_str("", &["train.steps=7", "diffusion.beta_schedule=cosine"]).unwrap();
+    assert_eq!(cfg.train.steps, 7);
+    assert_eq!(cfg.diffusion.beta_schedule, BetaSchedule::Cosine);
+    let e = load_str("", &["train.batch_size=10", "train.grad_accum=3"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("train.batch_size"), "{e}");
+    assert!(load_str("", &["nonsense"]).is_err());
+}
+
+#[test]
+fn round_trips_through_toml() {
+    let cfg = load_str("[train]\nsteps = 5\n", &[]).unwrap();
+    let back = Config::from_toml(&cfg.to_toml().unwrap(), "checkpoint").unwrap();
+    assert_eq!(cfg, back);
+}
+
+#[test]
+fn zero_terminal_snr_with_eps_is_refused() {
+    let e = load_str("[diffusion]\nzero_terminal_snr = true\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("diffusion.prediction"), "{e}");
+    assert!(load_str(
+        "[diffusion]\nzero_terminal_snr = true\nprediction = \"v\"\n",
+        &[]
+    )
+    .is_ok());
+}
+
+#[test]
+fn class_conditioning_keys_are_checked_together() {
+    let e = load_str("", &["data.class_labels=true"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model.num_classes"), "{e}");
+    let e = load_str("", &["model.num_classes=10"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("data.class_labels"), "{e}");
+    let cfg = load_str("", &["model.num_classes=10", "data.class_labels=true"]).unwrap();
+    assert_eq!(cfg.train.label_dropout, 0.1);
+    assert_eq!(cfg.sample.guidance, 1.0);
+    let e = load_str("", &["train.label_dropout=1.5"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("train.label_dropout"), "{e}");
+    let e = load_str("", &["sample.guidance=-1"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sample.guidance"), "{e}");
+}

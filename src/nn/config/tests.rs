@@ -1,0 +1,164 @@
+use super::*;
+
+fn w1_like() -> UNetConfig {
+    UNetConfig {
+        base_channels: 64,
+        channel_mult: vec![1, 2, 2],
+        attention_resolutions: vec![8],
+        ..UNetConfig::default()
+    }
+}
+
+#[test]
+fn validation_names_the_key() {
+    let err = |cfg: UNetConfig, size| cfg.validate(size).unwrap_err().to_string();
+    let d = UNetConfig::default;
+    assert!(d().validate((32, 32)).is_ok());
+    assert!(w1_like().validate((32, 32)).is_ok());
+    let e = err(
+        UNetConfig {
+            channel_mult: vec![1, 2, 2],
+            ..d()
+        },
+        (30, 30),
+    );
+    assert!(
+        e.contains("model.channel_mult has 3 levels") && e.contains("use 32x32"),
+        "{e}"
+    );
+    assert!(err(d(), (32, 20)).contains("use 32x24"));
+    let e = err(
+        UNetConfig {
+            base_channels: 48,
+            ..d()
+        },
+        (32, 32),
+    );
+    assert!(
+        e.contains("model.norm_groups") && e.contains("model.base_channels"),
+        "{e}"
+    );
+    let e = err(
+        UNetConfig {
+            num_heads: 3,
+            ..d()
+        },
+        (32, 32),
+    );
+    assert!(e.contains("model.num_heads = 3"), "{e}");
+    for p in [1.0, -0.1, f64::NAN] {
+        assert!(err(UNetConfig { dropout: p, ..d() }, (32, 32)).contains("model.dropout"));
+    }
+    assert!(err(
+        UNetConfig {
+            channel_mult: vec![],
+            ..d()
+        },
+        (32, 32)
+    )
+    .contains("model.channel_mult"));
+    assert!(err(
+        UNetConfig {
+            channel_mult: vec![1, 0],
+            ..d()
+        },
+        (32, 32)
+    )
+    .contains("channel_mult[1]"));
+    assert!(err(
+        UNetConfig {
+            num_res_blocks: 0,
+            ..d()
+        },
+        (32, 32)
+    )
+    .contains("model.num_res_blocks"));
+    assert!(err(
+        UNetConfig {
+            base_channels: 0,
+            ..d()
+        },
+        (32, 32)
+    )
+    .contains("model.base_channels"));
+    let odd = UNetConfig {
+        base_channels: 5,
+        norm_groups: 1,
+        ..d()
+    };
+    assert!(err(odd, (32, 32)).contains("model.base_channels = 5"));
+    assert!(err(
+        UNetConfig {
+            num_classes: Some(0),
+            ..d()
+        },
+        (32, 32)
+    )
+    .contains("model.num_classes"));
+    let e = err(d(), (8, 8));
+    assert!(
+        e.contains("model.attention_resolutions contains 16") && e.contains("[8, 4, 2, 1]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn config_round_trips_through_toml() {
+    let cfg = UNetConfig {
+        num_classes: Some(10),
+        ..w1_like()
+    };
+    let text = toml::to_string(&cfg).unwrap();
+    assert_eq!(toml::from_str::<UNetConfig>(&text).unwrap(), cfg);
+    assert_eq!(
+        toml::from_str::<UNetConfig>("").unwrap(),
+        UNetConfig::default()
+    );
+    assert!(toml::from_str::<UNetConfig>("channels = 3").is_err());
+}
+
+#[test]
+fn only_the_built_networks_keys_are_written() {
+    let unet = toml::to_string(&w1_like()).unwrap();
+    assert!(
+        unet.contains("base_channels = 64") && !unet.contains("width"),
+        "{unet}"
+    );
+    let mlp = UNetConfig {
+        arch: Arch::Mlp,
+        mlp: MlpConfig {
+            width: 64,
+            ..MlpConfig::default()
+        },
+        ..UNetConfig::default()
+    };
+    let text = toml::to_string(&mlp).unwrap();
+    assert!(text.contains("[mlp]\nwidth = 64\n"), "{text}");
+    assert!(
+        !text.contains("channel") && !text.contains("dropout"),
+        "{text}"
+    );
+    // Nothing is lost: the keys left out are at their defaults, as validation demands.
+    assert_eq!(toml::from_str::<UNetConfig>(&text).unwrap(), mlp);
+    assert_eq!((mlp.unused_key(), w1_like().unused_key()), (None, None));
+    let set = |cfg: UNetConfig| cfg.unused_key();
+    assert_eq!(
+        set(UNetConfig {
+            dropout: 0.0,
+            ..mlp.clone()
+        }),
+        Some("dropout")
+    );
+    assert_eq!(
+        set(UNetConfig {
+            channel_mult: vec![1],
+            ..mlp.clone()
+        }),
+        Some("channel_mult")
+    );
+    let unet_with_mlp = UNetConfig {
+        arch: Arch::Unet,
+        ..mlp
+    };
+    assert_eq!(set(unet_with_mlp), Some("mlp"));
+}

@@ -357,9 +357,9 @@ fn class_conditional_run_samples_classes_and_refuses_bad_ones() {
     let evaluations = |args: &[&str]| {
         let base = ["--out", "x.npy", "--json", "--batch-size", "2"];
         let (out, _) = sample(dir, ckpt, &[&base[..], args].concat(), 0);
-        let json: serde_json::Value =
-            serde_json::from_str(String::from_utf8(out).unwrap().lines().last().unwrap()).unwrap();
-        json["network_evaluations_per_image"].as_f64().unwrap()
+        common::json_summary(&out)["network_evaluations_per_image"]
+            .as_f64()
+            .unwrap()
     };
     assert_eq!(
         evaluations(&["-n", "3", "--class", "1", "--guidance", "3"]),

@@ -182,12 +182,10 @@ fn sample_i_does_not_depend_on_batch_size_or_split() {
             "--device",
             "cpu",
         ];
-        let (out, _) = run(dir, &args, 0);
-        let text = String::from_utf8(out).unwrap();
-        let json: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let json = common::json_summary(&run(dir, &args, 0).0);
         assert_eq!(
             json["network_evaluations_per_image"], want,
-            "{sampler}: {text}"
+            "{sampler}: {json}"
         );
     }
 }

@@ -57,3 +57,10 @@ pub fn train_tiny(dir: &Path, run_name: &str, steps: u64, extra: &[&str]) -> Pat
     run(dir, &args, 0);
     run_dir
 }
+
+/// The JSON summary that `--json` prints as the last line of stdout.
+pub fn json_summary(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("no JSON summary ({e}) in {text:?}"))
+}

@@ -240,7 +240,8 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     };
     let clock = Instant::now();
     let evaluated_before = gen.evaluations.load(Ordering::Relaxed);
-    let mut kept = 0;
+    // Time spent writing PNGs between batches; not counted as sampling time.
+    let (mut kept, mut writing) = (0, std::time::Duration::ZERO);
     let x = match &per_image {
         // One PNG per image: each batch is written (and its paths printed) as soon as it is
         // done, so stopping a long run keeps every finished image.
@@ -250,6 +251,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
                 &req,
                 on_step,
                 &mut |first, x| -> anyhow::Result<()> {
+                    let started = Instant::now();
                     for (i, img) in images::to_images(&x)?.iter().enumerate() {
                         let index = args.first_index as usize + first + i;
                         let p = dir.join(format!("sample-{index:05}.png"));
@@ -259,6 +261,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
                             .suspend(|| stdout_line(&p.display().to_string()))?;
                     }
                     kept = first + x.dim(0)?;
+                    writing += started.elapsed();
                     Ok(())
                 },
             )
@@ -270,7 +273,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     };
     progress.borrow().finish();
     let x = x.map_err(|e| stopped_after(e, &args, per_image.as_deref(), kept))?;
-    let seconds = clock.elapsed().as_secs_f64();
+    let seconds = clock.elapsed().saturating_sub(writing).as_secs_f64();
     let evaluated = gen.evaluations.load(Ordering::Relaxed) - evaluated_before;
 
     if let Some(x) = &x {

@@ -142,6 +142,31 @@ fn corrupt_and_truncated_checkpoints_are_named() {
         let (_, e) = run(dir, &["info", p], 1);
         assert!(e.contains(p), "{e}");
     }
+
+    // Output that is written at the end is checked at the start: a million images into a
+    // missing folder fail at once (the timeout only turns a regression into a failure rather
+    // than a very long run), as does a --format that does not suit images.
+    let ckpt = run_dir.join("latest.safetensors");
+    let ckpt = ckpt.to_str().unwrap();
+    for (args, culprit) in [
+        (&["--out", "no/such/grid.png"][..], "no/such"),
+        (&["--out-dir", "x", "--format", "csv"][..], "--format csv"),
+    ] {
+        let out = common::ddpm(dir, &["sample", "--checkpoint", ckpt, "-n", "1000000"])
+            .args(["--batch-size", "1", "--quiet", "--device", "cpu"])
+            .args(args)
+            .timeout(std::time::Duration::from_secs(120))
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {e}");
+        assert!(e.contains(culprit), "{e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    }
+    assert!(
+        !dir.join("x").exists(),
+        "nothing is written before a refusal"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use ddpm::device::{self, DeviceSpec};
 use ddpm::generate::Generator;
 use ddpm::likelihood::{self, Estimate, EvalOptions, EvalReport, Method, OdeOptions, Probe};
 
-use super::output::stdout_line;
+use super::output::{check_out_folder, stdout_line};
 use super::progress::Progress;
 
 pub const EXAMPLES: &str = "\
@@ -76,6 +76,9 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.per_timestep.is_some() && !args.method.bound() {
         anyhow::bail!("--per-timestep needs the bound: use --method bound or both");
+    }
+    if let Some(path) = &args.per_timestep {
+        check_out_folder("--per-timestep", path)?;
     }
     let (device, notice) = device::resolve(args.device)?;
     let gen = Generator::load(&args.checkpoint, !args.no_ema, DType::F32, &device)?;

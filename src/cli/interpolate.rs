@@ -16,7 +16,7 @@ use ddpm::precision::Precision;
 use ddpm::sampler::{InvertOptions, SamplerKind};
 
 use super::classes::ClassArgs;
-use super::output::{stdout_line, write_out};
+use super::output::{check_out_folder, stdout_line, write_out};
 use super::progress::Progress;
 
 pub const EXAMPLES: &str = "\
@@ -95,6 +95,9 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     args.precision.check(&device)?;
     if args.scale == 0 {
         anyhow::bail!("--scale must be at least 1");
+    }
+    if let Some(out) = &args.out {
+        check_out_folder("--out", out)?;
     }
     if args.from.is_none() && args.seeds.len() != 2 {
         anyhow::bail!("--seeds takes two seeds, A,B (got {})", args.seeds.len());

@@ -48,6 +48,26 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// Fail early, before long work, when the file `path` (given as `flag`) could not be written
+/// at the end because its folder does not exist. `-` (stdout) passes.
+pub fn check_out_folder(flag: &str, path: &Path) -> anyhow::Result<()> {
+    if path.as_os_str() == "-" {
+        return Ok(());
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        anyhow::bail!(
+            "{flag} {}: the folder {} does not exist",
+            path.display(),
+            folder.display()
+        );
+    }
+    Ok(())
+}
+
 /// Write `bytes` atomically to `path`, or to stdout when `path` is `-`; returns the file
 /// written, if any.
 pub fn write_out(path: &Path, bytes: &[u8]) -> anyhow::Result<Option<PathBuf>> {

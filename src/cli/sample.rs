@@ -17,7 +17,7 @@ use ddpm::precision::Precision;
 use ddpm::sampler::SamplerKind;
 
 use super::classes::ClassArgs;
-use super::output::{stdout_line, write_out};
+use super::output::{check_out_folder, stdout_line, write_out};
 use super::points;
 use super::progress::Progress;
 use super::signals::interrupt_flag;
@@ -209,11 +209,14 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         start,
     };
 
-    // Checked before sampling: a bad --format must not cost a whole run.
+    // Checked before sampling: a bad --format or --out must not cost a whole run.
     let format = match gen.is_points() {
         true => None,
         false => Some(image_format(&args)?),
     };
+    if let Some(out) = &args.out {
+        check_out_folder("--out", out)?;
+    }
     let per_image = format.and_then(|f| per_image_dir(&args, f));
     if let Some(dir) = &per_image {
         std::fs::create_dir_all(dir).map_err(|e| ddpm::Error::io(dir, e))?;

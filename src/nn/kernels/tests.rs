@@ -221,6 +221,23 @@ fn conv2d_skips_the_input_gradient_of_a_constant_input() {
 }
 
 #[test]
+fn one_image_gives_the_same_bits_with_its_gemms_in_parallel() {
+    // A batch of one is one Winograd chunk, whose 36 GEMMs then run in parallel; inside
+    // `serial` the same GEMMs run one after the other.
+    let x = randn(1, &[1, 16, 16, 16]);
+    let (w, b) = (randn(2, &[32, 16, 3, 3]), randn(3, &[32]));
+    let bits = |t: Tensor| -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.iter().map(|f| f.to_bits()).collect()
+    };
+    let parallel = bits(conv::conv2d(&x, &w, &b, 1, 1).unwrap());
+    let serial = bits(par::serial(|| conv::conv2d(&x, &w, &b, 1, 1).unwrap()));
+    assert!(parallel == serial);
+    let reference = with_candle_ops(|| conv::conv2d(&x, &w, &b, 1, 1).unwrap());
+    assert!(rel_err(&conv::conv2d(&x, &w, &b, 1, 1).unwrap(), &reference) < 1e-4);
+}
+
+#[test]
 fn fast_exp_and_sigmoid_match_f64() {
     // Taylor degree 6 on |r| <= ln2/2 leaves < 2e-7 relative error, f32 rounding a little
     // more: measured 2.4e-7 (2 ulp) over this grid.

@@ -239,8 +239,14 @@ pub fn convolve(
     let (th, tw) = tiles(g);
     let rows = rows_per_chunk(g, cins, couts);
     let total = g.b * th;
+    let items = total.div_ceil(rows);
+    // One chunk (a batch of one, say): its 36 GEMMs run in parallel instead (the loop over
+    // chunks then runs on this thread, so the inner loop is not nested in a parallel one).
+    // Each is the same GEMM either way, so the values are too. One DDIM-20 image of W1's
+    // model on 2 threads, 5 alternating runs: median 0.50 s -> 0.42 s, the same bytes.
+    let gemms_in_parallel = items == 1 && par::threads() > 1;
     let out = Shared::new(y);
-    par::for_each(total.div_ceil(rows), |item, _| {
+    par::for_each(items, |item, _| {
         let r0 = item * rows;
         let r1 = (r0 + rows).min(total);
         let n = (r1 - r0) * tw;
@@ -249,18 +255,24 @@ pub fn convolve(
             let (v, rest) = scratch.split_at_mut(vlen);
             let (m, buf) = rest.split_at_mut(mlen);
             input_chunk(g, cins, x, r0, r1, v, buf);
-            for xi in 0..POINTS {
+            let planes = Shared::new(m);
+            let point = |xi: usize| {
                 // SAFETY: M[xi] (couts, n), U[xi] (couts, cins), V[xi] (cins, n), all in bounds
-                // of their buffers; m does not overlap u or v.
+                // of their buffers; m does not overlap u or v, and M[xi] is this call's alone.
                 unsafe {
                     gemm(
                         (couts, n, cins),
-                        (m[xi * couts * n..].as_mut_ptr(), n, 1),
+                        (planes.ptr(xi * couts * n), n, 1),
                         (u[xi * couts * cins..].as_ptr(), cins, 1),
                         (v[xi * cins * n..].as_ptr(), n, 1),
                         false,
                     )
                 }
+            };
+            if gemms_in_parallel {
+                par::for_each(POINTS, |xi, _| point(xi));
+            } else {
+                (0..POINTS).for_each(point);
             }
             output_chunk(g, couts, m, bias, r0, r1, out, buf);
         });

@@ -248,7 +248,7 @@ impl Config {
         let dataset = self.data.dataset.name();
         match (self.model.arch, self.data.dataset.is_points()) {
             (Arch::Unet, false) => {
-                if let Some(key) = self.model.unused_key() {
+                if let Some(key) = self.model.unused_key()? {
                     return Err(Error::Config(format!(
                         "[model.{key}] configures model.arch = \"mlp\", but model.arch = \"unet\"; remove it"
                     )));
@@ -264,7 +264,7 @@ impl Config {
                  use model.arch = \"unet\" or a dataset such as \"moons\" or \"points\""
             ))),
             (Arch::Mlp, true) => {
-                if let Some(key) = self.model.unused_key() {
+                if let Some(key) = self.model.unused_key()? {
                     return Err(Error::Config(format!(
                         "model.{key} configures the UNet, but model.arch = \"mlp\" (its sizes are \
                          in [model.mlp]); remove it"
@@ -288,10 +288,17 @@ impl Config {
         }
     }
 
-    /// The config as TOML text (what the run directory and checkpoints store).
+    /// The config as TOML text (what the run directory and checkpoints store), `[model]` with
+    /// the built network's keys only (`UNetConfig::written`).
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string(self)
-            .map_err(|e| Error::Config(format!("cannot serialise the config: {e}")))
+        let fail =
+            |e: &dyn std::fmt::Display| Error::Config(format!("cannot serialise the config: {e}"));
+        let mut table = match toml::Value::try_from(self).map_err(|e| fail(&e))? {
+            toml::Value::Table(t) => t,
+            other => return Err(fail(&format!("not a table: {other:?}"))),
+        };
+        table.insert("model".into(), toml::Value::Table(self.model.written()?));
+        toml::to_string(&table).map_err(|e| fail(&e))
     }
 
     /// Network output channels: C (or D for vectors), or twice that with a learned variance.

@@ -51,8 +51,22 @@ fn overrides_apply_and_are_validated() {
 #[test]
 fn round_trips_through_toml() {
     let cfg = load_str("[train]\nsteps = 5\n", &[]).unwrap();
-    let back = Config::from_toml(&cfg.to_toml().unwrap(), "checkpoint").unwrap();
-    assert_eq!(cfg, back);
+    let text = cfg.to_toml().unwrap();
+    assert!(text.starts_with("[model]\narch = \"unet\"\n"), "{text}");
+    assert!(!text.contains("[model.mlp]"), "{text}");
+    assert_eq!(cfg, Config::from_toml(&text, "checkpoint").unwrap());
+    // The MLP's [model] holds its own sizes only; the rest comes back as the defaults it has.
+    let mlp = Config {
+        model: UNetConfig {
+            arch: crate::nn::Arch::Mlp,
+            ..UNetConfig::default()
+        },
+        ..cfg
+    };
+    let text = mlp.to_toml().unwrap();
+    assert!(text.contains("[model]\narch = \"mlp\"\n\n[model.mlp]\n"), "{text}");
+    assert!(!text.contains("base_channels"), "{text}");
+    assert_eq!(mlp, Config::from_toml(&text, "checkpoint").unwrap());
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! CIFAR-10 model), its validation against an image size, and the layer plan both validation and
 //! the constructor walk, so the two can never disagree about what gets built.
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::nn::mlp::MlpConfig;
@@ -21,8 +21,8 @@ pub enum Arch {
 
 /// The UNet architecture (Ho et al. 2020, appendix B); the `[model]` section of the config.
 /// It is written out (run directories, checkpoints, `ddpm info`) with the keys of the network
-/// `arch` builds only; validation makes sure the others are at their defaults.
-#[derive(Deserialize, Clone, Debug, PartialEq)]
+/// `arch` builds only (`written`); validation makes sure the others are at their defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct UNetConfig {
     /// `unet` (default; the keys below) or `mlp` (the keys of `[model.mlp]`).
@@ -66,43 +66,13 @@ impl Default for UNetConfig {
     }
 }
 
-impl Serialize for UNetConfig {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct UNetKeys<'a> {
-            arch: Arch,
-            base_channels: usize,
-            channel_mult: &'a [usize],
-            num_res_blocks: usize,
-            attention_resolutions: &'a [usize],
-            num_heads: usize,
-            dropout: f64,
-            norm_groups: usize,
-            num_classes: Option<usize>,
-        }
-        #[derive(Serialize)]
-        struct MlpKeys<'a> {
-            arch: Arch,
-            mlp: &'a MlpConfig,
-        }
-        match self.arch {
-            Arch::Unet => UNetKeys {
-                arch: self.arch,
-                base_channels: self.base_channels,
-                channel_mult: &self.channel_mult,
-                num_res_blocks: self.num_res_blocks,
-                attention_resolutions: &self.attention_resolutions,
-                num_heads: self.num_heads,
-                dropout: self.dropout,
-                norm_groups: self.norm_groups,
-                num_classes: self.num_classes,
-            }
-            .serialize(s),
-            Arch::Mlp => MlpKeys {
-                arch: self.arch,
-                mlp: &self.mlp,
-            }
-            .serialize(s),
+impl Arch {
+    /// Whether `key` of `[model]` configures this network: the MLP reads `[model.mlp]` (and
+    /// `num_classes`, which it refuses with its own error), the UNet every key but `mlp`.
+    pub fn uses(self, key: &str) -> bool {
+        match self {
+            Arch::Unet => key != "mlp",
+            Arch::Mlp => matches!(key, "arch" | "mlp" | "num_classes"),
         }
     }
 }
@@ -147,29 +117,32 @@ impl UNetConfig {
         self.channel_mult.len().saturating_sub(1)
     }
 
-    /// A key set (to other than its default) that the network `arch` does not use: one of the
-    /// UNet's under `arch = "mlp"`, or `mlp` (the `[model.mlp]` table) under the UNet. The MLP's
-    /// `num_classes` has its own error (it is unconditional).
-    pub fn unused_key(&self) -> Option<&'static str> {
-        let d = UNetConfig::default();
-        match self.arch {
-            Arch::Unet => (self.mlp != d.mlp).then_some("mlp"),
-            Arch::Mlp => [
-                ("base_channels", self.base_channels == d.base_channels),
-                ("channel_mult", self.channel_mult == d.channel_mult),
-                ("num_res_blocks", self.num_res_blocks == d.num_res_blocks),
-                (
-                    "attention_resolutions",
-                    self.attention_resolutions == d.attention_resolutions,
-                ),
-                ("num_heads", self.num_heads == d.num_heads),
-                ("dropout", self.dropout == d.dropout),
-                ("norm_groups", self.norm_groups == d.norm_groups),
-            ]
-            .into_iter()
-            .find(|(_, default)| !default)
-            .map(|(key, _)| key),
+    /// The section as a TOML table: every key, in declaration order.
+    fn table(&self) -> Result<toml::Table> {
+        match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(t)) => Ok(t),
+            other => Err(Error::Config(format!(
+                "cannot serialise [model]: {other:?}"
+            ))),
         }
+    }
+
+    /// The section as written: the keys of the network `arch` builds only.
+    pub fn written(&self) -> Result<toml::Table> {
+        let mut t = self.table()?;
+        t.retain(|key, _| self.arch.uses(key));
+        Ok(t)
+    }
+
+    /// A key that the network `arch` does not use but is set to other than its default: one
+    /// of the UNet's under `arch = "mlp"`, or `mlp` (the `[model.mlp]` table) under the UNet.
+    /// Derived from the serialised keys, so a key added later is covered too.
+    pub fn unused_key(&self) -> Result<Option<String>> {
+        let (set, default) = (self.table()?, UNetConfig::default().table()?);
+        Ok(set
+            .into_iter()
+            .find(|(key, value)| !self.arch.uses(key) && default.get(key) != Some(value))
+            .map(|(key, _)| key))
     }
 
     /// GroupNorm groups over `c` channels: min(norm_groups, c).

@@ -101,10 +101,10 @@ struct Labelled<'a> {
 impl Conditional for Labelled<'_> {
     fn forward_labels(&self, x_t: &Tensor, t: &[usize], labels: &[u32]) -> Result<Tensor> {
         let labels = self.num_classes.map(|_| labels);
-        self.evaluations
-            .fetch_add(x_t.dim(0)? as u64, Ordering::Relaxed);
+        let b = x_t.dim(0)?;
+        self.evaluations.fetch_add(b as u64, Ordering::Relaxed);
         // On the CPU the batch runs in shards, one per thread.
-        let shards = shard::count(x_t.dim(0)?, x_t.device());
+        let shards = shard::count(b, x_t.device());
         let x = x_t.to_dtype(self.dtype)?;
         let out = shard::map_batch(&x, t, labels, shards, |x, t, labels| {
             self.net.forward(x, t, labels, None)

@@ -32,4 +32,7 @@ pub mod shard;
 pub mod train;
 pub mod vlb;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 pub use error::{Error, Result};

@@ -350,14 +350,17 @@ fn image_format(args: &SampleArgs) -> anyhow::Result<Format> {
     Ok(format)
 }
 
-/// The directory that gets one PNG per image (--out-dir, default `samples`), unless the images
-/// go to one file (--out, --grid, --format npy).
+/// --out-dir, default `samples`.
+fn out_dir(args: &SampleArgs) -> PathBuf {
+    args.out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("samples"))
+}
+
+/// The directory that gets one PNG per image, unless the images go to one file (--out,
+/// --grid, --format npy).
 fn per_image_dir(args: &SampleArgs, format: Format) -> Option<PathBuf> {
-    (args.out.is_none() && !args.grid && format == Format::Png).then(|| {
-        args.out_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("samples"))
-    })
+    (args.out.is_none() && !args.grid && format == Format::Png).then(|| out_dir(args))
 }
 
 /// Write all images as one file: --out (a PNG, a grid when n > 1, or .npy; `-` is stdout), or
@@ -382,10 +385,7 @@ fn write_images(
     if let Some(p) = &args.out {
         return Ok(write_out(p, &bytes)?.into_iter().collect());
     }
-    let dir = args
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("samples"));
+    let dir = out_dir(args);
     std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
     let p = dir.join(match format {
         Format::Png => "grid.png",

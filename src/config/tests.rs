@@ -64,7 +64,10 @@ fn round_trips_through_toml() {
         ..cfg
     };
     let text = mlp.to_toml().unwrap();
-    assert!(text.contains("[model]\narch = \"mlp\"\n\n[model.mlp]\n"), "{text}");
+    assert!(
+        text.contains("[model]\narch = \"mlp\"\n\n[model.mlp]\n"),
+        "{text}"
+    );
     assert!(!text.contains("base_channels"), "{text}");
     assert_eq!(mlp, Config::from_toml(&text, "checkpoint").unwrap());
 }

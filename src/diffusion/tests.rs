@@ -3,6 +3,7 @@ use candle_core::Device;
 use super::*;
 use crate::rng::{Purpose, Stream};
 use crate::schedule::BetaSchedule;
+use crate::testing::max_abs_diff;
 
 fn linear_1000() -> Schedule {
     Schedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02, false).unwrap()
@@ -14,17 +15,6 @@ fn rows(t: &Tensor) -> Vec<Vec<f64>> {
         .flatten_from(1)
         .unwrap()
         .to_vec2()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
         .unwrap()
 }
 

@@ -4,6 +4,7 @@ use super::*;
 use crate::diffusion::{q_sample, x0_and_eps};
 use crate::rng::{Purpose, Stream};
 use crate::schedule::BetaSchedule;
+use crate::testing::max_abs_diff;
 
 fn linear_1000() -> Schedule {
     Schedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02, false).unwrap()
@@ -169,8 +170,7 @@ fn min_snr_weighting_gives_every_prediction_the_same_clipped_x0_loss() {
         let guess_eps = crate::diffusion::eps_from_x0(&s, &x_t, &t, &guess).unwrap();
         let output = target(&s, p, &guess, &t, &guess_eps).unwrap();
         let (back, _) = x0_and_eps(&s, p, &x_t, &t, &output, false).unwrap();
-        let err = (back - &guess).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(err.to_scalar::<f32>().unwrap() < 1e-4);
+        assert!(max_abs_diff(&back, &guess) < 1e-4);
         let terms = training_losses(&s, param, &opts, &output, &x0, &x_t, &t, &eps).unwrap();
         let got = terms.loss.to_scalar::<f32>().unwrap() as f64;
         assert!((got - want).abs() < 1e-3 * want, "{p:?}: {got} vs {want}");
@@ -233,14 +233,7 @@ fn hybrid_bound_trains_only_the_variance_and_kl_trains_both() {
         loss_g.get(out.as_tensor()).unwrap(),
         mse_g.get(out.as_tensor()).unwrap(),
     );
-    let diff = (a.narrow(1, 0, 2).unwrap() - b.narrow(1, 0, 2).unwrap()).unwrap();
-    let diff = diff
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&a.narrow(1, 0, 2).unwrap(), &b.narrow(1, 0, 2).unwrap());
     assert!(diff < 1e-7, "{diff}");
 
     let kl = LossOptions {

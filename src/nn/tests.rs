@@ -8,6 +8,7 @@ use super::*;
 use crate::denoiser::Denoiser;
 use crate::rng::{Purpose, Stream};
 use crate::schedule::{BetaSchedule, Schedule};
+use crate::testing::max_abs_diff;
 
 /// W1 of WORKLOADS.md (also W2).
 fn w1() -> UNetConfig {
@@ -78,14 +79,6 @@ fn randn(seed: u64, dims: &[usize]) -> Tensor {
 
 fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    values(a)
-        .iter()
-        .zip(values(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::nn::UNet;
 use crate::optim::GradAccumulator;
 use crate::rng::{Purpose, Stream};
+use crate::testing::{max_abs, max_abs_diff};
 
 fn randn(index: u64, dims: &[usize]) -> Tensor {
     Stream::new(5, Purpose::Eval, index)
@@ -27,15 +28,7 @@ fn unet() -> (VarMap, UNet) {
 /// covers those that are zero in exact arithmetic (attention's key bias: softmax ignores it),
 /// which come out as ~1e-10 of rounding noise.
 fn max_rel(a: &Tensor, b: &Tensor, floor: f32) -> f32 {
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-    diff.to_scalar::<f32>().unwrap() / scale.max(floor)
+    max_abs_diff(a, b) / max_abs(b).max(floor)
 }
 
 #[test]
@@ -142,10 +135,7 @@ fn weighted_shard_gradients_equal_the_batch_gradient() {
     let whole = loss(0..7).unwrap().backward().unwrap();
     let largest = params
         .iter()
-        .map(|p| {
-            let g = whole.get(p).unwrap().abs().unwrap();
-            g.max_all().unwrap().to_scalar::<f32>().unwrap()
-        })
+        .map(|p| max_abs(whole.get(p).unwrap()))
         .fold(0f32, f32::max);
     for shards in [2, 3] {
         let grads = run(&ranges(7, shards), |_, r| {

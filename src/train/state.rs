@@ -132,6 +132,7 @@ pub fn weights_with_prefix(ckpt: &Checkpoint, prefix: &str) -> HashMap<String, T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{max_abs, max_abs_diff};
 
     /// The mixed-precision path (bf16 on CUDA) on the CPU with f16, which candle's CPU kernels
     /// support: the forward runs in the low precision, and the gradients reach the f32 master
@@ -176,21 +177,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("no f16-path gradient for {name}"));
             let b = g32.get(var).unwrap();
             assert_eq!(a.dtype(), DType::F32, "{name}");
-            let diff = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = b
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let (diff, scale) = (max_abs_diff(a, b), max_abs(b));
             // f16 keeps ~3 decimal digits; allow 5% of the gradient's scale.
             assert!(
                 diff <= 0.05 * scale + 1e-6,

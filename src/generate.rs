@@ -55,8 +55,9 @@ pub enum Start<'a> {
         mask: &'a Tensor,
         resample: usize,
     },
-    /// A given x_T, one row per image (`sampler::sample_from_latent`).
-    Latent(&'a Tensor),
+    /// A given latent, one row per image, at respaced index `from - 1` of opts.steps (x_T when
+    /// `from` = opts.steps; an inverted image's own `from`), `sampler::sample_from_latent`.
+    Latent { x: &'a Tensor, from: usize },
 }
 
 /// What to generate besides the sampler settings.
@@ -218,13 +219,15 @@ impl Generator {
         }
     }
 
-    /// The denoising steps each batch of `start` runs (fewer than opts.steps for SDEdit).
+    /// The denoising steps each batch of `start` runs (fewer than opts.steps for SDEdit and
+    /// from an inverted latent).
     pub fn steps_per_batch(&self, opts: &SampleOptions, start: &Start) -> Result<usize> {
         Ok(match start {
             Start::Edit { strength, .. } => {
                 let respaced = self.schedule.for_sampling(opts.steps, opts.spacing)?;
                 sampler::steps_below(&respaced.timesteps, *strength, self.schedule.len())
             }
+            Start::Latent { from, .. } => *from,
             _ => opts.steps,
         })
     }
@@ -316,12 +319,13 @@ impl Generator {
                     };
                     sampler::inpaint(&model, &self.schedule, param, &batch_opts, &spec, on_step)
                 }
-                Start::Latent(x_t) => sampler::sample_from_latent(
+                Start::Latent { x, from } => sampler::sample_from_latent(
                     &model,
                     &self.schedule,
                     param,
                     &batch_opts,
-                    &rows(x_t, "latent")?,
+                    &rows(x, "latent")?,
+                    from,
                     on_step,
                 ),
             }?;

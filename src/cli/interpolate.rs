@@ -141,9 +141,18 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     let (classes, guidance) = args.classes.resolve(&gen)?;
     let batch = args.batch_size.unwrap_or(cfg.sample.batch_size);
 
-    let inverting = args.from.is_some();
+    let inv = InvertOptions {
+        steps: opts.steps,
+        spacing: opts.spacing,
+        refine: args.refine,
+    };
+    // Inverted images start the way back below sigma = 80 (`sampler::latent`), seeds at x_T.
+    let (inverting, from) = match args.from {
+        Some(_) => (1, gen.inversion_steps(&inv)?),
+        None => (0, opts.steps),
+    };
     let batches = args.frames.div_ceil(batch.max(1));
-    let total = (batches + usize::from(inverting)) * opts.steps;
+    let total = (batches + inverting) * from;
     let mut progress = Progress::new(total as u64, "steps", args.quiet);
     if let Some(n) = notice {
         progress.note(args.quiet, &format!("ddpm: {n}"));
@@ -159,16 +168,11 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
                     .context(flag.to_string())
             };
             let x0 = Tensor::cat(&[load(from, "--from")?, load(to, "--to")?], 0)?;
-            let inv = InvertOptions {
-                steps: opts.steps,
-                spacing: opts.spacing,
-                refine: args.refine,
-            };
-            let x_t = gen.invert(&x0, &classes, guidance, &inv, &mut |_, _, step, _| {
+            let latent = gen.invert(&x0, &classes, guidance, &inv, &mut |_, _, step, _| {
                 progress.set_position(step as u64);
                 Ok(())
             })?;
-            (x_t.narrow(0, 0, 1)?, x_t.narrow(0, 1, 1)?)
+            (latent.x.narrow(0, 0, 1)?, latent.x.narrow(0, 1, 1)?)
         }
         _ => {
             let latent = |seed| interpolate::seed_latent(seed, 0, shape, &gen.device);
@@ -176,13 +180,16 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         }
     };
     let latents = interpolate::path(&a, &b, args.frames)?;
-    let offset = usize::from(inverting) * opts.steps;
+    let offset = inverting * from;
     let req = Request {
         n: args.frames,
         batch_size: batch,
         classes: &classes,
         guidance,
-        start: Start::Latent(&latents),
+        start: Start::Latent {
+            x: &latents,
+            from,
+        },
     };
     let x = gen.generate(&opts, &req, &mut |done, n, step, steps| {
         let pos = (offset + done.div_ceil(batch) * steps + step) as u64;

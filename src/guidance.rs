@@ -56,11 +56,13 @@ impl<'a> Guided<'a> {
     }
 }
 
-/// A guidance scale is a finite w >= 0.
+/// A guidance scale is a finite w. Negative w is legal: it steers away from the class
+/// (eps_u - |w| (eps_c - eps_u)), as negative prompts do.
 pub fn check_scale(scale: f64) -> Result<()> {
-    if !(scale.is_finite() && scale >= 0.0) {
+    if !scale.is_finite() {
         return Err(Error::Invalid(format!(
-            "guidance = {scale} must be a number >= 0 (0 unconditional, 1 conditional, > 1 guided)"
+            "guidance = {scale} must be a finite number (0 unconditional, 1 conditional, > 1 \
+             guided, < 0 away from the class)"
         )));
     }
     Ok(())

@@ -420,10 +420,19 @@ fn class_conditional_run_samples_classes_and_refuses_bad_ones() {
 
     let (_, e) = sample(dir, ckpt, &["-n", "1", "--class", "3,10", "--out", "-"], 1);
     assert!(e.contains("--class") && e.contains("10"), "{e}");
+    // Negative guidance is legal (away from the class), written as a user would: the value
+    // after a space (clap took "-1" for a flag before, a usage error).
+    let (png, _) = sample(
+        dir,
+        ckpt,
+        &["-n", "1", "--class", "3", "--guidance", "-1", "--out", "-"],
+        0,
+    );
+    assert!(png.starts_with(b"\x89PNG"), "a PNG on stdout");
     let (_, e) = sample(
         dir,
         ckpt,
-        &["-n", "1", "--class", "3", "--guidance=-1", "--out", "-"],
+        &["-n", "1", "--class", "3", "--guidance", "nan", "--out", "-"],
         1,
     );
     assert!(e.contains("--guidance"), "{e}");

@@ -17,9 +17,9 @@ pub struct ClassArgs {
     #[arg(long = "class", value_delimiter = ',', value_name = "K[,K...]")]
     pub classes: Vec<u32>,
     /// Classifier-free guidance scale w, eps = eps_u + w (eps_c - eps_u): 1 = the conditional
-    /// model as trained, 0 = unconditional, > 1 = truer to the class, less varied (two
-    /// forwards per step) [default: sample.guidance].
-    #[arg(long, requires = "classes")]
+    /// model as trained, 0 = unconditional, > 1 = truer to the class, less varied, < 0 = away
+    /// from it (two forwards per step) [default: sample.guidance].
+    #[arg(long, requires = "classes", allow_negative_numbers = true)]
     pub guidance: Option<f64>,
 }
 

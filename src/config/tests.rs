@@ -102,7 +102,9 @@ fn class_conditioning_keys_are_checked_together() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("train.label_dropout"), "{e}");
-    let e = load_str("", &["sample.guidance=-1"])
+    let cfg = load_str("", &["sample.guidance=-1"]).unwrap();
+    assert_eq!(cfg.sample.guidance, -1.0);
+    let e = load_str("", &["sample.guidance=nan"])
         .unwrap_err()
         .to_string();
     assert!(e.contains("sample.guidance"), "{e}");

@@ -178,9 +178,11 @@ fn bad_labels_scales_and_batches_are_refused() {
         .unwrap()
         .to_string();
     assert!(e.contains("class 3"), "{e}");
-    for w in [-0.5, f64::NAN, f64::INFINITY] {
+    for w in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         assert!(Guided::new(&model, vec![0], w).is_err(), "{w}");
     }
+    // Negative guidance steers away from the class; it is a scale like any other.
+    assert!(Guided::new(&model, vec![0], -0.5).is_ok());
     let (x, t) = batch();
     assert!(Guided::new(&model, vec![0, 1], 2.0)
         .unwrap()

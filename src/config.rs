@@ -121,7 +121,8 @@ impl DiffusionConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct SampleConfig {
     pub sampler: SamplerKind,
-    /// Sampling steps; absent = all T for ddpm and pc, 50 for ddim, 20 for dpm++2m and heun.
+    /// Sampling steps of `sampler`; absent = all T for ddpm and pc, 50 for ddim, 20 for
+    /// dpm++2m and heun. Another sampler (`--sampler`) takes its own default.
     pub steps: Option<usize>,
     /// DDIM's eta (0 = deterministic).
     pub eta: f64,
@@ -160,13 +161,19 @@ impl Default for SampleConfig {
 }
 
 impl SampleConfig {
-    /// The number of steps for `sampler` over a T-step schedule.
+    /// The number of steps for `sampler` over a T-step schedule: `steps` when this section's
+    /// sampler is `sampler` (the steps were chosen for it: 50 DDIM steps are no count for the
+    /// ancestral sampler), else the sampler's own default, all T for ddpm and pc, 50 for ddim,
+    /// 20 for dpm++2m and heun.
     pub fn steps_for(&self, sampler: SamplerKind, timesteps: usize) -> usize {
-        self.steps.unwrap_or(match sampler {
-            SamplerKind::Ddpm | SamplerKind::Pc => timesteps,
-            SamplerKind::Ddim => 50.min(timesteps),
-            SamplerKind::DpmSolver2M | SamplerKind::Heun => 20.min(timesteps),
-        })
+        match self.steps {
+            Some(k) if sampler == self.sampler => k,
+            _ => match sampler {
+                SamplerKind::Ddpm | SamplerKind::Pc => timesteps,
+                SamplerKind::Ddim => 50.min(timesteps),
+                SamplerKind::DpmSolver2M | SamplerKind::Heun => 20.min(timesteps),
+            },
+        }
     }
 
     fn validate(&self, timesteps: usize) -> Result<()> {

@@ -231,6 +231,34 @@ impl Config {
         Ok(cfg)
     }
 
+    /// This config with `section.key=value` overrides of its `[sample]` section, validated: a
+    /// checkpoint's sampling settings are defaults, not locks. Keys of other sections describe
+    /// the trained model and are refused; every error names the `--set` argument.
+    pub fn with_sample_overrides(&self, overrides: &[String]) -> Result<Config> {
+        let mut cfg = self.clone();
+        for o in overrides {
+            let named = |e: &dyn std::fmt::Display| Error::Config(format!("--set {o}: {e}"));
+            let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+            if !key.starts_with("sample.") {
+                return Err(named(
+                    &"only sample.* keys change at sampling time; the other sections are the trained model's",
+                ));
+            }
+            let mut table = toml::Table::new();
+            let section = toml::Value::try_from(&cfg.sample).map_err(|e| named(&e))?;
+            table.insert("sample".into(), section);
+            apply_override(&mut table, o)?;
+            cfg.sample = table
+                .remove("sample")
+                .map(toml::Value::try_into)
+                .transpose()
+                .map_err(|e: toml::de::Error| named(&one_line(&e)))?
+                .unwrap_or_default();
+            cfg.validate().map_err(|e| named(&e))?;
+        }
+        Ok(cfg)
+    }
+
     /// Check every section and the constraints between them.
     pub fn validate(&self) -> Result<()> {
         self.diffusion.validate()?;

@@ -120,10 +120,26 @@ impl Conditional for Labelled<'_> {
 impl Generator {
     /// Load `path`: its config, and its EMA weights (`use_ema`) or raw weights, in `dtype`.
     pub fn load(path: &Path, use_ema: bool, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_with(path, dtype, device, &mut |cfg| {
+            cfg.sample.use_ema = use_ema;
+            Ok(())
+        })
+    }
+
+    /// Load `path` in `dtype`, its stored config first passed through `settle` (sampling-time
+    /// settings, e.g. `--set sample.key=value`); the weights are the EMA's when the settled
+    /// `sample.use_ema` says so, else the raw ones.
+    pub fn load_with(
+        path: &Path,
+        dtype: DType,
+        device: &Device,
+        settle: &mut dyn FnMut(&mut Config) -> Result<()>,
+    ) -> Result<Self> {
         let ckpt = checkpoint::load(path)?;
-        let config = ckpt.stored_config()?;
+        let mut config = ckpt.stored_config()?;
+        settle(&mut config)?;
         let step = ckpt.step()?;
-        let prefix = if use_ema {
+        let prefix = if config.sample.use_ema {
             checkpoint::EMA_PREFIX
         } else {
             checkpoint::MODEL_PREFIX

@@ -16,7 +16,8 @@ use ddpm::precision::Precision;
 use ddpm::sampler::{InvertOptions, SamplerKind};
 
 use super::classes::ClassArgs;
-use super::output::{check_out_folder, stdout_line, write_out};
+use super::format::{self, Format};
+use super::output::{check_out_dir, check_out_folder, stdout_line, write_out};
 use super::progress::Progress;
 
 pub const EXAMPLES: &str = "\
@@ -54,7 +55,8 @@ pub struct InterpolateArgs {
     /// [default: ddim].
     #[arg(long)]
     pub sampler: Option<SamplerKind>,
-    /// Denoising (and inversion) steps [default: sample.steps, else 50 for ddim, 20 otherwise].
+    /// Denoising (and inversion) steps [default: sample.steps when sample.sampler is this one,
+    /// else 50 for ddim, 20 otherwise].
     #[arg(long)]
     pub steps: Option<usize>,
     /// Fixed-point refinements per DDIM inversion step (--from/--to): each costs one more model
@@ -69,8 +71,8 @@ pub struct InterpolateArgs {
     /// Sample with the raw weights instead of the EMA.
     #[arg(long)]
     pub no_ema: bool,
-    /// Write the frames as one strip PNG, left to right; `-` writes it to stdout
-    /// [default: interpolation.png].
+    /// Write the frames as one strip, left to right, in the format the extension names (png,
+    /// jpg, webp, bmp); `-` writes a PNG to stdout [default: interpolation.png].
     #[arg(long, short, conflicts_with = "out_dir")]
     pub out: Option<PathBuf>,
     /// Write frame-000.png, frame-001.png, ... here instead.
@@ -99,6 +101,13 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         check_out_folder("--out", out)?;
     }
+    if let Some(dir) = &args.out_dir {
+        check_out_dir(dir)?;
+    }
+    let strip_format = format::for_path("--out", args.out.as_deref(), None, Format::Png)?;
+    let encoding = strip_format.image().ok_or_else(|| {
+        anyhow::anyhow!("--out: `ddpm interpolate` writes a picture (.png, .jpg, .webp or .bmp)")
+    })?;
     if args.from.is_none() && args.seeds.len() != 2 {
         anyhow::bail!("--seeds takes two seeds, A,B (got {})", args.seeds.len());
     }
@@ -217,7 +226,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("interpolation.png"));
             let strip = images::upscale(&images::grid(&frames, Some(frames.len()))?, args.scale);
-            written.extend(write_out(&p, &images::encode_png(&strip)?)?);
+            written.extend(write_out(&p, &images::encode(&strip, encoding)?)?);
         }
     }
     for p in &written {

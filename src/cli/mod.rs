@@ -3,6 +3,7 @@
 
 mod classes;
 mod eval;
+mod format;
 mod interpolate;
 mod output;
 mod points;

@@ -215,20 +215,31 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Read a config file, apply `section.key=value` overrides, and validate.
+    /// Read a config file, apply `section.key=value` overrides, and validate. An error in the
+    /// file names it and keeps toml's excerpt of the line with a caret under the fault; an
+    /// error an override brings names that `--set` argument.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let origin = path.display().to_string();
+        // The file on its own, from its text: only there does toml know lines and columns.
+        toml::from_str::<Config>(&text)
+            .map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
         let mut table: toml::Table = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
+            .map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
+        let mut cfg = Config::from_table(&table, &origin)?;
         for o in overrides {
             apply_override(&mut table, o)?;
+            // Each override is checked as it lands, so its error names it, not the file.
+            cfg = Config::from_table(&table, &format!("--set {o}"))?;
         }
-        let cfg: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", one_line(&e))))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    fn from_table(table: &toml::Table, origin: &str) -> Result<Self> {
+        toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", one_line(&e))))
     }
 
     /// This config with `section.key=value` overrides of its `[sample]` section, validated: a

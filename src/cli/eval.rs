@@ -119,7 +119,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &opts,
         &mut |done, total| {
             progress.update(done, || format!("{n} examples"));
-            progress.line(false, || format!("eval: {done}/{total} model evaluations"));
+            let eta = progress.eta(done, total);
+            progress.line(false, || {
+                format!("eval: {done}/{total} model evaluations, {eta}")
+            });
             Ok(())
         },
     )?;

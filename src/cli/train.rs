@@ -83,6 +83,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let quiet = args.quiet;
     let total = args.max_steps.unwrap_or(cfg.train.steps);
+    // Vector data trains on points, not images.
+    let per_sec = match cfg.data.dataset.is_points() {
+        true => "points/s",
+        false => "img/s",
+    };
+    let device_name = device::name(&device);
     let mut progress = Progress::new(total, "steps", quiet);
     if let Some(n) = notice {
         progress.note(quiet, &format!("ddpm: {n}"));
@@ -98,7 +104,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 progress.note(
                     quiet,
                     &format!(
-                        "ddpm: training {parameters} parameters on {device:?}, step {step} of {total}, run directory {}",
+                        "ddpm: training {parameters} parameters on {device_name}, step {step} of {total}, run directory {}",
                         run_dir.display()
                     ),
                 );
@@ -108,7 +114,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 stats,
                 images_per_sec,
             } => progress.update(step, || {
-                format!("loss {:.4} {:.1} img/s", stats.loss, images_per_sec)
+                format!("loss {:.4} {:.1} {per_sec}", stats.loss, images_per_sec)
             }),
             Event::Logged {
                 step,
@@ -116,7 +122,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 images_per_sec,
             } => progress.line(true, || {
                 format!(
-                    "step {step}/{total} loss {:.5} lr {:.2e} grad_norm {:.3} {:.1} img/s",
+                    "step {step}/{total} loss {:.5} lr {:.2e} grad_norm {:.3} {:.1} {per_sec}",
                     stats.loss, stats.lr, stats.grad_norm, images_per_sec
                 )
             }),
@@ -135,7 +141,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "images_per_sec": summary.images_per_sec,
             "final_loss": summary.final_loss,
             "checkpoint": summary.checkpoint,
-            "device": format!("{device:?}"),
+            "device": device_name,
             "precision": cfg.train.precision.to_string(),
         });
         stdout_line(&json.to_string())?;

@@ -33,6 +33,9 @@ pub struct Generator {
     pub device: Device,
     /// For vector data: the standardisation the network was trained in, undone on the way out.
     pub standardization: Option<Standardization>,
+    /// The class names of a class-conditional model, in label order, when its checkpoint
+    /// stores them.
+    pub class_names: Option<Vec<String>>,
     /// Examples passed through the network so far (a guided batch counts its conditional and
     /// unconditional halves): divided by the images made, the network evaluations per image,
     /// which `ddpm sample --json` reports.
@@ -167,12 +170,14 @@ impl Generator {
             }
             None => None,
         };
+        let class_names = ckpt.class_names()?;
         Ok(Generator {
             config,
             schedule,
             net,
             dtype,
             step,
+            class_names,
             device: device.clone(),
             standardization,
             evaluations: AtomicU64::new(0),
@@ -203,19 +208,23 @@ impl Generator {
         self.config.model.num_classes
     }
 
+    /// The label of class `value`: the class of that name when the checkpoint stores names,
+    /// else (or when no name matches) `value` read as a class number. Checked against the
+    /// model's classes.
+    pub fn class_label(&self, value: &str) -> Result<u32> {
+        self.conditional()?;
+        let label = guidance::class_label(value, self.class_names.as_deref())?;
+        self.check_classes(&[label])?;
+        Ok(label)
+    }
+
     /// Check that the model can be asked for `classes`: it is conditional and each is below
     /// its model.num_classes.
     pub fn check_classes(&self, classes: &[u32]) -> Result<()> {
         if classes.is_empty() {
             return Ok(());
         }
-        let n = self.num_classes().ok_or_else(|| {
-            Error::Invalid(
-                "the model is unconditional (its config has no model.num_classes); \
-                 train with data.class_labels = true and model.num_classes to sample classes"
-                    .into(),
-            )
-        })?;
+        let n = self.conditional()?;
         match classes.iter().find(|&&c| c as usize >= n) {
             Some(c) => Err(Error::Invalid(format!(
                 "class {c} does not exist: the model has {n} classes, 0..={}",
@@ -223,6 +232,17 @@ impl Generator {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// The number of classes, or the error that the model is unconditional.
+    fn conditional(&self) -> Result<usize> {
+        self.num_classes().ok_or_else(|| {
+            Error::Invalid(
+                "the model is unconditional (its config has no model.num_classes); \
+                 train with data.class_labels = true and model.num_classes to sample classes"
+                    .into(),
+            )
+        })
     }
 
     fn network(&self) -> Labelled<'_> {

@@ -122,6 +122,28 @@ pub fn drop_labels(labels: &mut [u32], null: u32, p: f64, stream: &mut Stream) {
     }
 }
 
+/// The label a user's class `value` means: the position of the class named `value` in
+/// `names` (a checkpoint's class names, label order), else `value` as a class number. A name
+/// wins over a number, so folders named "10" and "2" (sorted: "10" is label 0) are found by
+/// name.
+pub fn class_label(value: &str, names: Option<&[String]>) -> Result<u32> {
+    if let Some(i) = names.and_then(|n| n.iter().position(|name| name == value)) {
+        return Ok(i as u32);
+    }
+    value.trim().parse::<u32>().map_err(|_| {
+        Error::Invalid(match names {
+            Some(names) => format!(
+                "no class is named {value:?}; the classes are {} (or their numbers, 0..={})",
+                names.join(", "),
+                names.len().saturating_sub(1)
+            ),
+            None => format!(
+                "{value:?} is not a class number, and the checkpoint stores no class names"
+            ),
+        })
+    })
+}
+
 /// The labels of images `first .. first + n` when the classes `classes` are cycled over the
 /// images: image i gets classes[i % len], so `-n 10 --class 0,...,9` draws one of each and image
 /// i keeps its class whatever the batching. Empty `classes`: every image gets `null`.

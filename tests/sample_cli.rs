@@ -193,3 +193,59 @@ fn grids_take_nrow_columns_and_out_dir_is_never_stdout() {
     assert!(e.contains("--out-dir -"), "{e}");
     assert!(!dir.join("-").exists());
 }
+
+/// Image-folder classes keep their folder names in the checkpoint: `ddpm info` lists them and
+/// --class takes a name or a number (the JSON summary says the labels sampled); an unknown name
+/// is refused with the names. Before, --class took numbers only and the names were lost.
+#[test]
+fn folder_classes_are_sampled_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for (class, shade) in [("cat", 40u8), ("dog", 200u8)] {
+        let folder = dir.join("data").join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..2u8 {
+            image::GrayImage::from_fn(8, 8, |x, _| image::Luma([shade + i * 10 + x as u8]))
+                .save(folder.join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    let tiny = std::fs::read_to_string(common::config("tiny.toml")).unwrap();
+    let data = dir.join("data");
+    let text = tiny
+        .replace("[model]\n", "[model]\nnum_classes = 2\n")
+        .replace(
+            "dataset = \"digits\"",
+            &format!(
+                "dataset = \"folder\"\npath = {:?}\nclass_labels = true",
+                data.to_str().unwrap()
+            ),
+        );
+    std::fs::write(dir.join("pets.toml"), text).unwrap();
+    let (out, _) = run(
+        dir,
+        &[
+            "train", "--config", "pets.toml", "--out", "run", "--device", "cpu", "--max-steps",
+            "2", "--quiet",
+        ],
+        0,
+    );
+    let ckpt = String::from_utf8(out).unwrap().trim().to_string();
+    let (info, _) = run(dir, &["info", &ckpt], 0);
+    let info = String::from_utf8(info).unwrap();
+    assert!(info.contains("0 cat, 1 dog"), "{info}");
+    let labels = |class: &str| {
+        let (out, _) = sample(
+            dir,
+            &ckpt,
+            &["-n", "2", "--class", class, "--json", "--out", "x.png"],
+            0,
+        );
+        json_summary(&out)["classes"].clone()
+    };
+    assert_eq!(labels("dog"), serde_json::json!([1]));
+    assert_eq!(labels("1"), serde_json::json!([1]));
+    assert_eq!(labels("cat,dog"), serde_json::json!([0, 1]));
+    let (_, e) = sample(dir, &ckpt, &["--class", "cow", "--out", "-"], 1);
+    assert!(e.contains("--class cow") && e.contains("cat, dog"), "{e}");
+}

@@ -59,5 +59,13 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
         "# format: {}",
         ckpt.meta(checkpoint::META_FORMAT)?
     ))?;
+    if let Some(names) = ckpt.class_names()? {
+        let listed: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("{i} {name}"))
+            .collect();
+        stdout_line(&format!("# classes (--class takes the name or the number): {}", listed.join(", ")))?;
+    }
     stdout_line(&cfg.to_toml()?)
 }

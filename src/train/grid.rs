@@ -34,6 +34,7 @@ pub fn training_grid(
         step: state.step,
         device: state.device.clone(),
         standardization: standardization.cloned(),
+        class_names: None,
         evaluations: AtomicU64::new(0),
     };
     let classes: Vec<u32> = (0..cfg.model.num_classes.unwrap_or(0) as u32).collect();

@@ -7,6 +7,7 @@ mod run_dir;
 mod state;
 mod step;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,7 +23,6 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::data::{self, Loader, LoaderOptions};
 use crate::error::{Error, Result};
-use crate::points::Standardization;
 
 /// How to run: where, how far, and the flag that asks the loop to stop.
 #[derive(Clone, Debug)]
@@ -92,6 +92,7 @@ pub fn train(
     let cfg = &resolved;
     check_classes(cfg, dataset.num_classes())?;
     let standardization = dataset.standardization().cloned();
+    let data_meta = data_metadata(dataset.as_ref())?;
     let dir = RunDir::create(&opts.run_dir)?;
     let mut state = if opts.resume {
         resume_state(cfg, device, &dir)?
@@ -135,7 +136,7 @@ pub fn train(
     let mut last_ckpt = dir.latest();
     while state.step < total {
         if opts.interrupt.load(Ordering::SeqCst) {
-            let path = save(cfg, &dir, &state, standardization.as_ref())?;
+            let path = save(cfg, &dir, &state, &data_meta)?;
             on_event(Event::Checkpoint(&path))?;
             return Err(Error::Interrupted { step: state.step });
         }
@@ -180,14 +181,14 @@ pub fn train(
             on_event(Event::Samples(&path))?;
         }
         if step % cfg.train.checkpoint_every == 0 || step == total {
-            last_ckpt = save(cfg, &dir, &state, standardization.as_ref())?;
+            last_ckpt = save(cfg, &dir, &state, &data_meta)?;
             on_event(Event::Checkpoint(&last_ckpt))?;
         }
     }
     // A fresh run of zero steps (--max-steps 0) still leaves the checkpoint it reports: the
     // initial weights, an untrained baseline for `ddpm eval`.
     if !last_ckpt.exists() {
-        last_ckpt = save(cfg, &dir, &state, standardization.as_ref())?;
+        last_ckpt = save(cfg, &dir, &state, &data_meta)?;
         on_event(Event::Checkpoint(&last_ckpt))?;
     }
     let images_per_sec = match steady_start {
@@ -234,16 +235,28 @@ fn with_data_dim(cfg: &Config, dataset: &dyn data::Dataset) -> Config {
     cfg
 }
 
+/// What the data adds to every checkpoint's metadata: vector data's standardisation (undone on
+/// sampling) and the class names of labelled data (`--class` takes them).
+fn data_metadata(dataset: &dyn data::Dataset) -> Result<BTreeMap<String, String>> {
+    let mut meta = BTreeMap::new();
+    if let Some(s) = dataset.standardization() {
+        meta.insert(checkpoint::META_STANDARDIZATION.to_string(), s.to_meta()?);
+    }
+    if let Some(names) = dataset.class_names() {
+        let text = checkpoint::class_names_meta(names)?;
+        meta.insert(checkpoint::META_CLASS_NAMES.to_string(), text);
+    }
+    Ok(meta)
+}
+
 fn save(
     cfg: &Config,
     dir: &RunDir,
     state: &TrainState,
-    standardization: Option<&Standardization>,
+    data_meta: &BTreeMap<String, String>,
 ) -> Result<PathBuf> {
     let (tensors, mut metadata) = state.checkpoint_contents(cfg)?;
-    if let Some(s) = standardization {
-        metadata.insert(checkpoint::META_STANDARDIZATION.to_string(), s.to_meta()?);
-    }
+    metadata.extend(data_meta.clone());
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
 }
 

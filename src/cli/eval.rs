@@ -17,10 +17,10 @@ use super::progress::Progress;
 
 pub const EXAMPLES: &str = "\
 Examples:
-  ddpm eval --checkpoint runs/digits/latest.safetensors
+  ddpm eval --checkpoint runs/digits/latest.safetensors -n 64
   ddpm eval --checkpoint C -n 256 --method both --json
-  ddpm eval --checkpoint C --per-timestep terms.csv --quiet
-  ddpm eval --checkpoint C --method ode --hutchinson 4 --ode-steps 200 --data photos/
+  ddpm eval --checkpoint C -n 64 --per-timestep terms.csv --quiet
+  ddpm eval --checkpoint C -n 16 --method ode --hutchinson 4 --ode-steps 200 --data photos/
 
 The data are the checkpoint's [data] unless --data names `digits` or an image folder (resized
 to the checkpoint's size and channels); the first -n examples, in order. Example i's noise is

@@ -27,10 +27,12 @@ Examples:
   ddpm interpolate --checkpoint C --from a.png --to b.png --frames 8 --out strip.png
 
 With --seeds A,B the end frames are exactly `ddpm sample --seed A -n 1` and `--seed B` with the
-same --sampler and --steps (DDIM at eta 0). With --from/--to the images are DDIM-inverted to
-their x_T and sampled back without x0 clipping (which inversion cannot undo), so the end frames
-reconstruct them; --refine sets how closely (plain inversion, 0, is first-order accurate). stdout: the written paths, one per
-line (nothing with --out -).";
+same --sampler and --steps (DDIM at eta 0). With --from/--to the images are DDIM-inverted up to
+the last step below sigma = 80 (above it x_t is noise to 1/80, and the step from a cosine
+schedule's x_T would read the network's eps error times 2e4) and sampled back from there
+without x0 clipping (which inversion cannot undo), so the end frames reconstruct them; --refine
+sets how closely (plain inversion, 0, is first-order accurate). --out's extension picks the
+strip's format. stdout: the written paths, one per line (nothing with --out -).";
 
 /// `ddpm interpolate`
 #[derive(Args, Debug)]

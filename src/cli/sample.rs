@@ -26,7 +26,7 @@ use super::signals::interrupt_flag;
 
 pub const EXAMPLES: &str = "\
 Examples:
-  ddpm sample --checkpoint runs/digits/latest.safetensors --steps 50 --ddim
+  ddpm sample --checkpoint runs/digits/latest.safetensors -n 16 --steps 50 --ddim
   ddpm sample --checkpoint C -n 64 --grid --scale 4 --out grid.png
   ddpm sample --checkpoint C -n 8 --format npy --out - > samples.npy
   for s in 1 2 3; do ddpm sample --checkpoint C -n 1 --seed $s --out - > seed$s.png; done

@@ -197,7 +197,10 @@ mod tests {
     #[test]
     fn devices_are_named_as_on_the_command_line() {
         assert_eq!(name(&Device::Cpu), "cpu");
-        assert_eq!(name(&Device::Cpu).parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!(
+            name(&Device::Cpu).parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Cpu
+        );
     }
 
     #[test]

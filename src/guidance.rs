@@ -137,9 +137,7 @@ pub fn class_label(value: &str, names: Option<&[String]>) -> Result<u32> {
                 names.join(", "),
                 names.len().saturating_sub(1)
             ),
-            None => format!(
-                "{value:?} is not a class number, and the checkpoint stores no class names"
-            ),
+            None => format!("{value:?} is not a class number (the checkpoint has no class names)"),
         })
     })
 }

@@ -302,9 +302,7 @@ fn value_of<'a>(args: &'a [String], flags: &[&str]) -> Option<&'a str> {
         if flags.contains(&a.as_str()) {
             return args.get(k + 1).map(String::as_str);
         }
-        flags
-            .iter()
-            .find_map(|f| a.strip_prefix(&format!("{f}=")))
+        flags.iter().find_map(|f| a.strip_prefix(&format!("{f}=")))
     })
 }
 
@@ -338,7 +336,11 @@ fn shrink(invocation: &[String]) -> Vec<String> {
     let mut args = invocation.to_vec();
     match args.get(1).map(String::as_str) {
         Some("train") => {
-            let steps = if args.iter().any(|a| a == "--resume") { 2 } else { 1 };
+            let steps = if args.iter().any(|a| a == "--resume") {
+                2
+            } else {
+                1
+            };
             if let Some(k) = args.iter().position(|a| a == "--max-steps") {
                 args.drain(k..(k + 2).min(args.len()));
             }
@@ -387,7 +389,11 @@ impl Sandbox {
             .into_iter()
             .collect();
         if subcommand == Some("info") {
-            checkpoints.extend(args.get(2).map(String::as_str).filter(|a| !a.starts_with('-')));
+            checkpoints.extend(
+                args.get(2)
+                    .map(String::as_str)
+                    .filter(|a| !a.starts_with('-')),
+            );
         }
         for ckpt in checkpoints {
             if !at(ckpt).exists() {
@@ -643,10 +649,7 @@ fn the_shrinking_rule_does_what_the_module_comment_says() {
         shrunk("for s in 1 2; do ddpm sample -n 1 --seed $s --out - > s$s.png; done"),
         "ddpm sample -n 1 --seed $s --out - --steps 3"
     );
-    assert_eq!(
-        words("a 'b c'  \"d e\" f"),
-        ["a", "'b c'", "\"d e\"", "f"]
-    );
+    assert_eq!(words("a 'b c'  \"d e\" f"), ["a", "'b c'", "\"d e\"", "f"]);
     assert_eq!(
         strip_comment("ddpm x --out a  # also 'moons'"),
         "ddpm x --out a"

@@ -69,7 +69,10 @@ fn toml_error(dir: &Path, cfg: &Path, line: &str) -> String {
         1,
     );
     assert!(e.starts_with(&format!("ddpm: {}: ", cfg.display())), "{e}");
-    assert!(e.lines().any(|l| l.ends_with(line)), "the line {line:?} in {e}");
+    assert!(
+        e.lines().any(|l| l.ends_with(line)),
+        "the line {line:?} in {e}"
+    );
     let caret = |l: &str| l.trim_start().starts_with('|') && l.contains('^');
     assert!(e.lines().any(caret), "a caret line in {e}");
     e
@@ -108,7 +111,10 @@ fn unknown_and_mistyped_config_keys_are_named() {
             ],
             1,
         );
-        assert!(e.contains(&format!("--set {set}")) && e.contains(named), "{e}");
+        assert!(
+            e.contains(&format!("--set {set}")) && e.contains(named),
+            "{e}"
+        );
         assert!(!e.contains("tiny.toml"), "{e}");
         assert_eq!(e.trim_end().lines().count(), 1, "{e}");
     }

@@ -101,7 +101,10 @@ fn stored_sample_settings_are_defaults_not_locks() {
         ("sample.eta=2", "sample.eta"),
     ] {
         let (_, e) = sample(dir, ckpt, &["--set", set, "--out", "-"], 1);
-        assert!(e.contains(&format!("--set {set}")) && e.contains(named), "{e}");
+        assert!(
+            e.contains(&format!("--set {set}")) && e.contains(named),
+            "{e}"
+        );
         assert_eq!(e.trim_end().lines().count(), 1, "{e}");
     }
     let (_, e) = run(
@@ -225,8 +228,16 @@ fn folder_classes_are_sampled_by_name() {
     let (out, _) = run(
         dir,
         &[
-            "train", "--config", "pets.toml", "--out", "run", "--device", "cpu", "--max-steps",
-            "2", "--quiet",
+            "train",
+            "--config",
+            "pets.toml",
+            "--out",
+            "run",
+            "--device",
+            "cpu",
+            "--max-steps",
+            "2",
+            "--quiet",
         ],
         0,
     );

@@ -197,10 +197,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         batch_size: batch,
         classes: &classes,
         guidance,
-        start: Start::Latent {
-            x: &latents,
-            from,
-        },
+        start: Start::Latent { x: &latents, from },
     };
     let x = gen.generate(&opts, &req, &mut |done, n, step, steps| {
         let pos = (offset + done.div_ceil(batch) * steps + step) as u64;

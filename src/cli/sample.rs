@@ -401,7 +401,9 @@ fn stopped_after(
 fn image_format(args: &SampleArgs) -> anyhow::Result<Format> {
     let format = format::for_path("--out", args.out.as_deref(), args.format, Format::Png)?;
     if format == Format::Csv {
-        anyhow::bail!("--format csv is for vector-data checkpoints; images are png, jpeg, webp, bmp or npy");
+        anyhow::bail!(
+            "--format csv is for vector-data checkpoints; images are png, jpeg, webp, bmp or npy"
+        );
     }
     Ok(format)
 }

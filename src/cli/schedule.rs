@@ -65,7 +65,10 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
             .enumerate()
             .map(|(i, name)| format!("{i} {name}"))
             .collect();
-        stdout_line(&format!("# classes (--class takes the name or the number): {}", listed.join(", ")))?;
+        stdout_line(&format!(
+            "# classes (--class takes the name or the number): {}",
+            listed.join(", ")
+        ))?;
     }
     stdout_line(&cfg.to_toml()?)
 }

@@ -172,9 +172,10 @@ fn check_round_trip(
     let d = max_abs_diff(&flat(&latent.x), &want);
     assert!(d < 5e-5, "refine {refine}: latent off by {d}");
     let sampling = opts(SamplerKind::Ddim, 50, Spacing::Trailing, 0.0);
-    let x_rec =
-        sample_from_latent(model, s, p, &sampling, &latent.x, latent.from, &mut |_| Ok(()))
-            .unwrap();
+    let x_rec = sample_from_latent(model, s, p, &sampling, &latent.x, latent.from, &mut |_| {
+        Ok(())
+    })
+    .unwrap();
     let x_rec = flat(&x_rec);
     let want: Vec<f64> = xs.iter().map(|x| p_rec * x + q_rec).collect();
     let d = max_abs_diff(&x_rec, &want);

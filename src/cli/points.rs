@@ -74,7 +74,7 @@ pub fn write(args: &SampleArgs, gen: &Generator, x: &Tensor) -> anyhow::Result<V
         (Some(p), _) => p.clone(),
         (None, dir) => {
             let dir = dir.clone().unwrap_or_else(|| PathBuf::from("samples"));
-            std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
+            ddpm::atomic::create_dir(&dir)?;
             let ext = match format {
                 Format::Csv => "csv",
                 Format::Npy => "npy",

@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 
-use super::{encode, write_atomic, META_STEP};
-use crate::atomic::{sync_dir, temp_path};
+use super::{encode, load, write_atomic, Checkpoint, META_STEP};
+use crate::atomic::{sync_dir, temp_path, temp_target};
 use crate::error::{Error, Result};
+use crate::fault;
 
 /// The fixed name of the newest checkpoint.
 pub const LATEST: &str = "latest.safetensors";
@@ -69,14 +70,37 @@ pub fn to_delete(existing_steps: &[u64], keep_last: usize) -> Vec<u64> {
     steps
 }
 
-/// The checkpoint to resume from: the newest `ckpt-*` (a crash between writing it and updating
-/// `latest` leaves `latest` one save behind), else `latest`, else None.
-pub fn resume_path(dir: &Path) -> Result<Option<PathBuf>> {
-    if let Some(step) = list_checkpoints(dir)?.last() {
-        return Ok(Some(dir.join(ckpt_name(*step))));
-    }
+/// The newest checkpoint in `dir` that loads (through `checkpoint::load`, so with every check it
+/// makes), trying the `ckpt-*` files newest first and `latest` last: a crash between writing
+/// `ckpt-N` and linking `latest` leaves `latest` one save behind (or missing, at the first
+/// save), and a damaged file is passed over. Returns it with the errors of the newer files
+/// passed over; None when `dir` holds no checkpoint at all; an error when none of them loads.
+pub fn load_newest(dir: &Path) -> Result<Option<(Checkpoint, Vec<Error>)>> {
+    let mut candidates: Vec<PathBuf> = list_checkpoints(dir)?
+        .iter()
+        .rev()
+        .map(|s| dir.join(ckpt_name(*s)))
+        .collect();
     let latest = dir.join(LATEST);
-    Ok(latest.is_file().then_some(latest))
+    if latest.is_file() {
+        candidates.push(latest);
+    }
+    let mut passed_over = Vec::new();
+    for path in &candidates {
+        match load(path) {
+            Ok(ckpt) => return Ok(Some((ckpt, passed_over))),
+            Err(e) => passed_over.push(e),
+        }
+    }
+    match passed_over.len() {
+        0 => Ok(None),
+        1 => Err(passed_over.remove(0)),
+        n => Err(Error::Invalid(format!(
+            "none of the {n} checkpoints in {} loads; the newest: {}",
+            dir.display(),
+            passed_over[0]
+        ))),
+    }
 }
 
 /// Save the checkpoint of `step` into `dir`: write `ckpt-{step}` atomically, point `latest` at
@@ -102,27 +126,56 @@ pub fn save_step(
     }
     let bytes = encode(&path, tensors, &metadata)?;
     write_atomic(&path, &bytes)?;
-    publish_latest(dir, &path, &bytes)?;
+    publish_latest(dir, &path)?;
     for old in to_delete(&list_checkpoints(dir)?, keep_last) {
         let p = dir.join(ckpt_name(old));
         fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        fault::point();
     }
     Ok(path)
 }
 
-/// Make `latest` name the same file as `ckpt` (whose content is `bytes`), atomically.
-fn publish_latest(dir: &Path, ckpt: &Path, bytes: &[u8]) -> Result<()> {
+/// Make `latest` name `ckpt` (a checkpoint in `dir`) unless it already does. A resume calls
+/// it for the checkpoint it continues from, finishing a save that a crash cut short before it
+/// linked `latest`, or moving `latest` off a damaged file.
+pub fn link_latest(dir: &Path, ckpt: &Path) -> Result<()> {
+    let latest = dir.join(LATEST);
+    if ckpt == latest || same_file(ckpt, &latest) {
+        return Ok(());
+    }
+    publish_latest(dir, ckpt)
+}
+
+#[cfg(unix)]
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &Path, _: &Path) -> bool {
+    false
+}
+
+/// Make `latest` name the same file as `ckpt`, atomically.
+fn publish_latest(dir: &Path, ckpt: &Path) -> Result<()> {
     let latest = dir.join(LATEST);
     let tmp = temp_path(&latest);
     // A temp name left by a crashed save would make the link fail; it holds nothing of value.
     let _ = fs::remove_file(&tmp);
     if fs::hard_link(ckpt, &tmp).is_err() {
-        return write_atomic(&latest, bytes);
+        let bytes = fs::read(ckpt).map_err(|e| Error::io(ckpt, e))?;
+        return write_atomic(&latest, &bytes);
     }
+    fault::point();
     if let Err(e) = fs::rename(&tmp, &latest) {
         let _ = fs::remove_file(&tmp);
         return Err(Error::checkpoint(&latest, format!("cannot update: {e}")));
     }
+    fault::point();
     // POSIX rename is a successful no-op when both names already link to one file; the temp
     // name must not outlive it.
     let _ = fs::remove_file(&tmp);
@@ -130,6 +183,8 @@ fn publish_latest(dir: &Path, ckpt: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Delete temp files that crashed saves left in `dir` (only names our writes use); returns them.
+/// Only for a caller that owns `dir` (a training holds its run directory's lock): the temp
+/// file of a save in progress looks just the same.
 pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
@@ -148,20 +203,11 @@ pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// True for `.ckpt-NNNNNNNN.safetensors.<pid>.tmp` and `.latest.safetensors.<pid>.tmp`.
 fn is_temp_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
-        return false;
-    };
-    let Some((target, pid)) = rest.rsplit_once('.') else {
-        return false;
-    };
-    !pid.is_empty()
-        && pid.bytes().all(|b| b.is_ascii_digit())
-        && (target == LATEST || parse_ckpt_name(target).is_some())
+    temp_target(name).is_some_and(|t| t == LATEST || parse_ckpt_name(t).is_some())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::load;
     use super::super::tests::{cpu, meta, names_in};
     use super::*;
 
@@ -228,8 +274,8 @@ mod tests {
             vec![500.]
         );
         assert_eq!(
-            resume_path(dir.path()).unwrap(),
-            Some(dir.path().join("ckpt-00000500.safetensors"))
+            newest_path(dir.path()),
+            dir.path().join("ckpt-00000500.safetensors")
         );
 
         // `latest` survives the deletion of the file it was linked from.
@@ -252,10 +298,7 @@ mod tests {
         }
         fs::remove_file(dir.path().join("ckpt-00000600.safetensors")).unwrap();
         assert_eq!(load(&dir.path().join(LATEST)).unwrap().step().unwrap(), 600);
-        assert_eq!(
-            resume_path(dir.path()).unwrap(),
-            Some(dir.path().join(LATEST))
-        );
+        assert_eq!(newest_path(dir.path()), dir.path().join(LATEST));
 
         let mut wrong = meta("c");
         wrong.insert(META_STEP.into(), "7".into());
@@ -265,11 +308,83 @@ mod tests {
         assert!(e.contains("step 7") && e.contains("700"), "{e}");
     }
 
+    /// The path of `load_newest`'s checkpoint, when it passed over nothing.
+    fn newest_path(dir: &Path) -> PathBuf {
+        let (ckpt, passed_over) = load_newest(dir).unwrap().unwrap();
+        assert!(passed_over.is_empty(), "{passed_over:?}");
+        ckpt.path
+    }
+
+    fn weights(step: u64) -> Vec<(String, Tensor)> {
+        vec![(
+            "model.w".to_string(),
+            Tensor::new(&[step as f32], &cpu()).unwrap(),
+        )]
+    }
+
+    /// The file of a save that crashed after writing `ckpt-N` but before linking `latest`: the
+    /// first save leaves no `latest` at all, a later one a `latest` one save behind.
+    fn write_unlinked(dir: &Path, step: u64) -> PathBuf {
+        let path = dir.join(ckpt_name(step));
+        let mut m = meta("c");
+        m.insert(META_STEP.into(), step.to_string());
+        super::super::save(&path, &weights(step), &m).unwrap();
+        path
+    }
+
+    #[test]
+    fn resume_takes_the_newest_checkpoint_that_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let first = write_unlinked(d, 1);
+        assert!(!d.join(LATEST).exists());
+        assert_eq!(newest_path(d), first);
+
+        save_step(d, 1, &weights(1), &meta("c"), 5).unwrap();
+        save_step(d, 2, &weights(2), &meta("c"), 5).unwrap();
+        let third = write_unlinked(d, 3);
+        assert_eq!(load(&d.join(LATEST)).unwrap().step().unwrap(), 2);
+        assert_eq!(newest_path(d), third);
+
+        // A damaged newest file (cut short) is passed over, and said so.
+        let bytes = fs::read(&third).unwrap();
+        fs::write(&third, &bytes[..bytes.len() / 2]).unwrap();
+        let (ckpt, passed_over) = load_newest(d).unwrap().unwrap();
+        assert_eq!(ckpt.step().unwrap(), 2);
+        assert_eq!(ckpt.path, d.join(ckpt_name(2)));
+        assert_eq!(passed_over.len(), 1);
+        assert!(
+            passed_over[0].to_string().contains("ckpt-00000003"),
+            "{passed_over:?}"
+        );
+
+        // Resuming from it points `latest` at it (here it already was), and at a newer
+        // complete file that a crash left unlinked.
+        link_latest(d, &ckpt.path).unwrap();
+        assert_eq!(load(&d.join(LATEST)).unwrap().step().unwrap(), 2);
+        let fourth = write_unlinked(d, 4);
+        link_latest(d, &fourth).unwrap();
+        assert_eq!(load(&d.join(LATEST)).unwrap().step().unwrap(), 4);
+        assert!(same_file(&fourth, &d.join(LATEST)));
+        fs::remove_file(&fourth).unwrap();
+
+        // Nothing loads: one error naming the folder and the newest file's fault.
+        for s in [1, 2] {
+            fs::write(d.join(ckpt_name(s)), b"").unwrap();
+        }
+        fs::write(d.join(LATEST), b"").unwrap();
+        let e = load_newest(d).unwrap_err().to_string();
+        assert!(
+            e.contains("none of the 4 checkpoints") && e.contains("ckpt-00000003"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn lister_ignores_temp_and_unrelated_files() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        assert_eq!(resume_path(d).unwrap(), None);
+        assert!(load_newest(d).unwrap().is_none());
         for name in [
             "ckpt-00000100.safetensors",
             "ckpt-00000300.safetensors",

@@ -2,7 +2,6 @@
 //! `step` (pure), the carried state in `state`, the files in `run_dir`. The loop never prints;
 //! it reports through `on_event`, and stops cleanly — checkpoint first — when `interrupt` is set.
 
-mod config;
 mod grid;
 mod run_dir;
 mod state;
@@ -15,9 +14,8 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-pub use config::TrainConfig;
 pub use run_dir::{RunDir, METRICS_HEADER};
-pub use state::{stored_config, weights_with_prefix, TrainState, EMA_PREFIX, MODEL_PREFIX};
+pub use state::TrainState;
 pub use step::{train_step, StepStats};
 
 use crate::checkpoint;
@@ -284,7 +282,7 @@ fn resume_state(
     ckpt: &checkpoint::Checkpoint,
 ) -> Result<TrainState> {
     let path = &ckpt.path;
-    let stored = stored_config(ckpt, path)?;
+    let stored = ckpt.stored_config()?;
     let same = [
         ("model", stored.model == cfg.model),
         ("diffusion", stored.diffusion == cfg.diffusion),

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -207,6 +207,17 @@ fn kill_9_at_random_times_always_resumes_from_a_complete_checkpoint() {
     );
 }
 
+/// A child process that is killed when dropped, so that a failing test leaves no training
+/// running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Every file in `run` and samples/ with its bytes.
 fn snapshot(run: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v: Vec<(PathBuf, Vec<u8>)> = [run.to_path_buf(), run.join("samples")]
@@ -237,13 +248,15 @@ fn a_second_training_on_a_busy_run_directory_is_refused_and_changes_nothing() {
         "--set",
         "train.log_every=1000000",
     ];
-    let mut first = train(dir, &run, 1_000_000, &quiet_files)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut first = KillOnDrop(
+        train(dir, &run, 1_000_000, &quiet_files)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // The "training" line comes after the lock is taken and config.toml/metrics.csv are written.
-    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
+    let mut lines = BufReader::new(first.0.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
     while !seen
         .iter()
@@ -266,7 +279,7 @@ fn a_second_training_on_a_busy_run_directory_is_refused_and_changes_nothing() {
             format!(
                 "ddpm: run directory {} is in use by process {}; wait for it to finish or choose another --out",
                 run.display(),
-                first.id()
+                first.0.id()
             )
         );
     }
@@ -275,8 +288,8 @@ fn a_second_training_on_a_busy_run_directory_is_refused_and_changes_nothing() {
         "a refused training changed the run directory"
     );
 
-    first.kill().unwrap();
-    assert_eq!(first.wait().unwrap().signal(), Some(9));
+    first.0.kill().unwrap();
+    assert_eq!(first.0.wait().unwrap().signal(), Some(9));
     let out = train(dir, &run, 2, &["--quiet"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(

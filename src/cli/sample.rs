@@ -250,7 +250,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         .then(|| per_image_dir(&args, format))
         .flatten();
     if let Some(dir) = &per_image {
-        std::fs::create_dir_all(dir).map_err(|e| ddpm::Error::io(dir, e))?;
+        ddpm::atomic::create_dir(dir)?;
     }
 
     let steps = gen.steps_per_batch(&opts, &start)?;
@@ -453,7 +453,7 @@ fn write_images(
         return Ok(write_out(p, &bytes)?.into_iter().collect());
     }
     let dir = out_dir(args);
-    std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
+    ddpm::atomic::create_dir(&dir)?;
     let p = dir.join(match format.image() {
         Some(_) => format!("grid.{}", format.extension()),
         None => "samples.npy".to_string(),

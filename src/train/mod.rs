@@ -57,6 +57,13 @@ pub enum Event<'a> {
         stats: StepStats,
         images_per_sec: f64,
     },
+    /// `--resume` continues from `checkpoint` (at `step`); `passed_over` holds the errors of
+    /// newer checkpoint files that did not load.
+    Resumed {
+        checkpoint: &'a Path,
+        step: u64,
+        passed_over: &'a [Error],
+    },
     /// A checkpoint was written.
     Checkpoint(&'a Path),
     /// A sample grid was written.
@@ -93,9 +100,19 @@ pub fn train(
     check_classes(cfg, dataset.num_classes())?;
     let standardization = dataset.standardization().cloned();
     let data_meta = data_metadata(dataset.as_ref())?;
-    let dir = RunDir::create(&opts.run_dir)?;
+    let dir = RunDir::open(&opts.run_dir, opts.resume)?;
+    // The newest checkpoint on disk that is known good: what a NaN stop keeps.
+    let mut good_ckpt = None;
     let mut state = if opts.resume {
-        resume_state(cfg, device, &dir)?
+        let (ckpt, passed_over) = dir.resume_checkpoint()?;
+        let state = resume_state(cfg, device, &ckpt)?;
+        on_event(Event::Resumed {
+            checkpoint: &ckpt.path,
+            step: state.step,
+            passed_over: &passed_over,
+        })?;
+        good_ckpt = Some(ckpt.path);
+        state
     } else {
         if dir.has_checkpoints()? {
             return Err(Error::Invalid(format!(
@@ -147,7 +164,17 @@ pub fn train(
                     .unwrap_or_else(|| Err(Error::Data("the data loader stopped".into())))
             })
             .collect::<Result<Vec<_>>>()?;
-        last = train_step(cfg, &schedule, &mut state, batches)?;
+        last = train_step(cfg, &schedule, &mut state, batches).map_err(|e| match e {
+            Error::NonFinite {
+                what, step, value, ..
+            } => Error::NonFinite {
+                what,
+                step,
+                value,
+                kept: good_ckpt.clone(),
+            },
+            e => e,
+        })?;
         let step = state.step;
         if steady_start.is_none() {
             steady_start = Some((Instant::now(), step));
@@ -183,6 +210,7 @@ pub fn train(
         if step % cfg.train.checkpoint_every == 0 || step == total {
             last_ckpt = save(cfg, &dir, &state, &data_meta)?;
             on_event(Event::Checkpoint(&last_ckpt))?;
+            good_ckpt = Some(last_ckpt.clone());
         }
     }
     // A fresh run of zero steps (--max-steps 0) still leaves the checkpoint it reports: the
@@ -260,16 +288,13 @@ fn save(
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
 }
 
-/// The state of the run in `dir`, checking that `cfg` describes the same model and data.
-fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainState> {
-    let path = dir.latest();
-    if !path.exists() {
-        return Err(Error::Invalid(format!(
-            "--resume: {} has no checkpoint to resume from",
-            dir.root.display()
-        )));
-    }
-    let ckpt = checkpoint::load(&path)?;
+/// The state of the run saved in `ckpt`, checking that `cfg` describes the same model and data.
+fn resume_state(
+    cfg: &Config,
+    device: &Device,
+    ckpt: &checkpoint::Checkpoint,
+) -> Result<TrainState> {
+    let path = &ckpt.path;
     let stored = ckpt.stored_config()?;
     let same = [
         ("model", stored.model == cfg.model),
@@ -297,5 +322,5 @@ fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainStat
             path.display()
         )));
     }
-    TrainState::restore(cfg, device, &ckpt, &path)
+    TrainState::restore(cfg, device, ckpt, path)
 }

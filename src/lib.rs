@@ -15,6 +15,7 @@ pub mod device;
 pub mod diffusion;
 pub mod ema;
 pub mod error;
+pub mod fid;
 pub mod generate;
 pub mod guidance;
 pub mod likelihood;

@@ -1,0 +1,3 @@
+//! Fréchet Inception Distance and Kernel Inception Distance.
+
+pub mod linalg;

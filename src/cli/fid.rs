@@ -121,6 +121,13 @@ pub fn run(args: FidArgs) -> anyhow::Result<()> {
     if inputs.iter().any(|i| matches!(i, Input::Checkpoint(_))) && args.n.is_none() {
         anyhow::bail!("-n is required when a set is a checkpoint: how many images to sample");
     }
+    // A missing weights file fails before any other output when a side is sure to need it.
+    if inputs
+        .iter()
+        .any(|i| matches!(i, Input::Folder(_) | Input::Checkpoint(_)))
+    {
+        weights::locate(args.inception.as_deref())?;
+    }
     let (device, notice) = device::resolve(args.device)?;
     if let Some(n) = notice.filter(|_| !args.quiet) {
         eprintln!("ddpm: {n}");

@@ -3,7 +3,8 @@
 //! The layers, bottom up: `schedule` (betas and every derived coefficient, f64), `diffusion`
 //! (the forward process and parameterisations), `loss` and `vlb` (objectives), `denoiser` (the
 //! trait samplers see), `sampler` (ancestral, DDIM, ...), `nn` (the UNet and the MLP), `data` and `points` (vector data), and the
-//! training loop with its optimizer, EMA and checkpoints. The library never prints: long work
+//! training loop with its optimizer, EMA and checkpoints; `fid` measures sample quality (FID and
+//! KID with pytorch-fid's Inception features). The library never prints: long work
 //! reports through callbacks.
 
 pub mod atomic;

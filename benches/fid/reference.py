@@ -134,6 +134,16 @@ def main():
             fid_score.calculate_fid_given_paths([stats, shifted], 8, "cpu", 64, num_workers=0)
         )
 
+        # A file written by `ddpm fid --save-stats` loads in numpy with pytorch-fid's keys and
+        # holds what it read.
+        ours = os.path.join(tmp, "ours.npz")
+        subprocess.run(["cargo", "run", "--quiet", "--", "fid", stats, "--save-stats", ours],
+                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        with np.load(ours) as f:
+            assert sorted(f.keys()) == ["mu", "sigma"], list(f.keys())
+            assert f["mu"].dtype == np.float64 and f["sigma"].shape == (64, 64)
+            assert np.array_equal(f["mu"], mu) and np.array_equal(f["sigma"], sigma)
+
         # The two PyTorch file formats, on the first layer's tensors.
         first = {k: v for k, v in load_file(weights).items() if k.startswith("Conv2d_1a_3x3.")}
         torch.save(first, os.path.join(out, "torch_zip.pth"))

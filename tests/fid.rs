@@ -36,7 +36,8 @@ fn image(rng: &mut Stream) -> RgbImage {
     RgbImage::from_fn(32, 32, |x, y| {
         let (x, y) = (x as f64 / 32.0, y as f64 / 32.0);
         let px = |c: usize| {
-            let v = (6.28 * (p[c] * 4.0 * x + p[c + 3] * 4.0 * y) + 6.28 * p[c + 6]).sin();
+            let tau = std::f64::consts::TAU;
+            let v = (tau * (p[c] * 4.0 * x + p[c + 3] * 4.0 * y) + tau * p[c + 6]).sin();
             let n = noise[((y * 32.0) as usize * 32 + (x * 32.0) as usize) * 3 + c];
             (127.5 + 90.0 * v + 25.0 * n).clamp(0.0, 255.0) as u8
         };

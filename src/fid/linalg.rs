@@ -81,8 +81,8 @@ pub fn pivoted_cholesky(s: &[f64], n: usize) -> (Vec<f64>, usize) {
             .filter(|&i| !chosen[i])
             .max_by(|&a, &b| d[a].total_cmp(&d[b]));
         let Some(j) = pivot else { break };
-        // Also stops on NaN (a non-finite S): `!(x > tol)`.
-        if !(d[j] > tol) {
+        // Also stops on NaN (a non-finite S).
+        if d[j].is_nan() || d[j] <= tol {
             break;
         }
         chosen[j] = true;

@@ -4,7 +4,8 @@ download (the seeded safetensors of `cargo run --example fid_seeded_weights`, or
     python benches/fid/pytorch_fid_stats.py WEIGHTS DIR OUT.npz [THREADS]
 
 Prints one JSON line: images, seconds (feature extraction and statistics, as `ddpm fid --json`
-reports per side), images/s. Used by benches/fid/speed.sh.
+reports per side), images/s, and the CPU seconds of all the process's threads over the same
+span. Used by benches/fid/speed.sh.
 """
 
 import json
@@ -30,11 +31,12 @@ def main():
         inception.load_state_dict_from_url = lambda *a, **k: torch.load(weights)
         model = inception.InceptionV3([3]).eval()
     files = sorted(p for p in pathlib.Path(folder).rglob("*.png"))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     mu, sigma = fid_score.calculate_activation_statistics(files, model, 50, 2048, "cpu", 0)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     np.savez_compressed(out, mu=mu, sigma=sigma)
-    print(json.dumps({"images": len(files), "seconds": seconds, "images_per_sec": len(files) / seconds}))
+    print(json.dumps({"images": len(files), "seconds": seconds, "images_per_sec": len(files) / seconds,
+                      "cpu_seconds": cpu}))
 
 
 if __name__ == "__main__":

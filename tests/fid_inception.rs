@@ -2,7 +2,7 @@
 //! and read back as a user's weights file would be, give the pool3 features that pytorch-fid's
 //! own `InceptionV3` computes for the same 8 images with the same weights
 //! (tests/fixtures/fid/seeded_features.npy, written by benches/fid/reference.py, which loads
-//! these weights through `cargo run --example fid_seeded_weights`).
+//! these weights through `cargo bench --bench fid_seeded_weights`).
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,5 @@
 """pytorch-fid's statistics of an image folder, timed, with weights from a file instead of the
-download (the seeded safetensors of `cargo run --example fid_seeded_weights`, or the real .pth):
+download (the seeded safetensors of `cargo bench --bench fid_seeded_weights`, or the real .pth):
 
     python benches/fid/pytorch_fid_stats.py WEIGHTS DIR OUT.npz [THREADS]
 

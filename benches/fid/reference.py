@@ -4,7 +4,7 @@ torch-fidelity's KID), written as the fixtures under tests/fixtures/fid/. Not ru
     python benches/fid/reference.py [OUT_DIR]      # default tests/fixtures/fid
 
 Needs torch, torchvision, pytorch-fid, torch-fidelity, numpy, scipy, pillow, safetensors and a
-Rust toolchain (it runs `cargo run --example fid_seeded_weights`). It writes:
+Rust toolchain (it runs `cargo bench --bench fid_seeded_weights`). It writes:
 
 - images/*.png: 8 fixed images of different sizes and modes (RGB, grey, RGBA, smaller and
   larger than 299x299).
@@ -105,7 +105,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "seeded.safetensors")
         subprocess.run(
-            ["cargo", "run", "--example", "fid_seeded_weights", "--", weights],
+            ["cargo", "bench", "--quiet", "--bench", "fid_seeded_weights", "--", weights],
             cwd=ROOT, check=True,
         )
         # Architecture: pool3 features of the fixture images.

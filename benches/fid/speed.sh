@@ -17,7 +17,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
 cargo build --release --quiet
-cargo run --release --quiet --example fid_seeded_weights -- "$WORK/w.safetensors"
+cargo bench --quiet --bench fid_seeded_weights -- "$WORK/w.safetensors"
 "$PY" - "$WORK/img" "$N" <<'PYEOF'
 import os, sys
 import numpy as np

@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::rng::{Purpose, Stream};
 
 /// The seed of the weights that `tests/fid_inception.rs` checks against pytorch-fid's network
-/// (`benches/fid/reference.py` reads them through `examples/fid_seeded_weights.rs`).
+/// (`benches/fid/reference.py` reads them through `benches/fid_seeded_weights.rs`).
 pub const TEST_SEED: u64 = 20151205;
 
 /// A `Source` that draws every layer and keeps what it drew under pytorch-fid's key names.

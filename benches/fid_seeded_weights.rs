@@ -1,7 +1,10 @@
 //! Write the seeded Inception weights of `ddpm::fid::seeded` (seed `TEST_SEED`, or the second
 //! argument) as a safetensors file with pytorch-fid's key names, for `benches/fid/reference.py`:
 //!
-//!     cargo run --release --example fid_seeded_weights -- seeded.safetensors [SEED]
+//!     cargo bench --bench fid_seeded_weights -- seeded.safetensors [SEED]
+//!
+//! A bench target (no harness) rather than an example, so the tool's top level stays as it is;
+//! under a plain `cargo bench`, which names no output file, it says so and does nothing.
 
 use anyhow::Context;
 use candle_core::Device;
@@ -9,10 +12,12 @@ use candle_core::Device;
 use ddpm::fid::seeded;
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let out = args
-        .next()
-        .context("usage: fid_seeded_weights OUT.safetensors [SEED]")?;
+    // cargo bench passes `--bench` to every bench target; it is not ours.
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let Some(out) = args.next() else {
+        eprintln!("fid_seeded_weights: no output file named; usage: cargo bench --bench fid_seeded_weights -- OUT.safetensors [SEED]");
+        return Ok(());
+    };
     let seed = match args.next() {
         Some(s) => s
             .parse()

@@ -3,6 +3,7 @@
 
 mod classes;
 mod eval;
+mod fid;
 mod interpolate;
 mod output;
 mod points;
@@ -27,6 +28,7 @@ Examples:
   ddpm interpolate --checkpoint C --seeds 1,2 --frames 8 --out strip.png
   ddpm sample --checkpoint C --format npy --out - | python3 -c 'import numpy,sys; print(numpy.load(sys.stdin.buffer).shape)'
   ddpm eval --checkpoint runs/digits/latest.safetensors --method both
+  ddpm fid samples/ cifar10-train.npz --inception pt_inception-2015-12-05-6726825d.pth
   ddpm schedule --config configs/digits.toml --steps 10
   ddpm info runs/digits/latest.safetensors
 
@@ -54,6 +56,9 @@ pub enum Command {
     /// Likelihood of a dataset in bits/dim: the variational bound and the probability-flow ODE.
     #[command(after_help = eval::EXAMPLES)]
     Eval(eval::EvalArgs),
+    /// FID (and KID) between two image sets with pytorch-fid's Inception features.
+    #[command(after_help = fid::EXAMPLES)]
+    Fid(fid::FidArgs),
     /// Print a config's noise schedule as CSV.
     Schedule(schedule::ScheduleArgs),
     /// Print a checkpoint's config, step and parameter count.
@@ -74,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(a) => sample::run(a),
         Command::Interpolate(a) => interpolate::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Fid(a) => fid::run(a),
         Command::Schedule(a) => schedule::run(a),
         Command::Info(a) => schedule::info(a),
     }

@@ -9,7 +9,6 @@
 pub mod run_dir;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::Load;
@@ -19,6 +18,7 @@ use safetensors::{SafeTensorError, SafeTensors};
 
 use crate::atomic;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::optim::named_vars;
 
 /// The format this version writes and reads; bump it when the layout of keys changes.
@@ -182,7 +182,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Read a checkpoint. Each way a file can be unusable (missing, empty, truncated, not
 /// safetensors, another format, no config) is a one-line error naming the path.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = fs::read(path).map_err(|e| {
+    // The file's bytes and the tensors copied out of them are both in memory for a moment.
+    let bytes = limits::read_within_memory(path, 2).map_err(|e| {
         let msg = if e.kind() == std::io::ErrorKind::NotFound {
             "not found".to_string()
         } else {

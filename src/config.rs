@@ -13,6 +13,7 @@ use crate::data::DataConfig;
 use crate::diffusion::{Parameterization, Prediction, VarianceType};
 use crate::ema::EmaConfig;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::loss::{LossKind, LossOptions};
 use crate::nn::{Arch, UNetConfig};
 use crate::optim::OptimConfig;
@@ -207,8 +208,11 @@ impl Config {
 
     /// Read a config file, apply `section.key=value` overrides, and validate.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = limits::read(path, limits::MAX_CONFIG_BYTES).map_err(|e| Error::io(path, e))?;
         let origin = path.display().to_string();
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::Config(format!("{origin}: not UTF-8 text (a TOML config expected)"))
+        })?;
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
         for o in overrides {

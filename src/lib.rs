@@ -18,6 +18,7 @@ pub mod error;
 pub mod generate;
 pub mod guidance;
 pub mod likelihood;
+pub mod limits;
 pub mod loss;
 pub mod model;
 pub mod nn;

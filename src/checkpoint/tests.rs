@@ -3,6 +3,7 @@ use super::*;
 use crate::atomic::temp_path;
 use crate::rng::{Purpose, Stream};
 use candle_nn::Init;
+use std::fs;
 
 pub(super) fn cpu() -> Device {
     Device::Cpu

@@ -35,6 +35,10 @@ pub struct Config {
     pub sample: SampleConfig,
 }
 
+/// The most diffusion steps T a config may have (100x the DDPM paper's; improved DDPM uses
+/// 4000).
+pub const MAX_TIMESTEPS: usize = 100_000;
+
 /// `[diffusion]`: the noise schedule, what the network predicts, and the training objective.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -105,6 +109,13 @@ impl DiffusionConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        // Checked before the schedule is built: it holds a dozen f64 arrays of T values.
+        if self.timesteps > MAX_TIMESTEPS {
+            return Err(Error::Config(format!(
+                "diffusion.timesteps = {} is more than {MAX_TIMESTEPS} (the DDPM paper uses 1000)",
+                self.timesteps
+            )));
+        }
         self.schedule()?;
         if self.zero_terminal_snr && self.prediction == Prediction::Eps {
             return Err(Error::Config(

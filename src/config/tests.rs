@@ -107,3 +107,16 @@ fn class_conditioning_keys_are_checked_together() {
         .to_string();
     assert!(e.contains("sample.guidance"), "{e}");
 }
+
+/// T is bounded before the schedule's arrays are allocated: i64::MAX steps was a capacity
+/// overflow (a panic), 1e9 an allocation failure (an abort).
+#[test]
+fn timesteps_past_the_bound_are_refused_before_the_schedule_is_built() {
+    for t in ["1000000000", "9223372036854775807"] {
+        let e = load_str("", &[&format!("diffusion.timesteps={t}")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("diffusion.timesteps = {t}")), "{e}");
+    }
+    assert!(load_str("", &["diffusion.timesteps=100000"]).is_ok());
+}

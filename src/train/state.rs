@@ -113,12 +113,14 @@ impl TrainState {
     }
 }
 
-/// The config a checkpoint was trained with.
+/// The config a checkpoint was trained with, validated like a config file (so a forged or
+/// edited one cannot size anything past the limits); errors name the checkpoint.
 pub fn stored_config(ckpt: &Checkpoint, path: &Path) -> Result<Config> {
-    Config::from_toml(
-        ckpt.config()?,
-        &format!("{} (stored config)", path.display()),
-    )
+    let cfg = Config::from_toml(ckpt.config()?, "its stored config")
+        .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    cfg.validate()
+        .map_err(|e| Error::checkpoint(path, format!("its stored config: {e}")))?;
+    Ok(cfg)
 }
 
 /// The weights under `prefix` (`model.` or `ema.`) with the prefix removed.
@@ -133,6 +135,38 @@ pub fn weights_with_prefix(ckpt: &Checkpoint, prefix: &str) -> HashMap<String, T
 mod tests {
     use super::*;
     use crate::testing::{max_abs, max_abs_diff};
+
+    /// A stored config is validated like a config file, and its errors name the checkpoint:
+    /// a forged T of 1e9 once allocated the schedule's arrays when sampling (an abort).
+    #[test]
+    fn a_stored_config_past_the_limits_is_refused_naming_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("forged.safetensors");
+        let tiny =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny.toml"))
+                .unwrap();
+        for (text, want) in [
+            (
+                tiny.replace("timesteps = 100", "timesteps = 1000000000"),
+                "diffusion.timesteps = 1000000000",
+            ),
+            (
+                tiny.replace(
+                    "[model]",
+                    "[model]
+width = 3",
+                ),
+                "width",
+            ),
+        ] {
+            let meta = BTreeMap::from([(META_CONFIG.to_string(), text)]);
+            let t = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+            checkpoint::save(&path, &[("model.x".into(), t)], &meta).unwrap();
+            let ckpt = checkpoint::load(&path).unwrap();
+            let e = stored_config(&ckpt, &path).unwrap_err().to_string();
+            assert!(e.contains("forged.safetensors") && e.contains(want), "{e}");
+        }
+    }
 
     /// The mixed-precision path (bf16 on CUDA) on the CPU with f16, which candle's CPU kernels
     /// support: the forward runs in the low precision, and the gradients reach the f32 master

@@ -38,6 +38,8 @@ pub struct Generator {
     /// unconditional halves): divided by the images made, the network evaluations per image,
     /// which `ddpm sample --json` reports.
     pub evaluations: AtomicU64,
+    /// A one-line notice about the checkpoint for the user (it has no checksum to verify).
+    pub notice: Option<String>,
 }
 
 /// Where a generation starts. Image tensors are (1 or n, C, H, W) in [-1, 1], on any device; a
@@ -160,6 +162,7 @@ impl Generator {
             device: device.clone(),
             standardization,
             evaluations: AtomicU64::new(0),
+            notice: ckpt.notice(),
         })
     }
 

@@ -106,7 +106,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let total = likelihood::total_evaluations(&gen.schedule, &opts)?;
     let mut progress = Progress::new(total, "evals", args.quiet);
-    if let Some(n) = notice {
+    for n in notice.iter().chain(&gen.notice) {
         progress.note(args.quiet, &format!("ddpm: {n}"));
     }
     let start = Instant::now();

@@ -145,7 +145,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     let batches = args.frames.div_ceil(batch.max(1));
     let total = (batches + usize::from(inverting)) * opts.steps;
     let mut progress = Progress::new(total as u64, "steps", args.quiet);
-    if let Some(n) = notice {
+    for n in notice.iter().chain(&gen.notice) {
         progress.note(args.quiet, &format!("ddpm: {n}"));
     }
     let shape: [usize; 3] = gen

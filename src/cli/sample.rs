@@ -225,7 +225,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let steps = gen.steps_per_batch(&opts, &start)?;
     let total_steps = (args.n.div_ceil(batch.max(1)) * steps) as u64;
     let progress = RefCell::new(Progress::new(total_steps, "steps", args.quiet));
-    if let Some(n) = notice {
+    for n in notice.iter().chain(&gen.notice) {
         progress.borrow().note(args.quiet, &format!("ddpm: {n}"));
     }
     let interrupt = interrupt_flag()?;

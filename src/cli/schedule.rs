@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use std::io::Write;
+
+use candle_core::Device;
 use clap::Args;
 
 use ddpm::checkpoint;
@@ -47,6 +50,12 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     let ckpt = checkpoint::load(path)?;
     let cfg = train::stored_config(&ckpt, path)?;
     let step = ckpt.step()?;
+    // Every stored tensor must be one the stored config's network (and its EMA and optimizer)
+    // has, in its shape: what resuming would check.
+    train::TrainState::restore(&cfg, &Device::Cpu, &ckpt, path)?;
+    if let Some(n) = ckpt.notice() {
+        let _ = writeln!(std::io::stderr(), "ddpm: {n}");
+    }
     let params: usize = ckpt
         .tensors
         .iter()
@@ -59,6 +68,14 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     stdout_line(&format!(
         "# format: {}",
         ckpt.meta(checkpoint::META_FORMAT)?
+    ))?;
+    stdout_line(&format!(
+        "# checksum: {}",
+        if ckpt.verified {
+            "verified"
+        } else {
+            "none (written by an older ddpm)"
+        }
     ))?;
     stdout_line(&cfg.to_toml()?)
 }

@@ -63,6 +63,8 @@ pub enum Event<'a> {
     Checkpoint(&'a Path),
     /// A sample grid was written.
     Samples(&'a Path),
+    /// Something the user should know (a resumed checkpoint had no checksum to verify).
+    Notice(String),
 }
 
 /// How a run ended.
@@ -96,7 +98,11 @@ pub fn train(
     let standardization = dataset.standardization().cloned();
     let dir = RunDir::create(&opts.run_dir)?;
     let mut state = if opts.resume {
-        resume_state(cfg, device, &dir)?
+        let (state, notice) = resume_state(cfg, device, &dir)?;
+        if let Some(n) = notice {
+            on_event(Event::Notice(n))?;
+        }
+        state
     } else {
         if dir.has_checkpoints()? {
             return Err(Error::Invalid(format!(
@@ -249,8 +255,13 @@ fn save(
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
 }
 
-/// The state of the run in `dir`, checking that `cfg` describes the same model and data.
-fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainState> {
+/// The state of the run in `dir`, checking that `cfg` describes the same model and data, and
+/// the checkpoint's notice (`Checkpoint::notice`).
+fn resume_state(
+    cfg: &Config,
+    device: &Device,
+    dir: &RunDir,
+) -> Result<(TrainState, Option<String>)> {
     let path = dir.latest();
     if !path.exists() {
         return Err(Error::Invalid(format!(
@@ -286,5 +297,8 @@ fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainStat
             path.display()
         )));
     }
-    TrainState::restore(cfg, device, &ckpt, &path)
+    Ok((
+        TrainState::restore(cfg, device, &ckpt, &path)?,
+        ckpt.notice(),
+    ))
 }

@@ -7,6 +7,7 @@
 //! reports through callbacks.
 
 pub mod atomic;
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

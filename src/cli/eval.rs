@@ -7,6 +7,7 @@ use std::time::Instant;
 use candle_core::DType;
 use clap::Args;
 
+use ddpm::budget;
 use ddpm::data::{self, DataConfig, DatasetKind};
 use ddpm::device::{self, DeviceSpec};
 use ddpm::generate::Generator;
@@ -14,6 +15,7 @@ use ddpm::likelihood::{self, Estimate, EvalOptions, EvalReport, Method, OdeOptio
 
 use super::output::{check_out_folder, stdout_line};
 use super::progress::Progress;
+use super::sizes;
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -104,6 +106,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             probe: args.probe,
         },
     };
+    let need = budget::evaluation(cfg, opts.batch_size.min(n), opts.method.ode());
+    sizes::check(&need, "evaluation", &device)?;
     let total = likelihood::total_evaluations(&gen.schedule, &opts)?;
     let mut progress = Progress::new(total, "evals", args.quiet);
     for n in notice.iter().chain(&gen.notice) {

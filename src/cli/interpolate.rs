@@ -8,6 +8,7 @@ use anyhow::Context;
 use candle_core::Tensor;
 use clap::Args;
 
+use ddpm::budget;
 use ddpm::data::images;
 use ddpm::device::{self, DeviceSpec};
 use ddpm::generate::interpolate;
@@ -18,6 +19,7 @@ use ddpm::sampler::{InvertOptions, SamplerKind};
 use super::classes::ClassArgs;
 use super::output::{check_out_folder, stdout_line, write_out};
 use super::progress::Progress;
+use super::sizes;
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -113,7 +115,12 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    interpolate::weights(args.frames).context("--frames")?;
+    if args.frames < 2 {
+        anyhow::bail!(
+            "--frames {}: an interpolation needs at least 2 (its two endpoints)",
+            args.frames
+        );
+    }
     let gen = Generator::load(
         &args.checkpoint,
         !args.no_ema,
@@ -140,6 +147,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     opts.validate(gen.schedule.len())?;
     let (classes, guidance) = args.classes.resolve(&gen)?;
     let batch = args.batch_size.unwrap_or(cfg.sample.batch_size);
+    check_memory(&args, &gen, batch, guidance)?;
 
     let inverting = args.from.is_some();
     let batches = args.frames.div_ceil(batch.max(1));
@@ -217,4 +225,32 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         stdout_line(&p.display().to_string())?;
     }
     Ok(())
+}
+
+/// Refuse, before any work, frames that would not fit the memory: the network and a batch's
+/// activations (`budget::sampling`), every frame's latent, path row and sample (f32), and the
+/// strip (or one frame at a time for --out-dir) as 8-bit pixels upscaled by --scale.
+fn check_memory(
+    args: &InterpolateArgs,
+    gen: &Generator,
+    batch: usize,
+    guidance: f64,
+) -> anyhow::Result<()> {
+    let guided = gen.num_classes().is_some() && guidance != 1.0 && guidance != 0.0;
+    let shape = sizes::Shape::of(&gen.sample_shape());
+    let n = args.frames;
+    let picture = match args.out_dir {
+        Some(_) => sizes::picture(1, 1, shape, args.scale, "--frames")?,
+        None => sizes::picture(n, n, shape, args.scale, "--frames")?,
+    };
+    let need = budget::sampling(&gen.config, batch.min(n), guided)
+        .with(sizes::tensors(
+            "the frames",
+            n,
+            shape,
+            3.5,
+            "lower --frames",
+        ))
+        .with(picture);
+    sizes::check(&need, "interpolation", &gen.device)
 }

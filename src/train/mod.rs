@@ -20,10 +20,12 @@ pub use run_dir::{RunDir, METRICS_HEADER};
 pub use state::{stored_config, weights_with_prefix, TrainState, EMA_PREFIX, MODEL_PREFIX};
 pub use step::{train_step, StepStats};
 
+use crate::budget;
 use crate::checkpoint;
 use crate::config::Config;
 use crate::data::{self, Loader, LoaderOptions};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::points::Standardization;
 
 /// How to run: where, how far, and the flag that asks the loop to stop.
@@ -90,6 +92,8 @@ pub fn train(
     on_event: &mut dyn FnMut(Event) -> Result<()>,
 ) -> Result<Summary> {
     cfg.train.precision.check(device)?;
+    // Before anything is allocated: a run too big for the machine fails now, not hours in.
+    budget::training(cfg, device).check("training", device, limits::available().as_ref())?;
     let schedule = cfg.diffusion.schedule()?;
     let dataset = data::open(&cfg.data)?;
     let resolved = with_data_dim(cfg, dataset.as_ref());

@@ -3,9 +3,10 @@
 //! strings (`format`, `step`, `seed`, the resolved config as TOML under `config`, and a
 //! `checksum` of all the rest that loading verifies). Loading also refuses NaN or infinite
 //! values. Writes are atomic (temp file, fsync, rename, fsync of the directory), so a crash
-//! leaves the old file or the new one, never a torn one. This module moves named tensors in and out of files and
-//! VarMaps; which tensors a run saves is the trainer's business, and which checkpoints a run
-//! directory keeps is `run_dir`'s.
+//! leaves the old file or the new one, never a torn one. This module says what a checkpoint
+//! holds (the tensor prefixes, the metadata keys, the stored config), below both the trainer
+//! that writes one and the generator that reads one, and moves named tensors in and out of
+//! files and VarMaps; which checkpoints a run directory keeps is `run_dir`'s.
 
 pub mod run_dir;
 mod verify;
@@ -19,9 +20,10 @@ use candle_nn::VarMap;
 use safetensors::{SafeTensorError, SafeTensors};
 
 use crate::atomic;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::optim::named_vars;
+use crate::named::{expect_tensor, named_vars, reject_unknown};
 
 /// The format this version writes and reads; bump it when the layout of keys changes.
 pub const FORMAT: &str = "ddpm-1";
@@ -38,6 +40,10 @@ pub const META_STANDARDIZATION: &str = "standardization";
 /// Metadata key of the checksum of everything else in the file (`digest`), `crc32:` and 8 hex
 /// digits. Files written before it existed load unverified.
 pub const META_CHECKSUM: &str = "checksum";
+/// Prefix of the raw weights in a checkpoint.
+pub const MODEL_PREFIX: &str = "model.";
+/// Prefix of the EMA weights in a checkpoint.
+pub const EMA_PREFIX: &str = "ema.";
 
 /// A checkpoint read back from disk: tensors on the CPU in their stored dtype, and metadata.
 #[derive(Debug)]
@@ -74,6 +80,24 @@ impl Checkpoint {
                 self.path.display()
             )
         })
+    }
+
+    /// The config the checkpoint was trained with, validated like a config file (so a forged
+    /// or edited one cannot size anything past the limits); errors name its file.
+    pub fn stored_config(&self) -> Result<Config> {
+        let cfg = Config::from_toml(self.config()?, "its stored config")
+            .map_err(|e| Error::checkpoint(&self.path, e.to_string()))?;
+        cfg.validate()
+            .map_err(|e| Error::checkpoint(&self.path, format!("its stored config: {e}")))?;
+        Ok(cfg)
+    }
+
+    /// The weights under `prefix` (`MODEL_PREFIX` or `EMA_PREFIX`) with the prefix removed.
+    pub fn weights_with_prefix(&self, prefix: &str) -> HashMap<String, Tensor> {
+        self.tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
+            .collect()
     }
 
     /// The step count recorded in the metadata.
@@ -281,45 +305,6 @@ fn describe(e: &SafeTensorError, bytes: &[u8]) -> String {
             format!("truncated ({} bytes, fewer than its header describes); the write or copy was cut short", bytes.len())
         }
         _ => format!("not a safetensors file ({e})"),
-    }
-}
-
-/// The tensor `key` of `tensors`, checked to have shape `dims`; errors say where it was looked
-/// up (`what`: "checkpoint", "optimizer state", ...).
-pub(crate) fn expect_tensor<'a>(
-    tensors: &'a BTreeMap<String, Tensor>,
-    key: &str,
-    dims: &[usize],
-    what: &str,
-) -> Result<&'a Tensor> {
-    let t = tensors
-        .get(key)
-        .ok_or_else(|| Error::Invalid(format!("{what} has no tensor `{key}`")))?;
-    if t.dims() != dims {
-        return Err(Error::Invalid(format!(
-            "`{key}` has shape {:?} in the {what} but the model expects {dims:?}",
-            t.dims()
-        )));
-    }
-    Ok(t)
-}
-
-/// Error on the first key under `prefix` whose remainder is not `known`: a tensor the model
-/// has no place for means the file was written for another architecture.
-pub(crate) fn reject_unknown(
-    tensors: &BTreeMap<String, Tensor>,
-    prefix: &str,
-    known: impl Fn(&str) -> bool,
-    what: &str,
-) -> Result<()> {
-    match tensors
-        .keys()
-        .find(|k| k.strip_prefix(prefix).is_some_and(|rest| !known(rest)))
-    {
-        Some(key) => Err(Error::Invalid(format!(
-            "{what} has `{key}`, which matches no parameter of this model"
-        ))),
-        None => Ok(()),
     }
 }
 

@@ -147,13 +147,13 @@ fn info_checks_the_weights_against_the_stored_config() {
 }
 
 #[test]
-fn non_finite_weights_are_refused_by_sample_info_and_resume() {
+fn non_finite_weights_are_refused_by_sample_and_info_and_passed_over_by_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let run_dir = train_tiny(dir, "run", 1, &[]);
-    let latest = run_dir.join("latest.safetensors");
-    let ckpt = latest.to_str().unwrap();
-    rewrite(&latest, |t| {
+    let run_dir = train_tiny(dir, "run", 2, &["--set", "train.checkpoint_every=1"]);
+    let newest = run_dir.join("ckpt-00000002.safetensors");
+    let ckpt = newest.to_str().unwrap();
+    rewrite(&newest, |t| {
         let w = &t["ema.conv_in.bias"];
         let mut v: Vec<f32> = w.to_vec1().unwrap();
         v[3] = f32::NAN;
@@ -162,11 +162,20 @@ fn non_finite_weights_are_refused_by_sample_info_and_resume() {
             Tensor::new(v, &candle_core::Device::Cpu).unwrap(),
         );
     });
+    for args in [sample_args(ckpt), vec!["info", ckpt]] {
+        let (out, e) = run(dir, &args, 1);
+        assert!(out.is_empty(), "{args:?}");
+        assert!(
+            e.contains(ckpt) && e.contains("`ema.conv_in.bias`") && e.contains("NaN"),
+            "{args:?}: {e}"
+        );
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    }
+    // --resume passes over it, saying why, to the newest checkpoint that loads.
     let tiny = common::config("tiny.toml");
-    for args in [
-        sample_args(ckpt),
-        vec!["info", ckpt],
-        vec![
+    let (_, e) = run(
+        dir,
+        &[
             "train",
             "--config",
             tiny.to_str().unwrap(),
@@ -179,15 +188,18 @@ fn non_finite_weights_are_refused_by_sample_info_and_resume() {
             "cpu",
             "--quiet",
         ],
-    ] {
-        let (out, e) = run(dir, &args, 1);
-        assert!(out.is_empty() || args[0] == "train", "{args:?}");
-        assert!(
-            e.contains("latest.safetensors")
-                && e.contains("`ema.conv_in.bias`")
-                && e.contains("NaN"),
-            "{args:?}: {e}"
-        );
-        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
-    }
+        0,
+    );
+    let passed = e
+        .lines()
+        .find(|l| l.contains("passed over"))
+        .unwrap_or_default();
+    assert!(
+        passed.contains("ckpt-00000002.safetensors") && passed.contains("`ema.conv_in.bias`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("resuming from run/ckpt-00000001.safetensors (step 1)"),
+        "{e}"
+    );
 }

@@ -1,9 +1,12 @@
-//! The checksum and the refusal of non-finite weights, through `save` and `load`.
+//! What makes a loaded checkpoint trustworthy, through `save` and `load`: the checksum, the
+//! refusal of non-finite weights, and the validation of the stored config.
 
 use std::collections::HashMap;
 use std::fs;
 
 use candle_core::{DType, Tensor};
+
+use std::collections::BTreeMap;
 
 use super::tests::{assert_load_fails, bits, cpu, meta, sample_tensors};
 use super::*;
@@ -126,4 +129,35 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
     let t = Tensor::new(&[f32::MAX, f32::MIN, f32::MIN_POSITIVE], &cpu()).unwrap();
     save(&path, &[("model.w".into(), t)], &meta("x")).unwrap();
     load(&path).unwrap();
+}
+
+/// A stored config is validated like a config file, and its errors name the checkpoint:
+/// a forged T of 1e9 once allocated the schedule's arrays when sampling (an abort).
+#[test]
+fn a_stored_config_past_the_limits_is_refused_naming_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forged.safetensors");
+    let tiny =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny.toml")).unwrap();
+    for (text, want) in [
+        (
+            tiny.replace("timesteps = 100", "timesteps = 1000000000"),
+            "diffusion.timesteps = 1000000000",
+        ),
+        (
+            tiny.replace(
+                "[model]",
+                "[model]
+width = 3",
+            ),
+            "width",
+        ),
+    ] {
+        let meta = BTreeMap::from([(META_CONFIG.to_string(), text)]);
+        let t = Tensor::zeros(2, DType::F32, &cpu()).unwrap();
+        save(&path, &[("model.x".into(), t)], &meta).unwrap();
+        let ckpt = load(&path).unwrap();
+        let e = ckpt.stored_config().unwrap_err().to_string();
+        assert!(e.contains("forged.safetensors") && e.contains(want), "{e}");
+    }
 }

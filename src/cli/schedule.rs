@@ -1,8 +1,7 @@
 //! `ddpm schedule` (a config's schedule as CSV) and `ddpm info` (what a checkpoint holds).
 
-use std::path::PathBuf;
-
 use std::io::Write;
+use std::path::PathBuf;
 
 use candle_core::Device;
 use clap::Args;
@@ -48,7 +47,7 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
 pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     let path = &args.checkpoint;
     let ckpt = checkpoint::load(path)?;
-    let cfg = train::stored_config(&ckpt, path)?;
+    let cfg = ckpt.stored_config()?;
     let step = ckpt.step()?;
     // Every stored tensor must be one the stored config's network (and its EMA and optimizer)
     // has, in its shape: what resuming would check.
@@ -59,7 +58,7 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     let params: usize = ckpt
         .tensors
         .iter()
-        .filter(|(k, _)| k.starts_with(train::MODEL_PREFIX))
+        .filter(|(k, _)| k.starts_with(checkpoint::MODEL_PREFIX))
         .map(|(_, t)| t.elem_count())
         .sum();
     stdout_line(&format!("# checkpoint: {}", path.display()))?;

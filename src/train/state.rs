@@ -8,18 +8,14 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
-use crate::checkpoint::{self, Checkpoint, META_CONFIG, META_SEED};
+use crate::checkpoint::{self, Checkpoint, META_CONFIG, META_SEED, MODEL_PREFIX};
 use crate::config::Config;
 use crate::ema::Ema;
 use crate::error::{Error, Result};
 use crate::model;
 use crate::model::Network;
-use crate::optim::{named_vars, AdamW};
-
-/// Prefix of the raw weights in a checkpoint.
-pub const MODEL_PREFIX: &str = "model.";
-/// Prefix of the EMA weights in a checkpoint.
-pub const EMA_PREFIX: &str = "ema.";
+use crate::named::named_vars;
+use crate::optim::AdamW;
 
 /// Named tensors and metadata strings, as a checkpoint file holds them.
 pub type CheckpointContents = (Vec<(String, Tensor)>, BTreeMap<String, String>);
@@ -113,60 +109,10 @@ impl TrainState {
     }
 }
 
-/// The config a checkpoint was trained with, validated like a config file (so a forged or
-/// edited one cannot size anything past the limits); errors name the checkpoint.
-pub fn stored_config(ckpt: &Checkpoint, path: &Path) -> Result<Config> {
-    let cfg = Config::from_toml(ckpt.config()?, "its stored config")
-        .map_err(|e| Error::checkpoint(path, e.to_string()))?;
-    cfg.validate()
-        .map_err(|e| Error::checkpoint(path, format!("its stored config: {e}")))?;
-    Ok(cfg)
-}
-
-/// The weights under `prefix` (`model.` or `ema.`) with the prefix removed.
-pub fn weights_with_prefix(ckpt: &Checkpoint, prefix: &str) -> HashMap<String, Tensor> {
-    ckpt.tensors
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::{max_abs, max_abs_diff};
-
-    /// A stored config is validated like a config file, and its errors name the checkpoint:
-    /// a forged T of 1e9 once allocated the schedule's arrays when sampling (an abort).
-    #[test]
-    fn a_stored_config_past_the_limits_is_refused_naming_the_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("forged.safetensors");
-        let tiny =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny.toml"))
-                .unwrap();
-        for (text, want) in [
-            (
-                tiny.replace("timesteps = 100", "timesteps = 1000000000"),
-                "diffusion.timesteps = 1000000000",
-            ),
-            (
-                tiny.replace(
-                    "[model]",
-                    "[model]
-width = 3",
-                ),
-                "width",
-            ),
-        ] {
-            let meta = BTreeMap::from([(META_CONFIG.to_string(), text)]);
-            let t = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
-            checkpoint::save(&path, &[("model.x".into(), t)], &meta).unwrap();
-            let ckpt = checkpoint::load(&path).unwrap();
-            let e = stored_config(&ckpt, &path).unwrap_err().to_string();
-            assert!(e.contains("forged.safetensors") && e.contains(want), "{e}");
-        }
-    }
 
     /// The mixed-precision path (bf16 on CUDA) on the CPU with f16, which candle's CPU kernels
     /// support: the forward runs in the low precision, and the gradients reach the f32 master

@@ -2,6 +2,7 @@
 //! bound with its terms and per-timestep profile, the probability-flow ODE estimate, or both.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use candle_core::DType;
@@ -15,6 +16,7 @@ use ddpm::likelihood::{self, Estimate, EvalOptions, EvalReport, Method, OdeOptio
 
 use super::output::{check_out_folder, stdout_line};
 use super::progress::Progress;
+use super::signals::interrupt_flag;
 use super::sizes;
 
 pub const EXAMPLES: &str = "\
@@ -82,6 +84,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.per_timestep {
         check_out_folder("--per-timestep", path)?;
     }
+    // From the start, so that Ctrl-C while loading also stops at the first evaluation.
+    let interrupt = interrupt_flag()?;
     let (device, notice) = device::resolve(args.device)?;
     let gen = Generator::load(&args.checkpoint, !args.no_ema, DType::F32, &device)?;
     if gen.is_points() {
@@ -114,6 +118,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         progress.note(args.quiet, &format!("ddpm: {n}"));
     }
     let start = Instant::now();
+    let mut evaluated = 0;
     let report = likelihood::evaluate(
         &gen.net,
         &gen.schedule,
@@ -122,12 +127,23 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &device,
         &opts,
         &mut |done, total| {
+            if interrupt.load(Ordering::Relaxed) {
+                return Err(ddpm::Error::Stopped);
+            }
+            evaluated = done;
             progress.update(done, || format!("{n} examples"));
             progress.line(false, || format!("eval: {done}/{total} model evaluations"));
             Ok(())
         },
-    )?;
+    );
     progress.finish();
+    // Stopped by Ctrl-C or SIGTERM: the numbers exist only when every example is done.
+    let report = report.map_err(|e| match e {
+        ddpm::Error::Stopped => anyhow::Error::new(e).context(format!(
+            "interrupted after {evaluated} of {total} model evaluations; nothing written"
+        )),
+        e => e.into(),
+    })?;
     let seconds = start.elapsed().as_secs_f64();
 
     if let (Some(path), Some(bound)) = (&args.per_timestep, &report.bound) {

@@ -3,6 +3,7 @@
 //! of frames.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use candle_core::Tensor;
@@ -19,6 +20,7 @@ use ddpm::sampler::{InvertOptions, SamplerKind};
 use super::classes::ClassArgs;
 use super::output::{check_out_folder, stdout_line, write_out};
 use super::progress::Progress;
+use super::signals::interrupt_flag;
 use super::sizes;
 
 pub const EXAMPLES: &str = "\
@@ -93,6 +95,8 @@ pub struct InterpolateArgs {
 }
 
 pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
+    // From the start, so that Ctrl-C while loading also stops at the first step.
+    let interrupt = interrupt_flag()?;
     let (device, notice) = device::resolve(args.device)?;
     args.precision.check(&device)?;
     if args.scale == 0 {
@@ -172,10 +176,15 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
                 spacing: opts.spacing,
                 refine: args.refine,
             };
-            let x_t = gen.invert(&x0, &classes, guidance, &inv, &mut |_, _, step, _| {
-                progress.set_position(step as u64);
-                Ok(())
-            })?;
+            let x_t = gen
+                .invert(&x0, &classes, guidance, &inv, &mut |_, _, step, _| {
+                    if interrupt.load(Ordering::Relaxed) {
+                        return Err(ddpm::Error::Stopped);
+                    }
+                    progress.set_position(step as u64);
+                    Ok(())
+                })
+                .map_err(stopped)?;
             (x_t.narrow(0, 0, 1)?, x_t.narrow(0, 1, 1)?)
         }
         _ => {
@@ -193,14 +202,18 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         start: Start::Latent(&latents),
     };
     let x = gen.generate(&opts, &req, &mut |done, n, step, steps| {
+        if interrupt.load(Ordering::Relaxed) {
+            return Err(ddpm::Error::Stopped);
+        }
         let pos = (offset + done.div_ceil(batch) * steps + step) as u64;
         progress.update(pos, || format!("frame {}/{n}", (done + 1).min(n)));
         progress.line(false, || {
             format!("interpolating: batch from frame {done} of {n}, step {step}/{steps}")
         });
         Ok(())
-    })?;
+    });
     progress.finish();
+    let x = x.map_err(stopped)?;
 
     let frames = images::to_images(&x)?;
     let mut written = Vec::new();
@@ -253,4 +266,14 @@ fn check_memory(
         ))
         .with(picture);
     sizes::check(&need, "interpolation", &gen.device)
+}
+
+/// Ctrl-C or SIGTERM, said with what it kept: nothing, since the frames are written when all
+/// of them are done. Other errors pass through.
+fn stopped(e: ddpm::Error) -> anyhow::Error {
+    match e {
+        ddpm::Error::Stopped => anyhow::Error::new(e)
+            .context("interrupted; nothing written (the frames are written when all are done)"),
+        e => e.into(),
+    }
 }

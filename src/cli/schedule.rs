@@ -10,7 +10,7 @@ use ddpm::checkpoint;
 use ddpm::config::Config;
 use ddpm::train;
 
-use super::output::stdout_line;
+use super::output::{printable, stdout_line};
 use super::InfoArgs;
 
 /// `ddpm schedule`
@@ -53,7 +53,7 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     // has, in its shape: what resuming would check.
     train::TrainState::restore(&cfg, &Device::Cpu, &ckpt, path)?;
     if let Some(n) = ckpt.notice() {
-        let _ = writeln!(std::io::stderr(), "ddpm: {n}");
+        let _ = writeln!(std::io::stderr(), "ddpm: {}", printable(&n));
     }
     let params: usize = ckpt
         .tensors

@@ -327,17 +327,28 @@ impl Config {
     }
 }
 
-/// toml's errors span several lines (a source excerpt); keep the message on one line.
+/// toml's errors span several lines: where, a source excerpt (`1 | text`, its `|` frame and a
+/// `^` marker), then what. Keep where and what, on one line: `TOML parse error at line 1,
+/// column 6: key with no value, expected `=``.
 fn one_line(e: &dyn std::fmt::Display) -> String {
     let text = e.to_string();
+    let excerpt = |l: &str| {
+        let numbered = l
+            .split_once('|')
+            .is_some_and(|(n, _)| n.trim().bytes().all(|b| b.is_ascii_digit()));
+        numbered || l.chars().all(|c| c == '^' || c == ' ')
+    };
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
-        })
+        .filter(|l| !l.is_empty() && !excerpt(l))
         .collect();
-    lines.join(" ").replace(" ,", ",")
+    match lines.split_first() {
+        Some((first, rest)) if first.starts_with("TOML parse error") && !rest.is_empty() => {
+            format!("{first}: {}", rest.join(" "))
+        }
+        _ => lines.join(" ").replace(" ,", ","),
+    }
 }
 
 /// Apply one `section.key=value` override; the value is read as TOML (a number, a boolean, an

@@ -137,7 +137,7 @@ impl Generator {
             ));
         }
         let net = model::from_tensors(&config, weights, dtype, device)
-            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+            .map_err(|e| Error::checkpoint(path, format!("its `{prefix}` weights: {e}")))?;
         let schedule = config.diffusion.schedule()?;
         let standardization = match ckpt.metadata.get(checkpoint::META_STANDARDIZATION) {
             Some(text) => Some(

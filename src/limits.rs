@@ -83,6 +83,24 @@ fn read_capped(path: &Path, cap: u64, too_big: impl Fn(u64) -> String) -> io::Re
     Ok(bytes)
 }
 
+/// Open `path` for reading when it is a regular file, which formats read by seeking (images)
+/// need; a folder, pipe or device is refused, and a named pipe never blocks the open.
+pub fn open_file(path: &Path) -> io::Result<File> {
+    let file = open_nonblocking(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_dir() {
+        "a folder"
+    } else if is_pipe(&kind) {
+        "a pipe"
+    } else {
+        describe_special(&kind)
+    };
+    Err(io::Error::other(format!("is {what}, not a file")))
+}
+
 #[cfg(unix)]
 fn open_nonblocking(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -344,6 +362,12 @@ mod tests {
         assert!(status.success());
         let e = read(&fifo, 100).unwrap_err().to_string();
         assert_eq!(e, "is a pipe that gave no data (nothing writes to it)");
+        assert_eq!(
+            open_file(&fifo).unwrap_err().to_string(),
+            "is a pipe, not a file"
+        );
+        assert!(open_file(Path::new("/dev/zero")).is_err());
+        assert!(open_file(dir.path()).is_err());
         // A pipe with a writer (as `--config <(...)` gives) is read to its end, and past the
         // cap it is refused.
         for (cap, want) in [(1 << 20, Ok(5000)), (100, Err(()))] {

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use output::report;
+pub use output::{report, usage_error};
 
 const EXAMPLES: &str = "\
 Examples:

@@ -88,6 +88,41 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// A usage error (exit code 2) as one line like every other error: clap's message, tips and
+/// usage joined, its closing pointer to --help dropped (`ddpm: unexpected argument '--step'
+/// found; tip: a similar argument exists: '--steps'; usage: ddpm sample ...`). Help and the
+/// version are clap's to print.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut msg = String::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with("For more information") {
+            continue;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        if msg.is_empty() {
+            msg.push_str(line);
+        } else if let Some(usage) = line.strip_prefix("Usage: ") {
+            let _ = write!(msg, "; usage: {usage}");
+        } else if line.starts_with("tip:") {
+            let _ = write!(msg, "; {line}");
+        } else {
+            let _ = write!(msg, " {line}");
+        }
+    }
+    let _ = writeln!(io::stderr(), "ddpm: {}", printable(&msg));
+    ExitCode::from(2)
+}
+
 /// Fail early, before long work, when the file `path` (given as `flag`) could not be written
 /// at the end: it is a folder or a dangling link (see `ddpm::atomic::target`), or its folder
 /// does not exist. `-` (stdout) passes.

@@ -120,3 +120,18 @@ fn timesteps_past_the_bound_are_refused_before_the_schedule_is_built() {
     }
     assert!(load_str("", &["diffusion.timesteps=100000"]).is_ok());
 }
+
+/// toml's multi-line errors become one line: where, then what, without the source excerpt.
+#[test]
+fn parse_errors_are_one_line_of_where_and_what() {
+    let e = toml::from_str::<toml::Table>("this is not TOML {{{\n").unwrap_err();
+    assert_eq!(
+        one_line(&e),
+        "TOML parse error at line 1, column 6: key with no value, expected `=`"
+    );
+    let e = toml::from_str::<toml::Table>("[train]\nsteps = 1\nsteps = 2\n").unwrap_err();
+    assert_eq!(
+        one_line(&e),
+        "TOML parse error at line 3, column 1: duplicate key"
+    );
+}

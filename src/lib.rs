@@ -12,6 +12,7 @@
 //! work reports through callbacks.
 
 pub mod atomic;
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -25,6 +26,7 @@ pub mod fid;
 pub mod generate;
 pub mod guidance;
 pub mod likelihood;
+pub mod limits;
 pub mod loss;
 pub mod model;
 pub mod named;

@@ -11,13 +11,14 @@ mod progress;
 mod sample;
 mod schedule;
 mod signals;
+mod sizes;
 mod train;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use output::report;
+pub use output::{report, usage_error};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -40,6 +41,11 @@ Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted (a checkpoint was saved).";
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The most memory a command may use, e.g. 8G; a run estimated to need more is refused
+    /// before it starts [default: what is free: the least of MemAvailable, the cgroup's limit
+    /// and ulimit -v].
+    #[arg(long, global = true, value_name = "SIZE", value_parser = ddpm::limits::parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,6 +80,9 @@ pub struct InfoArgs {
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(bytes) = cli.max_memory {
+        ddpm::limits::set_max_memory(bytes);
+    }
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 pub use config::{DataConfig, DatasetKind, ImageSize};
 pub use digits::Digits;
 pub use folder::ImageFolder;
-pub use loader::{Batch, Loader, LoaderOptions};
+pub use loader::{Batch, Loader, LoaderOptions, Part};
 
 use crate::error::{Error, Result};
 use crate::points::{io as point_io, PointDataset, Standardization};

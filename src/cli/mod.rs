@@ -4,6 +4,7 @@
 mod classes;
 mod eval;
 mod interpolate;
+mod launch;
 mod output;
 mod points;
 mod progress;

@@ -1,10 +1,23 @@
-//! stdout for data, stderr for everything else, and the one error path: `ddpm: <message>` with
+//! The formats output is written in, stdout for data, stderr for everything else, and the one error path: `ddpm: <message>` with
 //! the context chain on one line, exit 130 for an interrupt, and a quiet exit when the reader of
 //! stdout went away (a closed pipe is not an error for a command-line tool).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use clap::ValueEnum;
+
+/// Output file format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// PNG images (several images in one file become a grid).
+    Png,
+    /// One NumPy array (N, C, H, W) of float32 in [-1, 1], or (N, D) for vector data.
+    Npy,
+    /// Comma-separated rows with a header, one per sample (vector-data checkpoints only).
+    Csv,
+}
 
 /// Write data to stdout (no implicit panics on a closed pipe, unlike `println!`).
 pub fn stdout_bytes(bytes: &[u8]) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use ddpm::data::{images, Part};
 use ddpm::device::DeviceSpec;
@@ -18,7 +18,7 @@ use ddpm::sampler::SamplerKind;
 
 use super::classes::ClassArgs;
 use super::launch::{rank_device, LaunchArgs};
-use super::output::{check_out_folder, stdout_line, write_out};
+use super::output::{check_out_folder, stdout_line, write_out, Format};
 use super::points;
 use super::progress::Progress;
 use super::signals::interrupt_flag;
@@ -48,17 +48,6 @@ Under a launcher (mpirun, srun, torchrun) -n is split across the processes, rank
 the images of its part as --first-index would: the same files one process writes, each rank
 writing its own (one PNG per image only).
   mpirun -np 8 ddpm sample --checkpoint C -n 50000 --out-dir fid   # or torchrun --no-python";
-
-/// Output file format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// PNG images (several images in one file become a grid).
-    Png,
-    /// One NumPy array (N, C, H, W) of float32 in [-1, 1], or (N, D) for vector data.
-    Npy,
-    /// Comma-separated rows with a header, one per sample (vector-data checkpoints only).
-    Csv,
-}
 
 /// `ddpm sample`
 #[derive(Args, Debug)]
@@ -170,7 +159,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         &device,
     )?;
     if gen.is_points() {
-        points::check_args(&args)?;
+        refuse_image_options(&args)?;
     }
     let cfg = &gen.config;
     let sampler = if args.ddim {
@@ -309,7 +298,14 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
 
     if let Some(x) = &x {
         let written = match format {
-            None => points::write(&args, &gen, x)?,
+            None => points::write(
+                &gen,
+                x,
+                args.format,
+                args.out.as_deref(),
+                args.out_dir.as_deref(),
+                args.seed,
+            )?,
             Some(format) => write_images(&args, format, x)?,
         };
         for p in &written {
@@ -332,6 +328,24 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
             "precision": args.precision.to_string(),
         });
         stdout_line(&json.to_string())?;
+    }
+    Ok(())
+}
+
+/// Refuse, on a vector-data checkpoint, the options that only mean something for images.
+fn refuse_image_options(args: &SampleArgs) -> anyhow::Result<()> {
+    let image_only = [
+        ("--init", args.init.is_some()),
+        ("--mask", args.mask.is_some()),
+        ("--strength", args.strength.is_some()),
+        ("--grid", args.grid),
+        ("--scale", args.scale != 1),
+    ];
+    if let Some((flag, _)) = image_only.iter().find(|(_, set)| *set) {
+        anyhow::bail!(
+            "{flag} is for images, but {} is a vector-data checkpoint (it samples CSV rows)",
+            args.checkpoint.display()
+        );
     }
     Ok(())
 }

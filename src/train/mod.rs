@@ -3,7 +3,6 @@
 //! of many in `ranks`. The loop never prints; it reports through `on_event`, and stops cleanly —
 //! checkpoint first — when `interrupt` is set.
 
-mod config;
 mod grid;
 mod ranks;
 mod run_dir;
@@ -17,9 +16,8 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-pub use config::TrainConfig;
 pub use run_dir::{RunDir, METRICS_HEADER};
-pub use state::{stored_config, weights_with_prefix, TrainState, EMA_PREFIX, MODEL_PREFIX};
+pub use state::TrainState;
 pub use step::{train_step, StepStats};
 
 use crate::checkpoint;
@@ -302,7 +300,7 @@ fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainStat
         )));
     }
     let ckpt = checkpoint::load(&path)?;
-    let stored = stored_config(&ckpt, &path)?;
+    let stored = ckpt.stored_config()?;
     let same = [
         ("model", stored.model == cfg.model),
         ("diffusion", stored.diffusion == cfg.diffusion),

@@ -43,7 +43,7 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         if let Some(ddpm::Error::Interrupted { .. } | ddpm::Error::Stopped) =
             cause.downcast_ref::<ddpm::Error>()
         {
-            let _ = writeln!(io::stderr(), "ddpm: {err}");
+            stderr_line(&format!("ddpm: {err}"));
             return ExitCode::from(130);
         }
     }
@@ -57,8 +57,15 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
             msg.push_str(&c);
         }
     }
-    let _ = writeln!(io::stderr(), "ddpm: {msg}");
+    stderr_line(&format!("ddpm: {msg}"));
     ExitCode::from(1)
+}
+
+/// One line on stderr in one write: `writeln!` on unbuffered stderr writes each formatted
+/// piece separately, and a launcher collecting several processes' stderr (mpirun) can then
+/// put its own output in the middle of the line.
+fn stderr_line(line: &str) {
+    let _ = io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// Fail early, before long work, when the file `path` (given as `flag`) could not be written

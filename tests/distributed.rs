@@ -185,26 +185,26 @@ fn three_ranks_train_what_three_threads_do() {
 }
 
 /// Stopped at step 4 and resumed under the launcher, a run ends where a straight one does, and
-/// its metrics read as one run.
+/// its metrics read as one run. The checkpoint does not depend on the ranks that wrote it: the
+/// same stop resumed by one process of two threads ends there too.
 #[test]
 fn resuming_under_the_launcher_is_a_straight_run() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let straight = train(dir, "straight", 2, 1, 8, &EVERY_DRAW);
     let split = train(dir, "split", 2, 1, 4, &EVERY_DRAW);
-    train(
-        dir,
-        "split",
-        2,
-        1,
-        8,
-        &[&EVERY_DRAW[..], &["--resume"]].concat(),
-    );
+    std::fs::create_dir(dir.join("other")).unwrap();
+    for f in ["latest.safetensors", "metrics.csv"] {
+        std::fs::copy(split.join(f), dir.join("other").join(f)).unwrap();
+    }
+    let resume = [&EVERY_DRAW[..], &["--resume"]].concat();
+    train(dir, "split", 2, 1, 8, &resume);
     assert_same(&straight, &split);
     // The split run also logged the step it stopped at (4); the rest is the straight run's.
     let mut resumed = losses(&split);
     assert_eq!(resumed.remove(0).0, "4");
     assert_eq!(losses(&straight), resumed);
+    assert_same(&straight, &train(dir, "other", 0, 2, 8, &resume));
 }
 
 /// `mpirun -np 1` starts MPI and exchanges every gradient through it, and trains what no
@@ -462,4 +462,33 @@ fn two_ranks_sample_the_files_one_process_writes() {
     printed.sort();
     assert_eq!(printed.len(), 7, "{printed:?}");
     assert_eq!(String::from_utf8_lossy(&one).lines().count(), 7);
+}
+
+/// More ranks than examples in a micro-batch is refused before any work, saying why.
+#[test]
+fn a_batch_smaller_than_the_ranks_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = config("tiny.toml");
+    let out = mpirun(
+        tmp.path(),
+        3,
+        1,
+        &[
+            "train",
+            "--config",
+            tiny.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--set",
+            "train.batch_size=2",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("in micro-batches of 2 cannot be split across 3 ranks"),
+        "{stderr}"
+    );
 }

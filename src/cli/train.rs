@@ -19,13 +19,13 @@ Examples:
   ddpm train --config configs/digits.toml
   ddpm train --config configs/digits.toml --out runs/d --max-steps 500 --set train.batch_size=64
   ddpm train --config configs/digits.toml --out runs/d --resume      # continue after Ctrl-C
-  mpirun -np 4 -x RAYON_NUM_THREADS=1 ddpm train --config configs/digits.toml --out runs/d4
+  mpirun -np 2 -x RAYON_NUM_THREADS=1 ddpm train --config configs/digits.toml --out runs/d2
   torchrun --nproc-per-node 8 --no-python ddpm train --config configs/cifar10.toml --device cuda
 
 stdout: the last checkpoint's path (or a JSON summary with --json). Ctrl-C saves a checkpoint
 and exits with 130; run again with --resume to continue exactly where it stopped.
 Under a launcher each process trains on its part of every batch, the ranks' gradients summed
-in rank order: 4 ranks of one thread compute what one process of 4 threads computes, bit for
+in rank order: W ranks of one thread compute what one process of W threads computes, bit for
 bit. Rank 0 alone writes the run directory and stdout. CPU ranks need a build with
 --features mpi; GPU ranks --features nccl.";
 

@@ -1,3 +1,5 @@
+//! Tests for `launch`: each launcher's variables, flags over them, and the messages for bad values.
+
 use super::*;
 
 fn env_of<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {

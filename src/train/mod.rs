@@ -102,6 +102,15 @@ pub fn train_in(
     on_event: &mut dyn FnMut(Event) -> Result<()>,
 ) -> Result<Summary> {
     cfg.train.precision.check(device)?;
+    if cfg.train.micro_batch() < world.size() {
+        return Err(Error::Config(format!(
+            "train.batch_size = {} in micro-batches of {} cannot be split across {} ranks; \
+             give every rank at least one example",
+            cfg.train.batch_size,
+            cfg.train.micro_batch(),
+            world.size()
+        )));
+    }
     let schedule = cfg.diffusion.schedule()?;
     let dataset = data::open(&cfg.data)?;
     let resolved = with_data_dim(cfg, dataset.as_ref());

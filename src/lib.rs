@@ -20,6 +20,7 @@ pub mod diffusion;
 pub mod dist;
 pub mod ema;
 pub mod error;
+pub mod fault;
 pub mod generate;
 pub mod guidance;
 pub mod likelihood;

@@ -236,7 +236,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(dir) = &per_image {
-        std::fs::create_dir_all(dir).map_err(|e| ddpm::Error::io(dir, e))?;
+        ddpm::atomic::create_dir(dir)?;
     }
 
     let steps = gen.steps_per_batch(&opts, &start)?;
@@ -428,7 +428,7 @@ fn write_images(
         return Ok(write_out(p, &bytes)?.into_iter().collect());
     }
     let dir = out_dir(args);
-    std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
+    ddpm::atomic::create_dir(&dir)?;
     let p = dir.join(match format {
         Format::Png => "grid.png",
         _ => "samples.npy",

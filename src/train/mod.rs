@@ -60,6 +60,13 @@ pub enum Event<'a> {
         stats: StepStats,
         images_per_sec: f64,
     },
+    /// `--resume` continues from `checkpoint` (at `step`); `passed_over` holds the errors of
+    /// newer checkpoint files that did not load.
+    Resumed {
+        checkpoint: &'a Path,
+        step: u64,
+        passed_over: &'a [Error],
+    },
     /// A checkpoint was written.
     Checkpoint(&'a Path),
     /// A sample grid was written.
@@ -117,12 +124,25 @@ pub fn train_in(
     let cfg = &resolved;
     check_classes(cfg, dataset.num_classes())?;
     let standardization = dataset.standardization().cloned();
+    // Rank 0 alone opens (and locks) the run directory.
     let dir = match world.rank() {
-        0 => Some(RunDir::create(&opts.run_dir)?),
+        0 => Some(RunDir::open(&opts.run_dir, opts.resume)?),
         _ => None,
     };
+    // The newest checkpoint on disk that is known good: what a NaN stop keeps.
+    let mut good_ckpt = None;
     let mut state = match &dir {
-        Some(dir) if opts.resume => resume_state(cfg, device, dir)?,
+        Some(dir) if opts.resume => {
+            let (ckpt, passed_over) = dir.resume_checkpoint()?;
+            let state = resume_state(cfg, device, &ckpt)?;
+            on_event(Event::Resumed {
+                checkpoint: &ckpt.path,
+                step: state.step,
+                passed_over: &passed_over,
+            })?;
+            good_ckpt = Some(ckpt.path);
+            state
+        }
         Some(dir) => {
             if dir.has_checkpoints()? {
                 return Err(Error::Invalid(format!(
@@ -135,6 +155,9 @@ pub fn train_in(
         None => TrainState::fresh(cfg, device)?,
     };
     state = ranks::sync_state(world, cfg, device, state)?;
+    if dir.is_none() && opts.resume {
+        good_ckpt = Some(rank0_checkpoint(opts, state.step));
+    }
     let mut metrics = match &dir {
         Some(dir) => {
             dir.write_config(&cfg.to_toml()?)?;
@@ -192,7 +215,17 @@ pub fn train_in(
                     .unwrap_or_else(|| Err(Error::Data("the data loader stopped".into())))
             })
             .collect::<Result<Vec<_>>>()?;
-        last = train_step(cfg, &schedule, &mut state, batches, world)?;
+        last = train_step(cfg, &schedule, &mut state, batches, world).map_err(|e| match e {
+            Error::NonFinite {
+                what, step, value, ..
+            } => Error::NonFinite {
+                what,
+                step,
+                value,
+                kept: good_ckpt.clone(),
+            },
+            e => e,
+        })?;
         let step = state.step;
         if steady_start.is_none() {
             steady_start = Some((Instant::now(), step));
@@ -222,15 +255,24 @@ pub fn train_in(
             })?;
             last_log = (Instant::now(), step);
         }
-        let Some(dir) = &dir else { continue };
-        if cfg.train.sample_every > 0 && (step % cfg.train.sample_every == 0 || step == total) {
+        let grid_due = step % cfg.train.sample_every.max(1) == 0 || step == total;
+        if let Some(dir) = dir
+            .as_ref()
+            .filter(|_| cfg.train.sample_every > 0 && grid_due)
+        {
             let path = dir.sample_path(step);
             grid::training_grid(cfg, &schedule, &state, standardization.as_ref(), &path)?;
             on_event(Event::Samples(&path))?;
         }
         if step % cfg.train.checkpoint_every == 0 || step == total {
-            last_ckpt = save(cfg, dir, &state, standardization.as_ref())?;
-            on_event(Event::Checkpoint(&last_ckpt))?;
+            match &dir {
+                Some(dir) => {
+                    last_ckpt = save(cfg, dir, &state, standardization.as_ref())?;
+                    on_event(Event::Checkpoint(&last_ckpt))?;
+                    good_ckpt = Some(last_ckpt.clone());
+                }
+                None => good_ckpt = Some(rank0_checkpoint(opts, step)),
+            }
         }
     }
     // A fresh run of zero steps (--max-steps 0) still leaves the checkpoint it reports: the
@@ -256,6 +298,12 @@ pub fn train_in(
         images_per_sec,
         checkpoint: last_ckpt,
     })
+}
+
+/// The checkpoint rank 0 writes at `step`, named on the other ranks (a NaN stop there says
+/// which checkpoint is kept).
+fn rank0_checkpoint(opts: &TrainOptions, step: u64) -> PathBuf {
+    opts.run_dir.join(checkpoint::run_dir::ckpt_name(step))
 }
 
 /// A labelled dataset must have exactly the model's model.num_classes classes: the label
@@ -299,16 +347,13 @@ fn save(
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
 }
 
-/// The state of the run in `dir`, checking that `cfg` describes the same model and data.
-fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainState> {
-    let path = dir.latest();
-    if !path.exists() {
-        return Err(Error::Invalid(format!(
-            "--resume: {} has no checkpoint to resume from",
-            dir.root.display()
-        )));
-    }
-    let ckpt = checkpoint::load(&path)?;
+/// The state of the run saved in `ckpt`, checking that `cfg` describes the same model and data.
+fn resume_state(
+    cfg: &Config,
+    device: &Device,
+    ckpt: &checkpoint::Checkpoint,
+) -> Result<TrainState> {
+    let path = &ckpt.path;
     let stored = ckpt.stored_config()?;
     let same = [
         ("model", stored.model == cfg.model),
@@ -336,5 +381,5 @@ fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainStat
             path.display()
         )));
     }
-    TrainState::restore(cfg, device, &ckpt, &path)
+    TrainState::restore(cfg, device, ckpt, path)
 }

@@ -156,6 +156,7 @@ pub fn train_step(
                     what: "the loss",
                     step: step + 1,
                     value: loss as f64,
+                    kept: None,
                 });
             }
             Ok((loss, terms.loss.backward()?, r.len() as f64 / n as f64))
@@ -202,6 +203,7 @@ pub fn train_step(
             what: "the gradient norm",
             step: step + 1,
             value: grad_norm,
+            kept: None,
         });
     }
     let lr = lr_at(&cfg.optim, step);

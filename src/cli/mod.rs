@@ -5,6 +5,7 @@ mod classes;
 mod eval;
 mod fid;
 mod interpolate;
+mod launch;
 mod output;
 mod points;
 mod progress;

@@ -9,7 +9,7 @@ use super::{im2col, par, winograd};
 use crate::error::{Error, Result};
 
 /// The shape of one convolution: x (b, cin, h, w), w (cout, cin, k, k), y (b, cout, ho, wo).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Geom {
     pub b: usize,
     pub cin: usize,
@@ -24,7 +24,7 @@ pub struct Geom {
 }
 
 impl Geom {
-    pub(super) fn new(
+    pub(crate) fn new(
         x: &[usize],
         w: &[usize],
         stride: usize,
@@ -298,6 +298,8 @@ pub fn conv2d(
             pad: padding,
         };
         Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &bias, op)?)
+    } else if super::cuda::conv_enabled(x) && w.dtype() == x.dtype() && bias.dtype() == x.dtype() {
+        super::cuda::conv2d(x, w, &bias, stride, padding)
     } else {
         let y = x.conv2d(w, padding, stride, 1, 1)?;
         Ok(y.broadcast_add(&bias.unsqueeze(2)?.unsqueeze(3)?)?)

@@ -1,8 +1,11 @@
 //! The convolution on CUDA as a candle custom op with backward, all three passes through cuDNN
-//! (`cudnn`): y = conv(x, w) + bias[b, co], with the bias (per example, or one per channel
-//! broadcast over the batch) added by our `bias_add` kernel in the pass after cuDNN's (the
-//! legacy API's fused ConvolutionBiasActivationForward takes neither a per-example bias nor
-//! most algorithms); its gradient db[b, co] = sum over the map of dy is `row_sum`.
+//! (`cudnn`): y = conv(x, w) + bias[b, co] (+ residual), with the bias (per example, or one per
+//! channel broadcast over the batch) and the residual added by our `bias_add` kernel in one
+//! pass after cuDNN's (the legacy API's fused ConvolutionBiasActivationForward takes neither a
+//! per-example bias nor most algorithms); db[b, co] = sum over the map of dy is `row_sum`, and
+//! the residual's gradient is dy itself. candle's custom ops take three tensors, so with a
+//! residual the weight and its (Cout) bias travel packed as one vector, as on the CPU
+//! (`kernels::conv_add`).
 
 use candle_core::{CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
@@ -27,10 +30,13 @@ fn cuda_only(name: &str) -> candle_core::Error {
     candle_core::Error::Msg(format!("{name} runs on CUDA tensors only"))
 }
 
-/// y = conv(x, w) + bias[b, co]: x (B, Cin, H, W), w (Cout, Cin, k, k), bias (B, Cout).
+/// Without `packed`: (x, w, bias) -> conv(x, w) + bias[b, co], x (B, Cin, H, W),
+/// w (Cout, Cin, k, k), bias (B, Cout) in any layout. With `packed` = the weight's dims:
+/// (x, [w flattened, bias (Cout)], residual (B, Cout, Ho, Wo)) -> conv(x, w) + bias[co] + residual.
 pub struct Conv {
     pub stride: usize,
     pub pad: usize,
+    pub packed: Option<[usize; 4]>,
 }
 
 impl CustomOp3 for Conv {
@@ -60,17 +66,39 @@ impl CustomOp3 for Conv {
         bl: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let c = cudnn()?;
-        let g = Geom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
+        let w_dims = self.packed.unwrap_or([0; 4]);
+        let g = match self.packed {
+            Some(d) => Geom::new(xl.dims(), &d, self.stride, self.pad)?,
+            None => Geom::new(xl.dims(), wl.dims(), self.stride, self.pad)?,
+        };
         let e = launch::elem(xs)?;
         if launch::elem(ws)? != e || launch::elem(bs)? != e {
-            candle_core::bail!("conv2d: x, w and bias must have one dtype");
+            candle_core::bail!("conv2d: x, w, bias and residual must have one dtype");
         }
-        let (&[b, co], &[sb, sc]) = (bl.dims(), bl.stride()) else {
-            candle_core::bail!("conv2d: bias {:?} must be (batch, cout)", bl.dims());
+        let w_len: usize = w_dims.iter().product();
+        // Where the bias is (None: the third argument; Some: after the packed weight), its
+        // (example, channel) strides, and whether the third argument is a residual.
+        let (bias_at, sb, sc) = match self.packed {
+            None => {
+                let (&[b, co], &[sb, sc]) = (bl.dims(), bl.stride()) else {
+                    candle_core::bail!("conv2d: bias {:?} must be (batch, cout)", bl.dims());
+                };
+                if (b, co) != (g.b, g.cout) {
+                    candle_core::bail!("conv2d: bias {:?} for {:?}", bl.dims(), g);
+                }
+                (None, sb, sc)
+            }
+            Some(_) => {
+                if wl.dims() != [w_len + g.cout] || bl.dims() != [g.b, g.cout, g.ho, g.wo] {
+                    candle_core::bail!(
+                        "conv2d_add: {:?} parameters and residual {:?} for {g:?}",
+                        wl.dims(),
+                        bl.dims()
+                    );
+                }
+                (Some(w_len), 0, 1)
+            }
         };
-        if (b, co) != (g.b, g.cout) {
-            candle_core::bail!("conv2d: bias {:?} for {:?}", bl.dims(), g);
-        }
         let dev = xs.device.clone();
         let stream = dev.cuda_stream();
         let shape = Shape::from((g.b, g.cout, g.ho, g.wo));
@@ -78,27 +106,31 @@ impl CustomOp3 for Conv {
         {
             let (x, _gx) = contiguous_ptr(xs, xl, &stream, "conv2d x")?;
             let (w, _gw) = contiguous_ptr(ws, wl, &stream, "conv2d w")?;
-            let (bias, _gb) = ptr(bs, bl, &stream)?;
+            let (third, _gb) = match bias_at {
+                Some(_) => contiguous_ptr(bs, bl, &stream, "conv2d_add residual")?,
+                None => ptr(bs, bl, &stream)?,
+            };
             let (y, _gy) = ptr_mut(&mut out, &stream)?;
-            run(
-                c,
-                &dev,
-                ConvKey {
-                    elem: e,
-                    geom: g,
-                    tf32: tf32(),
-                },
-                Pass::Forward,
-                (x, w, y),
-            )?;
+            let key = ConvKey {
+                elem: e,
+                geom: g,
+                tf32: tf32(),
+            };
+            run(c, &dev, key, Pass::Forward, (x, w, y))?;
+            // bias_add's residual is a null pointer when there is none.
+            let (bias, r) = match bias_at {
+                Some(at) => (w + (at * e.size()) as u64, third),
+                None => (third, 0u64),
+            };
             let total = shape.elem_count();
             let f = launch::function(&dev, &format!("bias_add_{}", e.suffix()))?;
             let (sb, sc, cout, hw) = (sb as i64, sc as i64, g.cout as i32, (g.ho * g.wo) as i32);
             let n = total as i64;
-            // SAFETY: bias_add(T *y, const T *bias, i64 sb, i64 sc, int C, int HW, i64 total);
-            // y has `total` values, bias covers every (b sb + c sc) of its (B, Cout) layout.
+            // SAFETY: bias_add(T *y, const T *bias, const T *r, i64 sb, i64 sc, int C, int HW,
+            // i64 total); y (and r, when not null) hold `total` values, bias covers every
+            // (b sb + c sc) of its layout.
             unsafe {
-                let args: [&dyn launch::Arg; 7] = [&y, &bias, &sb, &sc, &cout, &hw, &n];
+                let args: [&dyn launch::Arg; 8] = [&y, &bias, &r, &sb, &sc, &cout, &hw, &n];
                 launch::launch(&stream, &f, cfg(plan::grid_for(total), plan::BLOCK), &args)?;
             }
         }
@@ -109,32 +141,50 @@ impl CustomOp3 for Conv {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _bias: &Tensor,
+        third: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = Geom::new(x.dims(), w.dims(), self.stride, self.pad)?;
-        let dy = dy.contiguous()?;
-        let dx = match x.track_op() {
-            true => Some(dy.apply_op2_no_bwd(
-                w,
-                &ConvGrad {
-                    pass: Pass::BackwardData,
-                    geom: g,
-                },
-            )?),
-            false => None,
+        let Some(w_dims) = self.packed else {
+            let (dx, dw, db) = conv_grads(x, w, dy, self.stride, self.pad)?;
+            return Ok((dx, Some(dw), Some(db)));
         };
-        let dw = x.apply_op2_no_bwd(
-            &dy,
-            &ConvGrad {
-                pass: Pass::BackwardFilter,
-                geom: g,
-            },
-        )?;
-        let db = dy.apply_op1_no_bwd(&RowSum)?;
-        Ok((dx, Some(dw), Some(db)))
+        let w_len = w_dims.iter().product();
+        let weight = w.narrow(0, 0, w_len)?.reshape(&w_dims[..])?;
+        let (dx, dw, db) = conv_grads(x, &weight, dy, self.stride, self.pad)?;
+        let dp = Tensor::cat(&[&dw.flatten_all()?, &db.sum(0)?], 0)?;
+        let dr = third.track_op().then(|| dy.clone());
+        Ok((dx, Some(dp), dr))
     }
+}
+
+/// (dx when x needs one, dw, db (B, Cout)) of y = conv(x, w) + bias[b, co] given dy.
+fn conv_grads(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> candle_core::Result<(Option<Tensor>, Tensor, Tensor)> {
+    let geom = Geom::new(x.dims(), w.dims(), stride, pad)?;
+    let dy = dy.contiguous()?;
+    let dx = match x.track_op() {
+        true => {
+            let op = ConvGrad {
+                pass: Pass::BackwardData,
+                geom,
+            };
+            Some(dy.apply_op2_no_bwd(w, &op)?)
+        }
+        false => None,
+    };
+    let op = ConvGrad {
+        pass: Pass::BackwardFilter,
+        geom,
+    };
+    let dw = x.apply_op2_no_bwd(&dy, &op)?;
+    let db = dy.apply_op1_no_bwd(&RowSum)?;
+    Ok((dx, dw, db))
 }
 
 /// A gradient of the convolution `geom`: backward data (dy, w) -> dx (B, Cin, H, W), or

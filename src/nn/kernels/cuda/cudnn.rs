@@ -90,10 +90,11 @@ fn new_state(c: &'static Cudnn, dev: &CudaDevice) -> candle_core::Result<State> 
 }
 
 fn new_plan(c: &Cudnn, key: &ConvKey) -> candle_core::Result<Plan> {
-    let (x, w, y, [pad, stride]) = plan::conv_dims(&key.geom)?;
-    let (xd, xs) = plan::nchw(x)?;
-    let (wd, _) = plan::nchw(w)?;
-    let (yd, ys) = plan::nchw(y)?;
+    let dims = plan::conv_dims(&key.geom)?;
+    let (pad, stride) = (dims.pad, dims.stride);
+    let (xd, xs) = plan::nchw(dims.x)?;
+    let (wd, _) = plan::nchw(dims.w)?;
+    let (yd, ys) = plan::nchw(dims.y)?;
     let api = &c.api;
     let mut p = Plan {
         x: std::ptr::null_mut(),

@@ -55,8 +55,36 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: &Tensor, stride: usize, pad: usize) 
         _ => bias.clone(),
     }
     .broadcast_as((b, cout))?;
-    let op = conv::Conv { stride, pad };
+    let op = conv::Conv {
+        stride,
+        pad,
+        packed: None,
+    };
     Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &bias, op)?)
+}
+
+/// y = conv(x, w) + bias + residual in one op: bias (Cout), residual (B, Cout, Ho, Wo) (the end
+/// of a residual block; its gradient is dy, with no add pass of its own).
+#[cfg(feature = "cuda")]
+pub fn conv2d_add(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    residual: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let w_dims: [usize; 4] = w.dims().try_into().map_err(|_| {
+        crate::error::Error::Invalid(format!("conv2d_add: weight {:?} must be 4-d", w.dims()))
+    })?;
+    let packed = Tensor::cat(&[&w.flatten_all()?, bias], 0)?;
+    let op = conv::Conv {
+        stride,
+        pad,
+        packed: Some(w_dims),
+    };
+    Ok(x.contiguous()?
+        .apply_op3(&packed, &residual.contiguous()?, op)?)
 }
 
 /// act(GN(x)) with f32 statistics; the affine parameters are used as f32 (autocast keeps them
@@ -105,6 +133,18 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
 // callers free of cfg attributes.
 #[cfg(not(feature = "cuda"))]
 pub fn conv2d(_: &Tensor, _: &Tensor, _: &Tensor, _: usize, _: usize) -> Result<Tensor> {
+    Err(unavailable())
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn conv2d_add(
+    _: &Tensor,
+    _: &Tensor,
+    _: &Tensor,
+    _: &Tensor,
+    _: usize,
+    _: usize,
+) -> Result<Tensor> {
     Err(unavailable())
 }
 

@@ -124,12 +124,14 @@ pub fn adamw(
 /// ema <- ema - (ema - p) c for every pair, or ema <- p when `copy` (`crate::ema::Ema::update`).
 pub fn ema(ema: Vec<&Tensor>, p: Vec<&Tensor>, c: f32, copy: bool) -> Result<()> {
     let copy = copy as i32;
-    run("ema_multi", &[ema, p], &[&c, &copy])
+    let extra: [&dyn Arg; 2] = [&c, &copy];
+    run("ema_multi", &[ema, p], &extra)
 }
 
 /// g <- g c for every tensor (gradient clipping).
 pub fn scale(g: Vec<&Tensor>, c: f32) -> Result<()> {
-    run("scale_multi", &[g], &[&c])
+    let extra: [&dyn Arg; 1] = [&c];
+    run("scale_multi", &[g], &extra)
 }
 
 /// sum over all tensors of sum g^2, as a 0-d f32 tensor on their GPU (summed in a fixed order,
@@ -160,7 +162,8 @@ pub fn sum_squares(g: Vec<&Tensor>) -> Result<Tensor> {
         let mut slot = 0i32;
         for (range, width) in launches {
             let sub: Vec<&Tensor> = rows[0][range.clone()].to_vec();
-            run("sumsq_multi", &[sub], &[&pp, &slot])?;
+            let extra: [&dyn Arg; 2] = [&pp, &slot];
+            run("sumsq_multi", &[sub], &extra)?;
             slot += (range.len() * width as usize) as i32;
         }
         let f = launch::function(&dev, "sum_all")?;

@@ -94,13 +94,25 @@ pub fn nchw(dims: [usize; 4]) -> Result<([c_int; 4], [c_int; 4])> {
     Ok((d, s))
 }
 
-/// The three descriptors' dimensions of a convolution: x (b, cin, h, w), w (cout, cin, k, k),
-/// y (b, cout, ho, wo); and the convolution's (pad, stride) as C ints.
-pub fn conv_dims(g: &Geom) -> Result<([usize; 4], [usize; 4], [usize; 4], [c_int; 2])> {
-    let x = [g.b, g.cin, g.h, g.w];
-    let w = [g.cout, g.cin, g.k, g.k];
-    let y = [g.b, g.cout, g.ho, g.wo];
-    Ok((x, w, y, [int(g.pad, "padding")?, int(g.stride, "stride")?]))
+/// The three descriptors' dimensions of a convolution, x (b, cin, h, w), w (cout, cin, k, k),
+/// y (b, cout, ho, wo), and its padding and stride as C ints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvDims {
+    pub x: [usize; 4],
+    pub w: [usize; 4],
+    pub y: [usize; 4],
+    pub pad: c_int,
+    pub stride: c_int,
+}
+
+pub fn conv_dims(g: &Geom) -> Result<ConvDims> {
+    Ok(ConvDims {
+        x: [g.b, g.cin, g.h, g.w],
+        w: [g.cout, g.cin, g.k, g.k],
+        y: [g.b, g.cout, g.ho, g.wo],
+        pad: int(g.pad, "padding")?,
+        stride: int(g.stride, "stride")?,
+    })
 }
 
 /// The algorithm to run from cuDNN's heuristic list (best first): the first that succeeded,
@@ -204,13 +216,13 @@ mod tests {
         assert!(nchw([1, 1 << 20, 1 << 11, 1]).is_err(), "c h w past i32");
         // W1's downsampling: 3x3, stride 2, padding 1 on 32x32 gives 16x16.
         let g = geom(32, 64, 32, 64, 3, 2);
-        let (x, w, y, ps) = conv_dims(&g).unwrap();
-        assert_eq!(x, [32, 64, 32, 32]);
-        assert_eq!(w, [64, 64, 3, 3]);
-        assert_eq!(y, [32, 64, 16, 16]);
-        assert_eq!(ps, [1, 2]);
-        let (_, _, y, ps) = conv_dims(&geom(4, 8, 8, 16, 1, 1)).unwrap();
-        assert_eq!((y, ps), ([4, 16, 8, 8], [0, 1]));
+        let d = conv_dims(&g).unwrap();
+        assert_eq!(d.x, [32, 64, 32, 32]);
+        assert_eq!(d.w, [64, 64, 3, 3]);
+        assert_eq!(d.y, [32, 64, 16, 16]);
+        assert_eq!((d.pad, d.stride), (1, 2));
+        let d = conv_dims(&geom(4, 8, 8, 16, 1, 1)).unwrap();
+        assert_eq!((d.y, d.pad, d.stride), ([4, 16, 8, 8], 0, 1));
     }
 
     #[test]

@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let (varmap, net) = model::fresh(&cfg, &dev)?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for (i, (name, var)) in ddpm::optim::named_vars(&varmap)?.into_iter().enumerate() {
+    for (i, (name, var)) in ddpm::named::named_vars(&varmap)?.into_iter().enumerate() {
         let t = var.as_tensor();
         let zero = t.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
         if zero && t.rank() > 1 || name.starts_with("conv_out") {

@@ -14,8 +14,8 @@ use crate::nn::embedding::TimeEmbedding;
 use crate::nn::kernels;
 use crate::nn::layers::{Conv, Norm};
 use crate::nn::resblock::{Masks, ResBlock};
+use crate::nn::shard;
 use crate::rng::Stream;
-use crate::shard;
 
 /// One entry of the down / up paths (keys `down.{i}` / `up.{i}`, as ref_unet.py's ModuleLists).
 #[derive(Clone, Debug)]

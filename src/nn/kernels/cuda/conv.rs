@@ -13,7 +13,7 @@ use super::cudnn::{run, Pass};
 use super::launch::{self, cfg, contiguous_ptr, ptr, ptr_mut};
 use super::plan::{self, ConvKey, Elem};
 use crate::device::cudnn as lib;
-use crate::nn::kernels::conv::Geom;
+use crate::nn::kernels::geom::Geom;
 
 /// The process's cuDNN, or the reason it is not used, as a candle error.
 fn cudnn() -> candle_core::Result<&'static lib::Cudnn> {

@@ -8,7 +8,7 @@ use std::ffi::c_int;
 
 use crate::device::cudnn::{self, AlgoPerf};
 use crate::error::{Error, Result};
-use crate::nn::kernels::conv::Geom;
+use crate::nn::kernels::geom::Geom;
 
 /// The element type of a CUDA op: the two the network computes in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -293,7 +293,7 @@ impl CustomOp1 for RowSum {
             let (db, _go) = ptr_mut(&mut out, &stream)?;
             let (rows, hw) = ((b * c) as i64, (h * w) as i32);
             let f = launch::function(&dev, &format!("row_sum_{}", e.suffix()))?;
-            let grid = plan::grid_for_rows(b * c)?;
+            let grid = plan::grid_for_rows(b * c).map_err(launch::ce)?;
             // SAFETY: row_sum(const T *dy, T *db, i64 rows, int HW); dy has rows HW values.
             unsafe {
                 let args: [&dyn launch::Arg; 4] = [&dy, &db, &rows, &hw];

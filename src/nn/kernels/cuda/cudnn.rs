@@ -90,11 +90,12 @@ fn new_state(c: &'static Cudnn, dev: &CudaDevice) -> candle_core::Result<State> 
 }
 
 fn new_plan(c: &Cudnn, key: &ConvKey) -> candle_core::Result<Plan> {
-    let dims = plan::conv_dims(&key.geom)?;
+    let ce = super::launch::ce;
+    let dims = plan::conv_dims(&key.geom).map_err(ce)?;
     let (pad, stride) = (dims.pad, dims.stride);
-    let (xd, xs) = plan::nchw(dims.x)?;
-    let (wd, _) = plan::nchw(dims.w)?;
-    let (yd, ys) = plan::nchw(dims.y)?;
+    let (xd, xs) = plan::nchw(dims.x).map_err(ce)?;
+    let (wd, _) = plan::nchw(dims.w).map_err(ce)?;
+    let (yd, ys) = plan::nchw(dims.y).map_err(ce)?;
     let api = &c.api;
     let mut p = Plan {
         x: std::ptr::null_mut(),
@@ -217,9 +218,8 @@ pub fn run(
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(new_state(c, dev)?),
         };
-        if !state.plans.contains_key(&key) {
-            let p = new_plan(c, &key)?;
-            state.plans.insert(key, p);
+        if let std::collections::hash_map::Entry::Vacant(v) = state.plans.entry(key) {
+            v.insert(new_plan(c, &key)?);
         }
         let h = state.handle;
         let i = pass as usize;

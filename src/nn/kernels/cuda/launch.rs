@@ -97,10 +97,11 @@ pub fn ptr_mut<'a>(
     s: &'a mut CudaStorage,
     stream: &'a CudaStream,
 ) -> candle_core::Result<(u64, SyncOnDrop<'a>)> {
+    let dtype = s.dtype();
     Ok(match &mut s.slice {
         CudaStorageSlice::F32(c) => c.device_ptr_mut(stream),
         CudaStorageSlice::BF16(c) => c.device_ptr_mut(stream),
-        _ => candle_core::bail!("ddpm's CUDA ops write f32 or bf16, not {:?}", s.dtype()),
+        _ => candle_core::bail!("ddpm's CUDA ops write f32 or bf16, not {dtype:?}"),
     })
 }
 
@@ -108,6 +109,11 @@ pub fn ptr_mut<'a>(
 pub fn alloc(dev: &CudaDevice, shape: &Shape, e: Elem) -> candle_core::Result<CudaStorage> {
     // SAFETY: every caller's kernel (or cuDNN call) writes all of it before it is read.
     unsafe { dev.alloc_uninit(shape, dtype(e)) }
+}
+
+/// The library's error as candle's, for the `plan` helpers inside custom ops.
+pub fn ce(e: crate::error::Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
 }
 
 /// A 1-d grid of `blocks` blocks of `threads`.

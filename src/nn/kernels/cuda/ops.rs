@@ -155,14 +155,16 @@ impl CustomOp3 for GroupNorm {
     }
 }
 
+/// (pdg, pdb, batch): per (example, channel) sums of dz xh and dz.
+type ParamSums = (CudaSlice<f32>, CudaSlice<f32>, usize);
+
 /// GroupNorm's backward: as a CustomOp3 (x, dy, [gamma, beta]) -> dx, leaving the per-example
 /// parameter sums behind; then as a CustomOp1 on [gamma, beta] -> [dgamma, dbeta] (f32, 2C),
 /// their sum over the batch in batch order.
 struct GroupNormGrad {
     norm: Norm,
     stats: CudaSlice<f32>,
-    /// (pdg, pdb, batch): per (example, channel) sums of dz xh and dz.
-    params: Mutex<Option<(CudaSlice<f32>, CudaSlice<f32>, usize)>>,
+    params: Mutex<Option<ParamSums>>,
 }
 
 impl CustomOp3 for GroupNormGrad {
@@ -249,7 +251,7 @@ impl CustomOp1 for GroupNormGrad {
         let Some((mut pdg, mut pdb, b)) = self.params.lock().ok().and_then(|mut p| p.take()) else {
             candle_core::bail!("group_norm backward: parameter sums asked before dx");
         };
-        let c = l.elem_count() / 2;
+        let c = l.shape().elem_count() / 2;
         let dev = s.device().clone();
         let stream = dev.cuda_stream();
         let shape = Shape::from(2 * c);
@@ -301,10 +303,10 @@ fn rows_kernel(
             guards.push(g);
         }
         let (o, _go) = ptr_mut(&mut out, &stream)?;
-        let rows = (l0.elem_count() / n.max(1)) as i64;
+        let rows = (l0.shape().elem_count() / n.max(1)) as i64;
         let n32 = n as i32;
         let f = launch::function(&dev, &format!("{name}_{}", e.suffix()))?;
-        let grid = plan::grid_for_rows(rows as usize)?;
+        let grid = plan::grid_for_rows(rows as usize).map_err(launch::ce)?;
         let mut args: Vec<&dyn launch::Arg> = ptrs.iter().map(|p| p as &dyn launch::Arg).collect();
         let tail: [&dyn launch::Arg; 4] = [&o, &rows, &n32, &scale];
         args.extend(tail);

@@ -16,6 +16,7 @@ use crate::data::DataConfig;
 use crate::diffusion::{Parameterization, Prediction, VarianceType};
 use crate::ema::EmaConfig;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::loss::{LossKind, LossOptions};
 use crate::nn::{Arch, UNetConfig};
 use crate::optim::OptimConfig;
@@ -36,6 +37,10 @@ pub struct Config {
     pub train: TrainConfig,
     pub sample: SampleConfig,
 }
+
+/// The most diffusion steps T a config may have (100x the DDPM paper's; improved DDPM uses
+/// 4000).
+pub const MAX_TIMESTEPS: usize = 100_000;
 
 /// `[diffusion]`: the noise schedule, what the network predicts, and the training objective.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -107,6 +112,13 @@ impl DiffusionConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        // Checked before the schedule is built: it holds a dozen f64 arrays of T values.
+        if self.timesteps > MAX_TIMESTEPS {
+            return Err(Error::Config(format!(
+                "diffusion.timesteps = {} is more than {MAX_TIMESTEPS} (the DDPM paper uses 1000)",
+                self.timesteps
+            )));
+        }
         self.schedule()?;
         if self.zero_terminal_snr && self.prediction == Prediction::Eps {
             return Err(Error::Config(
@@ -216,16 +228,19 @@ impl Config {
     }
 
     /// Read a config file, apply `section.key=value` overrides, and validate. An error in the
-    /// file names it and keeps toml's excerpt of the line with a caret under the fault; an
-    /// error an override brings names that `--set` argument.
+    /// file names it with toml's line and column (one line, as every error); an error an
+    /// override brings names that `--set` argument.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = limits::read(path, limits::MAX_CONFIG_BYTES).map_err(|e| Error::io(path, e))?;
         let origin = path.display().to_string();
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::Config(format!("{origin}: not UTF-8 text (a TOML config expected)"))
+        })?;
         // The file on its own, from its text: only there does toml know lines and columns.
         toml::from_str::<Config>(&text)
-            .map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
+            .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
         let mut table: toml::Table = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{origin}: {}", e.to_string().trim_end())))?;
+            .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
         let mut cfg = Config::from_table(&table, &origin)?;
         for o in overrides {
             apply_override(&mut table, o)?;
@@ -358,17 +373,28 @@ impl Config {
     }
 }
 
-/// toml's errors span several lines (a source excerpt); keep the message on one line.
+/// toml's errors span several lines: where, a source excerpt (`1 | text`, its `|` frame and a
+/// `^` marker), then what. Keep where and what, on one line: `TOML parse error at line 1,
+/// column 6: key with no value, expected `=``.
 fn one_line(e: &dyn std::fmt::Display) -> String {
     let text = e.to_string();
+    let excerpt = |l: &str| {
+        let numbered = l
+            .split_once('|')
+            .is_some_and(|(n, _)| n.trim().bytes().all(|b| b.is_ascii_digit()));
+        numbered || l.chars().all(|c| c == '^' || c == ' ')
+    };
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
-        })
+        .filter(|l| !l.is_empty() && !excerpt(l))
         .collect();
-    lines.join(" ").replace(" ,", ",")
+    match lines.split_first() {
+        Some((first, rest)) if first.starts_with("TOML parse error") && !rest.is_empty() => {
+            format!("{first}: {}", rest.join(" "))
+        }
+        _ => lines.join(" ").replace(" ,", ","),
+    }
 }
 
 /// Apply one `section.key=value` override; the value is read as TOML (a number, a boolean, an

@@ -13,25 +13,31 @@
 //! - `sample`, `interpolate`: `-n`, `--frames` and `--steps` at most 3, `--steps 3` added
 //!   where absent (the ancestral sampler would otherwise take T steps);
 //! - `eval`: `-n` at most 2 and `--ode-steps` at most 3, both added where absent;
+//! - `fid`: `-n` and `--steps` at most 3;
 //! - every other subcommand runs as written.
 //!
 //! What a line reads but the docs never made is made on first use (`docs_run::sandbox`): a
 //! missing checkpoint (`--checkpoint P`, `info P`) is a model trained two steps
 //! (configs/tiny.toml, class-conditional with 10 classes; configs/moons.toml when the path
 //! names 8g, moons, swiss_roll or gaussians), an input image (`--init`, `--mask`, `--from`,
-//! `--to`) an 8x8 PNG, `--data DIR` a folder of ten class subfolders with one PNG each;
-//! configs/ is copied in. Lines that pipe into python3 need numpy: without it they are skipped
+//! `--to`) an 8x8 PNG, `--data DIR` a folder of ten class subfolders with one PNG each; for
+//! `fid`, Inception weights drawn from a seed (at `--inception P`, and `DDPM_INCEPTION` names
+//! them for every line), a missing image folder three PNGs, a missing `.npy` three samples,
+//! a missing `.npz` the statistics of three PNGs (`docs_run::fid`); configs/ is copied in. Lines that pipe into python3 need numpy: without it they are skipped
 //! with a note, unless DDPM_DOCS_NUMPY=1 (set by .ci/run, which installs numpy) makes that a
 //! failure.
 //!
 //! To add a command to the docs: write it; if it is a `ddpm` line it runs here as is. A line
 //! that cannot run here (a build, a benchmark, a GPU or MPI launcher) gets one ELSEWHERE row:
-//! `Ci(needles)` if .ci/run runs it (each needle must appear there), `Not(why)` otherwise.
+//! `Ci(needles)` if .ci/run runs it (each needle must appear there), `Test(file, needles)` if a
+//! test file runs the same command (each needle must appear in the file; that file must run in
+//! CI), `Not(why)` otherwise. Keep the `Not` rows few and their reasons true.
 
 mod common;
 mod docs_run;
 
 use docs_run::extract::{help_commands, readme_commands, repo, strip_comment, DocLine};
+use docs_run::fid;
 use docs_run::sandbox::Sandbox;
 use docs_run::shell::{invocations, shrink, value_of, with_ddpm, words};
 
@@ -40,15 +46,19 @@ use docs_run::shell::{invocations, shrink, value_of, with_ddpm, words};
 enum Elsewhere {
     /// .ci/run runs it: each string appears in .ci/run.
     Ci(&'static [&'static str]),
+    /// A test file runs the same command (shrunk, or under its own fixtures): each string
+    /// appears in that file.
+    Test(&'static str, &'static [&'static str]),
     /// Not run by any test or CI script; the reason.
     Not(&'static str),
 }
 
-use Elsewhere::{Ci, Not};
+use Elsewhere::{Ci, Not, Test};
 
 /// The doc lines this test does not run, exactly as the docs write them (whitespace runs
 /// collapsed, trailing `# comment` dropped).
 const ELSEWHERE: &[(&str, Elsewhere)] = &[
+    // Building and checking.
     (
         "cargo build --release",
         Not("a release build (thin LTO, ~10 CPU-minutes); CI builds and tests the same code in the test profile"),
@@ -62,11 +72,84 @@ const ELSEWHERE: &[(&str, Elsewhere)] = &[
         ]),
     ),
     (
-        "export REF_PY=/path/to/venv/bin/python",
-        Not("the PyTorch reference's interpreter, for the benchmark below"),
+        "cargo clippy --features mpi --all-targets -- -D warnings && cargo test --features mpi --test distributed",
+        Ci(&[
+            "cargo clippy --locked --features mpi --all-targets -- -D warnings",
+            "cargo test --locked --features mpi --test distributed",
+        ]),
     ),
     (
-        "BENCH_DIR=../shared/bench REPS=5 benches/compare.sh",
+        "cargo build --release --features mpi",
+        Not("a release build; .ci/run compiles the mpi feature (clippy) and runs tests/distributed.rs with it"),
+    ),
+    (
+        "cargo build --release --features nccl,mpi",
+        Not("needs the CUDA toolkit and NCCL; .ci/cuda-check lints the cuda, nccl and mpi features"),
+    ),
+    // Launchers: several GPUs or machines; the CPU ranks run in tests/distributed.rs.
+    (
+        "torchrun --standalone --nproc-per-node 8 --no-python ddpm train --config configs/cifar10.toml --device cuda --out runs/c10",
+        Not("8 GPUs"),
+    ),
+    (
+        "mpirun -np 8 ddpm train --config configs/cifar10.toml --device cuda --out runs/c10",
+        Not("8 GPUs"),
+    ),
+    (
+        "torchrun --nproc-per-node 8 --no-python ddpm train --config configs/cifar10.toml --device cuda",
+        Not("8 GPUs"),
+    ),
+    (
+        "torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --master-addr node0 --master-port 29500 --no-python ddpm train --config configs/cifar10.toml --device cuda --out runs/c10",
+        Not("two machines of 8 GPUs"),
+    ),
+    (
+        "mpirun -np 16 -H node0:8,node1:8 ddpm train --config configs/cifar10.toml --device cuda --out runs/c10",
+        Not("two machines of 8 GPUs"),
+    ),
+    (
+        "srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 ddpm train --config configs/cifar10.toml --device cuda",
+        Not("a Slurm cluster of two machines of 8 GPUs"),
+    ),
+    (
+        "mpirun -np 2 --bind-to none -x RAYON_NUM_THREADS=1 ddpm train --config configs/digits.toml",
+        Test(
+            "tests/distributed.rs",
+            &[
+                "\"--bind-to\"",
+                "RAYON_NUM_THREADS={threads}",
+                "fn two_ranks_train_what_one_process_of_two_threads_does_bit_for_bit",
+            ],
+        ),
+    ),
+    (
+        "mpirun -np 2 -x RAYON_NUM_THREADS=1 ddpm train --config configs/digits.toml --out runs/d2",
+        Test(
+            "tests/distributed.rs",
+            &[
+                "RAYON_NUM_THREADS={threads}",
+                "fn two_ranks_train_what_one_process_of_two_threads_does_bit_for_bit",
+            ],
+        ),
+    ),
+    (
+        "mpirun -np 8 ddpm sample --checkpoint runs/c10/latest.safetensors -n 50000 --out-dir fid",
+        Test(
+            "tests/distributed.rs",
+            &["fn two_ranks_sample_the_files_one_process_writes", "\"--out-dir\""],
+        ),
+    ),
+    // Benchmarks: PyTorch, or minutes to hours of quiet machine.
+    (
+        "export REF_PY=/path/to/venv/bin/python",
+        Not("the PyTorch reference's interpreter, for the benchmarks below"),
+    ),
+    (
+        "$REF_PY benches/reference/parity.py",
+        Not("needs PyTorch (CI has no Python ML packages)"),
+    ),
+    (
+        "REPS=5 benches/compare.sh",
         Not("the side-by-side benchmark: PyTorch and about an hour of quiet machine"),
     ),
     (
@@ -83,13 +166,18 @@ const ELSEWHERE: &[(&str, Elsewhere)] = &[
     ),
 ];
 
-/// .ci/run holds every needle of a line CI runs.
-fn check_ci(line: &DocLine, needles: &[&str]) {
-    let ci = std::fs::read_to_string(repo().join(".ci/run")).unwrap();
+/// `file` (relative to the repository) holds every needle of a line it is listed as running.
+fn check_runs(line: &DocLine, file: &str, needles: &[&str]) {
+    let text = std::fs::read_to_string(repo().join(file)).unwrap_or_else(|e| {
+        panic!(
+            "{}: `{}` is listed as run by {file}: {e}",
+            line.source, line.text
+        )
+    });
     for needle in needles {
         assert!(
-            ci.contains(needle),
-            "{}: `{}` is listed as run by .ci/run, which has no `{needle}`",
+            text.contains(needle),
+            "{}: `{}` is listed as run by {file}, which has no `{needle}`",
             line.source,
             line.text
         );
@@ -100,7 +188,8 @@ fn check_ci(line: &DocLine, needles: &[&str]) {
 fn run_all(sandbox: &Sandbox, lines: &[DocLine]) {
     for line in lines {
         match elsewhere(line) {
-            Some(Ci(needles)) => check_ci(line, needles),
+            Some(Ci(needles)) => check_runs(line, ".ci/run", needles),
+            Some(Test(file, needles)) => check_runs(line, file, needles),
             Some(Not(why)) => eprintln!("not run: {}: {} ({why})", line.source, line.text),
             None => sandbox.run(line),
         }
@@ -188,6 +277,16 @@ fn the_shrinking_rule_does_what_the_module_comment_says() {
     assert_eq!(
         shrunk("ddpm train --config c.toml --max-steps 500 --resume"),
         "ddpm train --config c.toml --resume --max-steps 2 --set train.batch_size=2"
+    );
+    assert_eq!(
+        shrunk("ddpm fid C s.npz -n 50000 --sampler ddim --steps 100"),
+        "ddpm fid C s.npz -n 3 --sampler ddim --steps 3"
+    );
+    assert_eq!(
+        fid::sets(&words(
+            "ddpm fid a/ --inception w.pth b.npy --kid --json -n 2"
+        )),
+        ["a/", "b.npy"]
     );
     assert_eq!(
         shrunk("ddpm eval --checkpoint C --method both"),

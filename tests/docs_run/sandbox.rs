@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::extract::{binary, repo, DocLine};
+use super::fid;
 use super::shell::{invocations, shrink, value_of, with_ddpm};
 
 /// A scratch folder that runs doc lines in order, with `ddpm` on PATH and configs/ copied in.
@@ -41,19 +42,15 @@ impl Sandbox {
             );
         }
         for ckpt in checkpoints {
-            if !at(ckpt).exists() {
-                let points = ["8g", "moons", "swiss", "gaussians"]
-                    .iter()
-                    .any(|p| ckpt.contains(p));
-                let fixture = self.fixture(points);
-                std::fs::create_dir_all(at(ckpt).parent().unwrap()).unwrap();
-                std::fs::copy(fixture, at(ckpt)).unwrap();
-            }
+            self.checkpoint(ckpt);
         }
         for flag in ["--init", "--from", "--to", "--mask"] {
             if let Some(p) = value_of(args, &[flag]).filter(|p| !at(p).exists()) {
                 write_png(&at(p), flag == "--mask");
             }
+        }
+        if subcommand == Some("fid") {
+            self.provide_fid(args);
         }
         if subcommand == Some("eval") {
             if let Some(d) = value_of(args, &["--data"]).filter(|d| *d != "digits") {
@@ -64,6 +61,53 @@ impl Sandbox {
                         write_png(&at(d).join(class.to_string()).join("a.png"), class % 2 == 1);
                     }
                 }
+            }
+        }
+    }
+
+    /// A model at `path` (relative to the sandbox) unless there is one: points when the path
+    /// names a 2-D data set, images otherwise.
+    fn checkpoint(&self, path: &str) {
+        let at = self.dir().join(path);
+        if !at.exists() {
+            let points = ["8g", "moons", "swiss", "gaussians"]
+                .iter()
+                .any(|p| path.contains(p));
+            let fixture = self.fixture(points);
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::fs::copy(fixture, at).unwrap();
+        }
+    }
+
+    /// What a `ddpm fid` invocation reads (`docs_run::fid`): the weights, a missing
+    /// checkpoint, folder or array.
+    fn provide_fid(&self, args: &[String]) {
+        let weights = fid::weights(self.dir());
+        if let Some(p) = value_of(args, &["--inception"]) {
+            if !self.dir().join(p).exists() {
+                std::os::unix::fs::symlink(&weights, self.dir().join(p)).unwrap();
+            }
+        }
+        for set in fid::sets(args) {
+            let at = self.dir().join(set);
+            if at.exists() {
+                continue;
+            }
+            if set.ends_with(".npz") {
+                let images = self.dir().join(".fixtures/stats-images");
+                fid::image_folder(&images);
+                let (images, w) = (images.to_str().unwrap(), weights.to_str().unwrap());
+                let args = ["fid", images, "--save-stats", set, "--inception", w];
+                crate::common::run(self.dir(), &args, 0);
+            } else if set.ends_with(".safetensors") {
+                self.checkpoint(set);
+            } else if set.ends_with(".npy") {
+                let ckpt = self.fixture(false);
+                let args = ["sample", "--checkpoint", ckpt.to_str().unwrap(), "-n", "3"];
+                let more = ["--steps", "3", "--format", "npy", "--out", set, "--quiet"];
+                crate::common::run(self.dir(), &[&args[..], &more[..]].concat(), 0);
+            } else {
+                fid::image_folder(&at);
             }
         }
     }
@@ -142,6 +186,7 @@ impl Sandbox {
             .args(["-o", "pipefail", "-c", &script])
             .current_dir(self.dir())
             .env("PATH", path)
+            .env("DDPM_INCEPTION", self.dir().join(fid::WEIGHTS))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

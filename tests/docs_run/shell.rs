@@ -132,6 +132,10 @@ pub fn shrink(invocation: &[String]) -> Vec<String> {
             cap(&mut args, &["--frames"], 3, false);
             cap(&mut args, &["--steps"], 3, true);
         }
+        Some("fid") => {
+            cap(&mut args, &["-n", "--num"], 3, false);
+            cap(&mut args, &["--steps"], 3, false);
+        }
         Some("eval") => {
             cap(&mut args, &["-n", "--num"], 2, true);
             cap(&mut args, &["--ode-steps"], 3, true);

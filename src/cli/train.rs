@@ -133,7 +133,7 @@ fn train_rank(
         true => "points/s",
         false => "img/s",
     };
-    let device_name = device::name(&device);
+    let device_name = device::name(device);
     let mut progress = Progress::new(total, "steps", quiet);
     if let Some(n) = notice {
         progress.note(quiet, &format!("ddpm: {n}"));

@@ -129,7 +129,7 @@ pub fn train_step(
             value: grad_norm,
         });
     }
-    let lr = lr_at(&cfg.optim, step);
+    let lr = lr_at(&cfg.optim, step, cfg.train.steps);
     state.optimizer.step(&grads, lr)?;
     state.step += 1;
     state.ema.update(state.step)?;

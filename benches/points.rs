@@ -51,6 +51,7 @@ fn main() {
         let opts = TrainOptions {
             run_dir: dir.path().to_path_buf(),
             resume: false,
+            init_from: None,
             max_steps: None,
             interrupt: Arc::new(AtomicBool::new(false)),
         };

@@ -211,8 +211,12 @@ impl Config {
     /// Read a config file, apply `section.key=value` overrides, and validate.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let origin = path.display().to_string();
-        let mut table: toml::Table = toml::from_str(&text)
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// `load` for TOML text (a checkpoint's stored config, say); `origin` prefixes errors.
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(text)
             .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
         for o in overrides {
             apply_override(&mut table, o)?;
@@ -304,11 +308,31 @@ impl Config {
         toml::to_string(&table).map_err(|e| fail(&e))
     }
 
+    /// Every key `to_toml` writes as (`section.key`, value), in its order: `[model.mlp]`'s
+    /// width is `model.mlp.width`. Absent optional keys (an unset sample.steps) are not listed.
+    pub fn flat(&self) -> Result<Vec<(String, toml::Value)>> {
+        let table: toml::Table = toml::from_str(&self.to_toml()?)
+            .map_err(|e| Error::Config(format!("the written config does not read back: {e}")))?;
+        let mut out = Vec::new();
+        flatten("", &table, &mut out);
+        Ok(out)
+    }
+
     /// Network output channels: C (or D for vectors), or twice that with a learned variance.
     pub fn out_channels(&self) -> usize {
         self.diffusion
             .parameterization()
             .out_channels(self.data.example_shape()[0])
+    }
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+    for (key, value) in table {
+        let key = format!("{prefix}{key}");
+        match value {
+            toml::Value::Table(t) => flatten(&format!("{key}."), t, out),
+            v => out.push((key, v.clone())),
+        }
     }
 }
 

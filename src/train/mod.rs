@@ -3,6 +3,7 @@
 //! it reports through `on_event`, and stops cleanly — checkpoint first — when `interrupt` is set.
 
 mod grid;
+mod resume;
 mod run_dir;
 mod state;
 mod step;
@@ -14,7 +15,8 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-pub use run_dir::{RunDir, METRICS_HEADER};
+pub use resume::{changes, resume_config, Change};
+pub use run_dir::{RunDir, CONFIG_FILE, METRICS_HEADER};
 pub use state::TrainState;
 pub use step::{train_step, StepStats};
 
@@ -30,6 +32,8 @@ pub struct TrainOptions {
     pub run_dir: PathBuf,
     /// Continue from the run directory's latest checkpoint.
     pub resume: bool,
+    /// Start a new run from this checkpoint's weights and EMA (fresh optimizer, step 0).
+    pub init_from: Option<PathBuf>,
     /// Stop after this many total steps instead of train.steps.
     pub max_steps: Option<u64>,
     /// Set (by a signal handler) to stop after the current step with a checkpoint.
@@ -39,6 +43,8 @@ pub struct TrainOptions {
 /// What the loop reports.
 #[derive(Debug)]
 pub enum Event<'a> {
+    /// A resumed run's config differs from its checkpoint's here (reported before `Started`).
+    Changed(&'a Change),
     /// Training starts (or resumes) at `step` of `total`.
     Started {
         step: u64,
@@ -93,8 +99,14 @@ pub fn train(
     check_classes(cfg, dataset.num_classes())?;
     let standardization = dataset.standardization().cloned();
     let dir = RunDir::create(&opts.run_dir)?;
+    let total = opts.max_steps.unwrap_or(cfg.train.steps);
     let mut state = if opts.resume {
-        resume_state(cfg, device, &dir)?
+        let (state, changed) = resume::resume_state(cfg, device, &dir)?;
+        check_unfinished(&dir, state.step, total, opts.max_steps.is_some())?;
+        for c in &changed {
+            on_event(Event::Changed(c))?;
+        }
+        state
     } else {
         if dir.has_checkpoints()? {
             return Err(Error::Invalid(format!(
@@ -102,11 +114,13 @@ pub fn train(
                 dir.root.display()
             )));
         }
-        TrainState::fresh(cfg, device)?
+        match &opts.init_from {
+            Some(path) => resume::init_state(cfg, device, path)?,
+            None => TrainState::fresh(cfg, device)?,
+        }
     };
     dir.write_config(&cfg.to_toml()?)?;
     let mut metrics = dir.metrics(state.step)?;
-    let total = opts.max_steps.unwrap_or(cfg.train.steps);
     let accum = cfg.train.grad_accum as u64;
     let mut loader = Loader::new(
         dataset,
@@ -247,42 +261,25 @@ fn save(
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
 }
 
-/// The state of the run in `dir`, checking that `cfg` describes the same model and data.
-fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainState> {
-    let path = dir.latest();
-    if !path.exists() {
-        return Err(Error::Invalid(format!(
-            "--resume: {} has no checkpoint to resume from",
-            dir.root.display()
-        )));
+/// A resumed run at `step` must have steps left before `total` (train.steps, or --max-steps
+/// when `max_steps`).
+fn check_unfinished(dir: &RunDir, step: u64, total: u64, max_steps: bool) -> Result<()> {
+    if step < total {
+        return Ok(());
     }
-    let ckpt = checkpoint::load(&path)?;
-    let stored = ckpt.stored_config()?;
-    let same = [
-        ("model", stored.model == cfg.model),
-        ("diffusion", stored.diffusion == cfg.diffusion),
-        ("data", stored.data == cfg.data),
-        ("optim", stored.optim == cfg.optim),
-        ("ema", stored.ema == cfg.ema),
-        ("train.seed", stored.train.seed == cfg.train.seed),
-        (
-            "train.batch_size",
-            stored.train.batch_size == cfg.train.batch_size,
-        ),
-        (
-            "train.grad_accum",
-            stored.train.grad_accum == cfg.train.grad_accum,
-        ),
-        (
-            "train.label_dropout",
-            stored.train.label_dropout == cfg.train.label_dropout,
-        ),
-    ];
-    if let Some((section, _)) = same.iter().find(|(_, eq)| !eq) {
-        return Err(Error::Config(format!(
-            "--resume: `{section}` differs from the config stored in {}; resume with the same settings",
-            path.display()
-        )));
-    }
-    TrainState::restore(cfg, device, &ckpt, &path)
+    let run = dir.root.display();
+    Err(Error::Invalid(if max_steps {
+        format!("--resume: run {run} is at step {step}; --max-steps {total} leaves nothing to do")
+    } else if step == total {
+        format!(
+            "--resume: run {run} finished at step {step} of {total}; raise train.steps to \
+             continue (e.g. --set train.steps={})",
+            2 * total
+        )
+    } else {
+        format!(
+            "--resume: run {run} is at step {step}, past train.steps = {total}; raise \
+             train.steps to continue"
+        )
+    }))
 }

@@ -12,6 +12,9 @@ use candle_core::Tensor;
 use crate::checkpoint::run_dir;
 use crate::error::{Error, Result};
 
+/// The resolved config in a run directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
 /// Header of metrics.csv.
 pub const METRICS_HEADER: &str = "step,loss,lr,grad_norm,images_per_sec,elapsed_s";
 
@@ -43,7 +46,7 @@ impl RunDir {
 
     /// Write the resolved config as `config.toml` (atomically).
     pub fn write_config(&self, toml_text: &str) -> Result<()> {
-        crate::atomic::write(&self.root.join("config.toml"), toml_text.as_bytes())
+        crate::atomic::write(&self.root.join(CONFIG_FILE), toml_text.as_bytes())
     }
 
     /// The sample grid path for `step`.

@@ -221,9 +221,12 @@ impl Config {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let cfg: Config = toml::Value::Table(table)
+        let mut cfg: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", one_line(&e))))?;
+        if !cfg.data.dataset.is_points() {
+            cfg.model.resolve(cfg.data.image_size.height);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -296,7 +299,8 @@ impl Config {
     }
 
     /// The config as TOML text (what the run directory and checkpoints store), `[model]` with
-    /// the built network's keys only (`UNetConfig::written`).
+    /// the built network's keys only (`UNetConfig::written`), `[data]` with its kind's
+    /// (`DataConfig::written`).
     pub fn to_toml(&self) -> Result<String> {
         let fail =
             |e: &dyn std::fmt::Display| Error::Config(format!("cannot serialise the config: {e}"));
@@ -305,14 +309,22 @@ impl Config {
             other => return Err(fail(&format!("not a table: {other:?}"))),
         };
         table.insert("model".into(), toml::Value::Table(self.model.written()?));
+        table.insert("data".into(), toml::Value::Table(self.data.written()?));
         toml::to_string(&table).map_err(|e| fail(&e))
     }
 
-    /// Every key `to_toml` writes as (`section.key`, value), in its order: `[model.mlp]`'s
-    /// width is `model.mlp.width`. Absent optional keys (an unset sample.steps) are not listed.
+    /// Every key of every section as (`section.key`, value), in declaration order, including
+    /// those `to_toml` leaves out as unused: `[model.mlp]`'s width is `model.mlp.width`.
+    /// Absent optional keys (an unset sample.steps) are not listed.
     pub fn flat(&self) -> Result<Vec<(String, toml::Value)>> {
-        let table: toml::Table = toml::from_str(&self.to_toml()?)
-            .map_err(|e| Error::Config(format!("the written config does not read back: {e}")))?;
+        let table = match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(t)) => t,
+            other => {
+                return Err(Error::Config(format!(
+                    "cannot serialise the config: {other:?}"
+                )))
+            }
+        };
         let mut out = Vec::new();
         flatten("", &table, &mut out);
         Ok(out)

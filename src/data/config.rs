@@ -1,5 +1,6 @@
 //! The `[data]` config section: which dataset, where it lives, the image geometry (or, for
-//! vector data, the point count, noise and dimension) and the loader's threads. Parsing and validation only; opening the data is `data::open`'s job.
+//! vector data, the point count, noise and dimension) and the loader's threads. Parsing and
+//! validation only; opening the data is `data::open`'s job.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -44,6 +45,19 @@ impl DatasetKind {
     /// True for vector data (generators and point files), whose examples have shape (D,).
     pub fn is_points(self) -> bool {
         self == DatasetKind::Points || self.toy().is_some()
+    }
+
+    /// Whether the `[data]` key `key` means anything for this kind of data. Written configs
+    /// (run directories, checkpoints, `ddpm info`) hold only these, and setting another is an
+    /// error, so leaving the others out loses nothing.
+    pub fn uses(self, key: &str) -> bool {
+        match key {
+            "path" => matches!(self, DatasetKind::Folder | DatasetKind::Points),
+            "image_size" | "channels" | "random_flip" | "class_labels" => !self.is_points(),
+            "num_points" | "noise" | "seed" => self.toy().is_some(),
+            "dim" => self.is_points(),
+            _ => true,
+        }
     }
 }
 
@@ -211,7 +225,8 @@ impl DataConfig {
             _ => {}
         }
         if self.dataset.is_points() {
-            return self.validate_points();
+            self.validate_points()?;
+            return self.check_unused();
         }
         let ImageSize { height, width } = self.image_size;
         if height == 0 || width == 0 || height > MAX_SIDE || width > MAX_SIDE {
@@ -231,7 +246,38 @@ impl DataConfig {
         if self.prefetch == 0 {
             return bad("data.prefetch must be at least 1".into());
         }
-        Ok(())
+        self.check_unused()
+    }
+
+    /// The section as a TOML table: every key, in declaration order.
+    fn table(&self) -> Result<toml::Table> {
+        match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(t)) => Ok(t),
+            other => Err(Error::Config(format!("cannot serialise [data]: {other:?}"))),
+        }
+    }
+
+    /// The section as written: the keys this kind of data uses (`DatasetKind::uses`).
+    pub fn written(&self) -> Result<toml::Table> {
+        let mut t = self.table()?;
+        t.retain(|key, _| self.dataset.uses(key));
+        Ok(t)
+    }
+
+    /// A key this kind of data does not use, set to other than its default, is an error
+    /// naming it (it would be silently ignored, and dropped from the written config).
+    fn check_unused(&self) -> Result<()> {
+        let (set, default) = (self.table()?, DataConfig::default().table()?);
+        match set
+            .into_iter()
+            .find(|(key, value)| !self.dataset.uses(key) && default.get(key) != Some(value))
+        {
+            Some((key, _)) => Err(Error::Config(format!(
+                "data.{key} is not used with data.dataset = \"{}\"; remove it",
+                self.dataset.name()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The checks of vector data: no image-only options, sensible generator settings.
@@ -358,6 +404,75 @@ mod tests {
         );
         assert!(parse("flip = true").is_err());
         assert!(parse("dataset = \"cifar\"").is_err());
+    }
+
+    /// Written configs hold the keys a kind of data uses; setting another is an error naming
+    /// it (before, `num_points` on digits was silently ignored, and `ddpm info` listed every
+    /// key whatever the data).
+    #[test]
+    fn keys_a_kind_does_not_use_are_refused_and_not_written() {
+        let keys = |text: &str| -> Vec<String> {
+            parse(text)
+                .unwrap()
+                .written()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            keys(""),
+            [
+                "dataset",
+                "image_size",
+                "channels",
+                "random_flip",
+                "class_labels",
+                "workers",
+                "prefetch"
+            ]
+        );
+        assert_eq!(
+            keys("dataset = \"moons\"\nnoise = 0.1"),
+            [
+                "dataset",
+                "workers",
+                "prefetch",
+                "num_points",
+                "noise",
+                "seed"
+            ]
+        );
+        assert_eq!(
+            keys("dataset = \"points\"\npath = \"p.csv\"\ndim = 3"),
+            ["dataset", "path", "workers", "prefetch", "dim"]
+        );
+        for (text, msg) in [
+            (
+                "num_points = 50",
+                "data.num_points is not used with data.dataset = \"digits\"",
+            ),
+            (
+                "seed = 3",
+                "data.seed is not used with data.dataset = \"digits\"",
+            ),
+            (
+                "dataset = \"moons\"\nimage_size = 16",
+                "data.image_size is not used with data.dataset = \"moons\"",
+            ),
+            (
+                "dataset = \"points\"\npath = \"p.csv\"\nseed = 1",
+                "data.seed is not used with data.dataset = \"points\"",
+            ),
+        ] {
+            let e = parse(text).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains(msg), "{text}: {e}");
+        }
+        // At their defaults, unused keys are fine (a config may spell them out).
+        parse("dataset = \"moons\"\nchannels = 1\nimage_size = 8")
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! `--set section.key=value` overrides and owns the sections that have no home below it
 //! (`[diffusion]`, `[sample]`, and `[train]` in `train`, since the training loop sits above the config).
 
+pub mod docs;
+mod presets;
 mod train;
 
 use std::path::Path;
@@ -22,6 +24,7 @@ use crate::optim::OptimConfig;
 use crate::sampler::SamplerKind;
 use crate::schedule::{BetaSchedule, Schedule, Spacing};
 
+pub use presets::Preset;
 pub use train::TrainConfig;
 
 /// The whole configuration of a run; also stored in every checkpoint.

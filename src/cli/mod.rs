@@ -3,6 +3,7 @@
 
 mod classes;
 mod eval;
+mod init;
 mod interpolate;
 mod output;
 mod points;
@@ -58,6 +59,9 @@ pub enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Print a checkpoint's config, step and parameter count.
     Info(InfoArgs),
+    /// Print a complete, commented config to start from.
+    #[command(after_help = init::EXAMPLES)]
+    Init(init::InitArgs),
 }
 
 /// `ddpm info`
@@ -76,5 +80,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Schedule(a) => schedule::run(a),
         Command::Info(a) => schedule::info(a),
+        Command::Init(a) => init::run(a),
     }
 }

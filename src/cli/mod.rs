@@ -2,6 +2,7 @@
 //! in the config and the checkpoint; flags are for paths, counts, seeds and the device.
 
 mod classes;
+mod completions;
 mod eval;
 mod init;
 mod interpolate;
@@ -62,6 +63,12 @@ pub enum Command {
     /// Print a complete, commented config to start from.
     #[command(after_help = init::EXAMPLES)]
     Init(init::InitArgs),
+    /// Print a shell completion script.
+    #[command(after_help = completions::COMPLETIONS_EXAMPLES)]
+    Completions(completions::CompletionsArgs),
+    /// Print a man page (roff), of ddpm or of one command.
+    #[command(after_help = completions::MAN_EXAMPLES)]
+    Man(completions::ManArgs),
 }
 
 /// `ddpm info`
@@ -81,5 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schedule(a) => schedule::run(a),
         Command::Info(a) => schedule::info(a),
         Command::Init(a) => init::run(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(a),
     }
 }

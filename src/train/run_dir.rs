@@ -1,4 +1,5 @@
-//! The run directory: `config.toml` (the resolved config), `metrics.csv`, `samples/` and the
+//! The run directory: `config.toml` (the resolved config), `metrics.csv` and its plot
+//! `loss.png`, `samples/` and the
 //! checkpoints (`ckpt-XXXXXXXX.safetensors`, the last `keep` of them, plus `latest.safetensors`).
 //! Which checkpoints to keep is decided by `checkpoint::to_delete`; this module does the I/O.
 
@@ -10,10 +11,15 @@ use std::path::{Path, PathBuf};
 use candle_core::Tensor;
 
 use crate::checkpoint::run_dir;
+use crate::data::images;
 use crate::error::{Error, Result};
+use crate::plot::{self, Row};
 
 /// The resolved config in a run directory.
 pub const CONFIG_FILE: &str = "config.toml";
+
+/// The training curves drawn from metrics.csv.
+pub const LOSS_PLOT: &str = "loss.png";
 
 /// Header of metrics.csv.
 pub const METRICS_HEADER: &str = "step,loss,lr,grad_norm,images_per_sec,elapsed_s";
@@ -73,12 +79,14 @@ impl RunDir {
     pub fn metrics(&self, resume_step: u64) -> Result<Metrics> {
         let path = self.root.join("metrics.csv");
         let mut keep: Vec<String> = Vec::new();
+        let mut rows = Vec::new();
         if resume_step > 0 && path.exists() {
             let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
             for line in BufReader::new(f).lines() {
                 let line = line.map_err(|e| Error::io(&path, e))?;
                 let step = line.split(',').next().and_then(|s| s.parse::<u64>().ok());
                 if matches!(step, Some(s) if s <= resume_step) {
+                    rows.extend(parse_row(&line));
                     keep.push(line);
                 }
             }
@@ -93,14 +101,34 @@ impl RunDir {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Ok(Metrics { path, file })
+        Ok(Metrics {
+            path,
+            file,
+            rows,
+            plot: self.root.join(LOSS_PLOT),
+        })
     }
 }
 
-/// metrics.csv, appended to row by row (each row is flushed, so a crash loses none).
+/// The (step, loss, lr, grad_norm) of a metrics.csv row; None for the header or a bad line.
+fn parse_row(line: &str) -> Option<Row> {
+    let cols: Vec<&str> = line.split(',').collect();
+    let num = |i: usize| cols.get(i).and_then(|c| c.parse::<f64>().ok());
+    Some(Row {
+        step: cols.first()?.parse().ok()?,
+        loss: num(1)?,
+        lr: num(2)?,
+        grad_norm: num(3)?,
+    })
+}
+
+/// metrics.csv, appended to row by row (each row is flushed, so a crash loses none), and
+/// loss.png, redrawn from all rows after each.
 pub struct Metrics {
     path: PathBuf,
     file: File,
+    rows: Vec<Row>,
+    plot: PathBuf,
 }
 
 impl Metrics {
@@ -119,6 +147,14 @@ impl Metrics {
             "{step},{loss:.6},{lr:.6e},{grad_norm:.4},{images_per_sec:.2},{elapsed_s:.2}"
         )
         .and_then(|_| self.file.flush())
-        .map_err(|e| Error::io(&self.path, e))
+        .map_err(|e| Error::io(&self.path, e))?;
+        self.rows.push(Row {
+            step,
+            loss: loss as f64,
+            lr,
+            grad_norm,
+        });
+        let img = plot::training_curves(&self.rows)?;
+        images::save_png(&image::DynamicImage::ImageRgb8(img), &self.plot)
     }
 }

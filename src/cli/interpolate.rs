@@ -88,6 +88,10 @@ pub struct InterpolateArgs {
     /// No progress.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print a JSON summary line (frames, sampler, steps, seconds, device) on stdout after the
+    /// paths.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
@@ -141,6 +145,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     let (classes, guidance) = args.classes.resolve(&gen)?;
     let batch = args.batch_size.unwrap_or(cfg.sample.batch_size);
 
+    let clock = std::time::Instant::now();
     let inverting = args.from.is_some();
     let batches = args.frames.div_ceil(batch.max(1));
     let total = (batches + usize::from(inverting)) * opts.steps;
@@ -193,6 +198,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         Ok(())
     })?;
     progress.finish();
+    let seconds = clock.elapsed().as_secs_f64();
 
     let frames = images::to_images(&x)?;
     let mut written = Vec::new();
@@ -215,6 +221,19 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     }
     for p in &written {
         stdout_line(&p.display().to_string())?;
+    }
+    if args.json {
+        let json = serde_json::json!({
+            "command": "interpolate",
+            "frames": args.frames,
+            "ends": if inverting { "images" } else { "seeds" },
+            "sampler": sampler.to_string(),
+            "steps": opts.steps,
+            "seconds": seconds,
+            "device": format!("{device:?}"),
+            "precision": args.precision.to_string(),
+        });
+        stdout_line(&json.to_string())?;
     }
     Ok(())
 }

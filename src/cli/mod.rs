@@ -14,8 +14,6 @@ mod schedule;
 mod signals;
 mod train;
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 
 pub use output::report;
@@ -56,10 +54,10 @@ pub enum Command {
     /// Likelihood of a dataset in bits/dim: the variational bound and the probability-flow ODE.
     #[command(after_help = eval::EXAMPLES)]
     Eval(eval::EvalArgs),
-    /// Print a config's noise schedule as CSV.
+    /// Print a config's or a checkpoint's noise schedule as CSV.
     Schedule(schedule::ScheduleArgs),
     /// Print a checkpoint's config, step and parameter count.
-    Info(InfoArgs),
+    Info(schedule::InfoArgs),
     /// Print a complete, commented config to start from.
     #[command(after_help = init::EXAMPLES)]
     Init(init::InitArgs),
@@ -69,13 +67,6 @@ pub enum Command {
     /// Print a man page (roff), of ddpm or of one command.
     #[command(after_help = completions::MAN_EXAMPLES)]
     Man(completions::ManArgs),
-}
-
-/// `ddpm info`
-#[derive(clap::Args, Debug)]
-pub struct InfoArgs {
-    /// The checkpoint (.safetensors) to describe.
-    pub checkpoint: PathBuf,
 }
 
 /// Run the parsed command.

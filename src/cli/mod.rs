@@ -29,6 +29,7 @@ Examples:
   ddpm eval --checkpoint runs/digits/latest.safetensors --method both
   ddpm schedule --config configs/digits.toml --steps 10
   ddpm info runs/digits/latest.safetensors
+  ddpm init --preset points > moons.toml
 
 Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted (a checkpoint was saved).";
 

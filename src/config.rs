@@ -206,9 +206,19 @@ impl SampleConfig {
 impl Config {
     /// Parse TOML text; `origin` (a path or "checkpoint") prefixes every error.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let cfg: Config = toml::from_str(text)
+        let mut cfg: Config = toml::from_str(text)
             .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
+        cfg.resolve();
         Ok(cfg)
+    }
+
+    /// Fill in the values whose defaults depend on other keys (the UNet's attention
+    /// resolutions, from the image height), so a written config states them. Reading a config
+    /// does this; a config built in code may call it.
+    pub fn resolve(&mut self) {
+        if !self.data.dataset.is_points() {
+            self.model.resolve(self.data.image_size.height);
+        }
     }
 
     /// Read a config file, apply `section.key=value` overrides, and validate.
@@ -227,9 +237,7 @@ impl Config {
         let mut cfg: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", one_line(&e))))?;
-        if !cfg.data.dataset.is_points() {
-            cfg.model.resolve(cfg.data.image_size.height);
-        }
+        cfg.resolve();
         cfg.validate()?;
         Ok(cfg)
     }

@@ -70,7 +70,17 @@ fn locked(key: &str) -> bool {
 /// The keys whose values differ between `before` and `after`: `before`'s in the config's
 /// order, then those only `after` sets.
 pub fn changes(before: &Config, after: &Config) -> Result<Vec<Change>> {
-    Ok(changes_in(&before.flat()?, &after.flat()?))
+    Ok(changes_in(
+        &resolved(before).flat()?,
+        &resolved(after).flat()?,
+    ))
+}
+
+/// `cfg` with its derived defaults filled in, so an absent value and its default compare equal.
+fn resolved(cfg: &Config) -> Config {
+    let mut cfg = cfg.clone();
+    cfg.resolve();
+    cfg
 }
 
 /// The config to resume `dir` with when none is given: its config.toml (which the user may have
@@ -142,7 +152,7 @@ pub(super) fn init_state(cfg: &Config, device: &Device, path: &Path) -> Result<T
             })
             .collect())
     };
-    let mut changed = changes_in(&arch(&stored)?, &arch(cfg)?);
+    let mut changed = changes_in(&arch(&resolved(&stored))?, &arch(&resolved(cfg))?);
     // The variance type matters only where it changes the output channels (learned or not).
     if stored.out_channels() == cfg.out_channels() {
         changed.retain(|c| c.key != "diffusion.variance");
@@ -226,5 +236,10 @@ mod tests {
             .filter(|k| locked(k))
             .collect();
         assert_eq!(locked_keys, ["diffusion.min_snr_gamma"]);
+        // A derived default and its value written out are the same config.
+        let mut explicit = Config::default();
+        explicit.resolve();
+        assert_eq!(explicit.model.attention_resolutions, Some(vec![4]));
+        assert!(changes(&Config::default(), &explicit).unwrap().is_empty());
     }
 }

@@ -19,6 +19,7 @@ pub mod device;
 pub mod diffusion;
 pub mod ema;
 pub mod error;
+pub mod fault;
 pub mod generate;
 pub mod guidance;
 pub mod likelihood;

@@ -62,7 +62,7 @@ pub fn write(
         Some(p) => p.to_path_buf(),
         None => {
             let dir = out_dir.map_or_else(|| PathBuf::from("samples"), Path::to_path_buf);
-            std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
+            ddpm::atomic::create_dir(&dir)?;
             let ext = match format {
                 Format::Csv => "csv",
                 Format::Npy => "npy",

@@ -208,7 +208,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     }
     let per_image = format.and_then(|f| per_image_dir(&args, f));
     if let Some(dir) = &per_image {
-        std::fs::create_dir_all(dir).map_err(|e| ddpm::Error::io(dir, e))?;
+        ddpm::atomic::create_dir(dir)?;
     }
 
     let steps = gen.steps_per_batch(&opts, &start)?;
@@ -400,7 +400,7 @@ fn write_images(
         return Ok(write_out(p, &bytes)?.into_iter().collect());
     }
     let dir = out_dir(args);
-    std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
+    ddpm::atomic::create_dir(&dir)?;
     let p = dir.join(match format {
         Format::Png => "grid.png",
         _ => "samples.npy",

@@ -155,6 +155,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 )
             }),
             Event::Changed(c) => progress.note(quiet, &format!("ddpm: --resume: {c}")),
+            Event::Resumed {
+                checkpoint,
+                step,
+                passed_over,
+            } => {
+                // A newer checkpoint that did not load is news even with --quiet.
+                let warn = !passed_over.is_empty();
+                for e in passed_over {
+                    progress.note(false, &format!("ddpm: passed over {e}"));
+                }
+                progress.note(
+                    quiet && !warn,
+                    &format!("ddpm: resuming from {} (step {step})", checkpoint.display()),
+                );
+            }
             Event::Checkpoint(p) => progress.line(true, || format!("checkpoint {}", p.display())),
             Event::Samples(p) => progress.line(true, || format!("samples {}", p.display())),
         }

@@ -16,7 +16,7 @@ use std::time::Instant;
 use candle_core::Device;
 
 pub use resume::{changes, resume_config, Change};
-pub use run_dir::{RunDir, CONFIG_FILE, METRICS_HEADER};
+pub use run_dir::{RunDir, CONFIG, LOSS_PLOT, METRICS_HEADER};
 pub use state::TrainState;
 pub use step::{train_step, StepStats};
 
@@ -63,6 +63,13 @@ pub enum Event<'a> {
         stats: StepStats,
         images_per_sec: f64,
     },
+    /// `--resume` continues from `checkpoint` (at `step`); `passed_over` holds the errors of
+    /// newer checkpoint files that did not load.
+    Resumed {
+        checkpoint: &'a Path,
+        step: u64,
+        passed_over: &'a [Error],
+    },
     /// A checkpoint was written.
     Checkpoint(&'a Path),
     /// A sample grid was written.
@@ -98,14 +105,23 @@ pub fn train(
     let cfg = &resolved;
     check_classes(cfg, dataset.num_classes())?;
     let standardization = dataset.standardization().cloned();
-    let dir = RunDir::create(&opts.run_dir)?;
+    let dir = RunDir::open(&opts.run_dir, opts.resume)?;
     let total = opts.max_steps.unwrap_or(cfg.train.steps);
+    // The newest checkpoint on disk that is known good: what a NaN stop keeps.
+    let mut good_ckpt = None;
     let mut state = if opts.resume {
-        let (state, changed) = resume::resume_state(cfg, device, &dir)?;
+        let (ckpt, passed_over) = dir.resume_checkpoint()?;
+        let (state, changed) = resume::resume_state(cfg, device, &ckpt)?;
+        on_event(Event::Resumed {
+            checkpoint: &ckpt.path,
+            step: state.step,
+            passed_over: &passed_over,
+        })?;
         check_unfinished(&dir, state.step, total, opts.max_steps.is_some())?;
         for c in &changed {
             on_event(Event::Changed(c))?;
         }
+        good_ckpt = Some(ckpt.path);
         state
     } else {
         if dir.has_checkpoints()? {
@@ -160,7 +176,17 @@ pub fn train(
                     .unwrap_or_else(|| Err(Error::Data("the data loader stopped".into())))
             })
             .collect::<Result<Vec<_>>>()?;
-        last = train_step(cfg, &schedule, &mut state, batches)?;
+        last = train_step(cfg, &schedule, &mut state, batches).map_err(|e| match e {
+            Error::NonFinite {
+                what, step, value, ..
+            } => Error::NonFinite {
+                what,
+                step,
+                value,
+                kept: good_ckpt.clone(),
+            },
+            e => e,
+        })?;
         let step = state.step;
         if steady_start.is_none() {
             steady_start = Some((Instant::now(), step));
@@ -196,6 +222,7 @@ pub fn train(
         if step % cfg.train.checkpoint_every == 0 || step == total {
             last_ckpt = save(cfg, &dir, &state, standardization.as_ref())?;
             on_event(Event::Checkpoint(&last_ckpt))?;
+            good_ckpt = Some(last_ckpt.clone());
         }
     }
     // A fresh run of zero steps (--max-steps 0) still leaves the checkpoint it reports: the

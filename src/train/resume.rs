@@ -10,9 +10,8 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::run_dir::RunDir;
 use super::state::TrainState;
-use crate::checkpoint::{self, EMA_PREFIX, MODEL_PREFIX};
+use crate::checkpoint::{self, Checkpoint, EMA_PREFIX, MODEL_PREFIX};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -84,43 +83,38 @@ fn resolved(cfg: &Config) -> Config {
 }
 
 /// The config to resume `dir` with when none is given: its config.toml (which the user may have
-/// edited), else the latest checkpoint's, with `overrides` applied.
+/// edited), else the config of its newest checkpoint that loads, with `overrides` applied.
 pub fn resume_config(dir: &Path, overrides: &[String]) -> Result<Config> {
-    let file = dir.join(super::run_dir::CONFIG_FILE);
+    let file = dir.join(super::run_dir::CONFIG);
     if file.exists() {
         return Config::load(&file, overrides);
     }
-    let latest = dir.join(checkpoint::run_dir::LATEST);
-    if !latest.exists() {
-        return Err(Error::Invalid(format!(
+    let none = || {
+        Error::Invalid(format!(
             "--resume: {} holds no run (no {} and no checkpoint); pass --config to start one",
             dir.display(),
-            super::run_dir::CONFIG_FILE
-        )));
+            super::run_dir::CONFIG
+        ))
+    };
+    if !dir.is_dir() {
+        return Err(none());
     }
-    let ckpt = checkpoint::load(&latest)?;
+    let (ckpt, _) = checkpoint::run_dir::load_newest(dir)?.ok_or_else(none)?;
     Config::parse(
         ckpt.config()?,
-        &format!("{} (stored config)", latest.display()),
+        &format!("{} (stored config)", ckpt.path.display()),
         overrides,
     )
 }
 
-/// The state of the run in `dir` and the config changes since its latest checkpoint; a change
-/// to a locked key is an error naming it.
+/// The state saved in `ckpt`, a run's checkpoint to resume, and the config changes since; a
+/// change to a locked key is an error naming it.
 pub(super) fn resume_state(
     cfg: &Config,
     device: &Device,
-    dir: &RunDir,
+    ckpt: &Checkpoint,
 ) -> Result<(TrainState, Vec<Change>)> {
-    let path = dir.latest();
-    if !path.exists() {
-        return Err(Error::Invalid(format!(
-            "--resume: {} has no checkpoint to resume from",
-            dir.root.display()
-        )));
-    }
-    let ckpt = checkpoint::load(&path)?;
+    let path = &ckpt.path;
     let stored = ckpt.stored_config()?;
     let changed = changes(&stored, cfg)?;
     if let Some(c) = changed.iter().find(|c| locked(&c.key)) {
@@ -133,7 +127,7 @@ pub(super) fn resume_state(
             c.shown_old()
         )));
     }
-    let state = TrainState::restore(cfg, device, &ckpt, &path)?;
+    let state = TrainState::restore(cfg, device, ckpt, path)?;
     Ok((state, changed))
 }
 

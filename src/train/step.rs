@@ -109,6 +109,7 @@ pub fn train_step(
                     what: "the loss",
                     step: step + 1,
                     value: loss as f64,
+                    kept: None,
                 });
             }
             Ok((loss, terms.loss.backward()?, r.len() as f64 / b as f64))
@@ -127,6 +128,7 @@ pub fn train_step(
             what: "the gradient norm",
             step: step + 1,
             value: grad_norm,
+            kept: None,
         });
     }
     let lr = lr_at(&cfg.optim, step, cfg.train.steps);

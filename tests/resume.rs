@@ -57,7 +57,7 @@ fn resume_reads_the_run_directory_and_takes_new_optim_and_length() {
     assert!(err.contains("--resume: optim.lr: 0.001 -> 0.0005"), "{err}");
     assert!(err.contains("--resume: train.steps: 20 -> 8"), "{err}");
     assert!(err.contains("step 4 of 8"), "{err}");
-    let ckpt = String::from_utf8(out).unwrap();
+    let ckpt = String::from_utf8(out.clone()).unwrap();
     assert_eq!(
         checkpoint::load(&dir.join(ckpt.trim()))
             .unwrap()
@@ -73,10 +73,20 @@ fn resume_reads_the_run_directory_and_takes_new_optim_and_length() {
     let written = std::fs::read_to_string(dir.join("run/config.toml")).unwrap();
     assert!(written.contains("steps = 8"), "{written}");
 
-    // A finished run says so.
-    let (_, err) = resume(&[], 1);
+    // A finished run says so, and resuming it succeeds doing nothing (as recovering from a
+    // crash after the last save must): the same checkpoint, metrics.csv untouched.
+    let metrics = std::fs::read(dir.join("run/metrics.csv")).unwrap();
+    let (again, err) = resume(&[], 0);
     assert!(
         err.contains("finished at step 8 of 8; raise train.steps to continue"),
+        "{err}"
+    );
+    assert_eq!(again, out);
+    assert_eq!(std::fs::read(dir.join("run/metrics.csv")).unwrap(), metrics);
+    // Past the end is an error: a run cannot go back.
+    let (_, err) = resume(&["--set", "train.steps=6"], 1);
+    assert!(
+        err.contains("is at step 8, past train.steps = 6; raise it to continue"),
         "{err}"
     );
     // What the run learns from is locked, by key.
@@ -176,7 +186,7 @@ fn init_from_starts_a_new_run_from_the_weights_and_ema() {
         ],
         0,
     );
-    let ckpt = String::from_utf8(out).unwrap();
+    let ckpt = String::from_utf8(out.clone()).unwrap();
     assert_eq!(
         checkpoint::load(&dir.join(ckpt.trim()))
             .unwrap()

@@ -170,6 +170,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                     &format!("ddpm: resuming from {} (step {step})", checkpoint.display()),
                 );
             }
+            Event::Finished(note) => progress.note(quiet, &format!("ddpm: {note}")),
             Event::Checkpoint(p) => progress.line(true, || format!("checkpoint {}", p.display())),
             Event::Samples(p) => progress.line(true, || format!("samples {}", p.display())),
         }

@@ -70,6 +70,9 @@ pub enum Event<'a> {
         step: u64,
         passed_over: &'a [Error],
     },
+    /// `--resume` found the run already at its last step: nothing is trained or written, and
+    /// this says so (the run directory, its step, how to continue).
+    Finished(&'a str),
     /// A checkpoint was written.
     Checkpoint(&'a Path),
     /// A sample grid was written.
@@ -87,7 +90,8 @@ pub struct Summary {
     pub final_loss: f32,
     /// Examples per second over this invocation's steps after the first (warm-up) one.
     pub images_per_sec: f64,
-    /// The last checkpoint written.
+    /// The last checkpoint written (or, when a resumed run had nothing left to do, the one it
+    /// resumed from).
     pub checkpoint: PathBuf,
 }
 
@@ -117,7 +121,18 @@ pub fn train(
             step: state.step,
             passed_over: &passed_over,
         })?;
-        check_unfinished(&dir, state.step, total, opts.max_steps.is_some())?;
+        if let Some(note) = finished(&dir, state.step, total, opts.max_steps.is_some())? {
+            // Nothing to do, and nothing is written: re-running a finished run (as recovery
+            // from a crash after its last save does) succeeds with the checkpoint it has.
+            on_event(Event::Finished(&note))?;
+            return Ok(Summary {
+                step: state.step,
+                steps_run: 0,
+                final_loss: f32::NAN,
+                images_per_sec: 0.0,
+                checkpoint: ckpt.path,
+            });
+        }
         for c in &changed {
             on_event(Event::Changed(c))?;
         }
@@ -288,25 +303,31 @@ fn save(
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
 }
 
-/// A resumed run at `step` must have steps left before `total` (train.steps, or --max-steps
-/// when `max_steps`).
-fn check_unfinished(dir: &RunDir, step: u64, total: u64, max_steps: bool) -> Result<()> {
-    if step < total {
-        return Ok(());
-    }
+/// Whether a resumed run at `step` is done: None while steps are left before `total`
+/// (train.steps, or --max-steps when `max_steps`), else what to tell the user; an error when
+/// the run is already past `total`.
+fn finished(dir: &RunDir, step: u64, total: u64, max_steps: bool) -> Result<Option<String>> {
     let run = dir.root.display();
-    Err(Error::Invalid(if max_steps {
-        format!("--resume: run {run} is at step {step}; --max-steps {total} leaves nothing to do")
+    if step < total {
+        Ok(None)
+    } else if step == total && max_steps {
+        Ok(Some(format!(
+            "run {run} is at step {step}; --max-steps {total} leaves nothing to do"
+        )))
     } else if step == total {
-        format!(
-            "--resume: run {run} finished at step {step} of {total}; raise train.steps to \
-             continue (e.g. --set train.steps={})",
+        Ok(Some(format!(
+            "run {run} finished at step {step} of {total}; raise train.steps to continue \
+             (e.g. --set train.steps={})",
             2 * total
-        )
+        )))
     } else {
-        format!(
-            "--resume: run {run} is at step {step}, past train.steps = {total}; raise \
-             train.steps to continue"
-        )
-    }))
+        let what = if max_steps {
+            format!("--max-steps {total}")
+        } else {
+            format!("train.steps = {total}")
+        };
+        Err(Error::Invalid(format!(
+            "--resume: run {run} is at step {step}, past {what}; raise it to continue"
+        )))
+    }
 }

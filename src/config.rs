@@ -18,6 +18,7 @@ use crate::data::DataConfig;
 use crate::diffusion::{Parameterization, Prediction, VarianceType};
 use crate::ema::EmaConfig;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::loss::{LossKind, LossOptions};
 use crate::nn::{Arch, UNetConfig};
 use crate::optim::OptimConfig;
@@ -39,6 +40,10 @@ pub struct Config {
     pub train: TrainConfig,
     pub sample: SampleConfig,
 }
+
+/// The most diffusion steps T a config may have (100x the DDPM paper's; improved DDPM uses
+/// 4000).
+pub const MAX_TIMESTEPS: usize = 100_000;
 
 /// `[diffusion]`: the noise schedule, what the network predicts, and the training objective.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -110,6 +115,13 @@ impl DiffusionConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        // Checked before the schedule is built: it holds a dozen f64 arrays of T values.
+        if self.timesteps > MAX_TIMESTEPS {
+            return Err(Error::Config(format!(
+                "diffusion.timesteps = {} is more than {MAX_TIMESTEPS} (the DDPM paper uses 1000)",
+                self.timesteps
+            )));
+        }
         self.schedule()?;
         if self.zero_terminal_snr && self.prediction == Prediction::Eps {
             return Err(Error::Config(
@@ -223,8 +235,12 @@ impl Config {
 
     /// Read a config file, apply `section.key=value` overrides, and validate.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, &path.display().to_string(), overrides)
+        let bytes = limits::read(path, limits::MAX_CONFIG_BYTES).map_err(|e| Error::io(path, e))?;
+        let origin = path.display().to_string();
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::Config(format!("{origin}: not UTF-8 text (a TOML config expected)"))
+        })?;
+        Self::parse(&text, &origin, overrides)
     }
 
     /// `load` for TOML text (a checkpoint's stored config, say); `origin` prefixes errors.
@@ -359,17 +375,28 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value
     }
 }
 
-/// toml's errors span several lines (a source excerpt); keep the message on one line.
+/// toml's errors span several lines: where, a source excerpt (`1 | text`, its `|` frame and a
+/// `^` marker), then what. Keep where and what, on one line: `TOML parse error at line 1,
+/// column 6: key with no value, expected `=``.
 fn one_line(e: &dyn std::fmt::Display) -> String {
     let text = e.to_string();
+    let excerpt = |l: &str| {
+        let numbered = l
+            .split_once('|')
+            .is_some_and(|(n, _)| n.trim().bytes().all(|b| b.is_ascii_digit()));
+        numbered || l.chars().all(|c| c == '^' || c == ' ')
+    };
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
-        })
+        .filter(|l| !l.is_empty() && !excerpt(l))
         .collect();
-    lines.join(" ").replace(" ,", ",")
+    match lines.split_first() {
+        Some((first, rest)) if first.starts_with("TOML parse error") && !rest.is_empty() => {
+            format!("{first}: {}", rest.join(" "))
+        }
+        _ => lines.join(" ").replace(" ,", ","),
+    }
 }
 
 /// Apply one `section.key=value` override; the value is read as TOML (a number, a boolean, an

@@ -1,14 +1,17 @@
 //! `ddpm schedule` (a config's or a checkpoint's noise schedule as CSV) and `ddpm info` (what a
 //! checkpoint holds); both also as JSON.
 
+use std::io::Write;
 use std::path::PathBuf;
 
+use candle_core::Device;
 use clap::{ArgGroup, Args};
 
 use ddpm::checkpoint;
 use ddpm::config::Config;
+use ddpm::train;
 
-use super::output::{stdout_bytes, stdout_line};
+use super::output::{printable, stdout_bytes, stdout_line};
 
 /// `ddpm schedule`
 #[derive(Args, Debug)]
@@ -97,6 +100,12 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     let ckpt = checkpoint::load(path)?;
     let cfg = ckpt.stored_config()?;
     let step = ckpt.step()?;
+    // Every stored tensor must be one the stored config's network (and its EMA and optimizer)
+    // has, in its shape: what resuming would check.
+    train::TrainState::restore(&cfg, &Device::Cpu, &ckpt, path)?;
+    if let Some(n) = ckpt.notice() {
+        let _ = writeln!(std::io::stderr(), "ddpm: {}", printable(&n));
+    }
     let params: usize = ckpt
         .tensors
         .iter()
@@ -104,6 +113,11 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
         .map(|(_, t)| t.elem_count())
         .sum();
     let format = ckpt.meta(checkpoint::META_FORMAT)?;
+    let checksum = if ckpt.verified {
+        "verified"
+    } else {
+        "none (written by an older ddpm)"
+    };
     let text = cfg.to_toml()?;
     if args.json {
         let config: toml::Table = toml::from_str(&text)?;
@@ -113,6 +127,7 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
             "step": step,
             "parameters": params,
             "format": format,
+            "checksum": checksum,
             "config": config,
         });
         return stdout_line(&json.to_string());
@@ -121,5 +136,6 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     stdout_line(&format!("# step: {step}"))?;
     stdout_line(&format!("# parameters: {params}"))?;
     stdout_line(&format!("# format: {format}"))?;
+    stdout_line(&format!("# checksum: {checksum}"))?;
     stdout_line(&text)
 }

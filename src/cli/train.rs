@@ -5,11 +5,13 @@ use std::path::PathBuf;
 
 use ddpm::checkpoint;
 use ddpm::config::Config;
-use ddpm::device::{self, DeviceSpec};
+use ddpm::device::DeviceSpec;
+use ddpm::dist::{self, Comm};
 use ddpm::precision::Precision;
 use ddpm::train::{self, Event, TrainOptions};
 
-use super::output::stdout_line;
+use super::launch::{rank_device, LaunchArgs};
+use super::output::{report, stdout_line};
 use super::progress::Progress;
 use super::signals::interrupt_flag;
 
@@ -20,13 +22,19 @@ Examples:
   ddpm train --out runs/d --resume                                  # continue after Ctrl-C
   ddpm train --out runs/d --resume --set train.steps=3000 --set optim.lr=1e-4
   ddpm train --init-from runs/d/latest.safetensors --out runs/d2 --set train.steps=500
+  mpirun -np 2 -x RAYON_NUM_THREADS=1 ddpm train --config configs/digits.toml --out runs/d2
+  torchrun --nproc-per-node 8 --no-python ddpm train --config configs/cifar10.toml --device cuda
 
 stdout: the last checkpoint's path (or a JSON summary with --json). Ctrl-C saves a checkpoint
 and exits with 130; run again with --resume to continue exactly where it stopped. A resumed
 run reads its config from the run directory (or --config), and may change [optim], [ema],
 [sample] and train.steps, precision and the logging and checkpoint keys; each change is
 logged. --init-from starts a new run (step 0, fresh optimizer) from a checkpoint's weights and
-EMA; without --config it takes the checkpoint's config.";
+EMA; without --config it takes the checkpoint's config.
+Under a launcher each process trains on its part of every batch, the ranks' gradients summed
+in rank order: W ranks of one thread compute what one process of W threads computes, bit for
+bit. Rank 0 alone writes the run directory and stdout. CPU ranks need a build with
+--features mpi; GPU ranks --features nccl.";
 
 /// `ddpm train`
 #[derive(Args, Debug)]
@@ -67,6 +75,8 @@ pub struct TrainArgs {
     /// Print a JSON summary line on stdout (steps, images/s, final loss, checkpoint).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -91,7 +101,39 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         // clap requires --config unless --resume (which requires --out) or --init-from.
         _ => anyhow::bail!("--config is required unless --resume --out R or --init-from C"),
     };
-    let (device, notice) = device::resolve(args.device)?;
+    let launch = args.launch.launch()?;
+    let (device, notice) = rank_device(&launch, args.device)?;
+    let world = dist::connect(&launch, &device)?;
+    // A rank that fails says why and ends the job, so no other rank waits for it.
+    match train_rank(&args, &cfg, &device, notice, world.as_ref()) {
+        Err(e) if world.size() > 1 && !interrupted(&e) => {
+            report(&e.context(launch.describe()));
+            world.abort(1)
+        }
+        // Interrupted: every rank exits 130 (`report` prints only the outer message here).
+        Err(e) if world.size() > 1 => {
+            let said = format!("{}: {e}", launch.describe());
+            Err(e.context(said))
+        }
+        done => done,
+    }
+}
+
+fn interrupted(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ddpm::Error>(),
+        Some(ddpm::Error::Interrupted { .. })
+    )
+}
+
+/// This process's part of the run: everything after it joined the others.
+fn train_rank(
+    args: &TrainArgs,
+    cfg: &Config,
+    device: &candle_core::Device,
+    notice: Option<String>,
+    world: &dyn Comm,
+) -> anyhow::Result<()> {
     let run_dir = match (&args.out, &args.config) {
         (Some(out), _) => out.clone(),
         (None, Some(config)) => {
@@ -103,6 +145,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("--out is required without --config"),
     };
+    // After the engine started: the handler is ours, whatever MPI installs.
     let interrupt = interrupt_flag()?;
     let opts = TrainOptions {
         run_dir: run_dir.clone(),
@@ -111,13 +154,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         max_steps: args.max_steps,
         interrupt,
     };
-    let quiet = args.quiet;
+    // Rank 0 speaks for the job; the others only report errors.
+    let root = world.rank() == 0;
+    let quiet = args.quiet || !root;
     let total = args.max_steps.unwrap_or(cfg.train.steps);
     let mut progress = Progress::new(total, "steps", quiet);
     if let Some(n) = notice {
         progress.note(quiet, &format!("ddpm: {n}"));
     }
-    let summary = train::train(&cfg, &device, &opts, &mut |event| {
+    let ranks = match world.size() {
+        1 => String::new(),
+        n => format!(" x {n} ranks ({})", world.engine()),
+    };
+    let summary = train::train_in(world, cfg, device, &opts, &mut |event| {
         match event {
             Event::Started {
                 step,
@@ -128,7 +177,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 progress.note(
                     quiet,
                     &format!(
-                        "ddpm: training {parameters} parameters on {device:?}, step {step} of {total}, run directory {}{}",
+                        "ddpm: training {parameters} parameters on {device:?}{ranks}, step {step} of {total}, run directory {}{}",
                         run_dir.display(),
                         match &args.init_from {
                             Some(c) => format!(", from the weights of {}", c.display()),
@@ -173,11 +222,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             Event::Finished(note) => progress.note(quiet, &format!("ddpm: {note}")),
             Event::Checkpoint(p) => progress.line(true, || format!("checkpoint {}", p.display())),
             Event::Samples(p) => progress.line(true, || format!("samples {}", p.display())),
+            Event::Notice(n) => progress.note(quiet, &format!("ddpm: {n}")),
         }
         Ok(())
     });
     progress.finish();
     let summary = summary?;
+    if !root {
+        return Ok(());
+    }
     if args.json {
         let json = serde_json::json!({
             "command": "train",
@@ -188,6 +241,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "checkpoint": summary.checkpoint,
             "device": format!("{device:?}"),
             "precision": cfg.train.precision.to_string(),
+            "ranks": world.size(),
+            "engine": world.engine(),
         });
         stdout_line(&json.to_string())?;
     } else {

@@ -203,6 +203,14 @@ impl Default for DataConfig {
 
 /// Largest accepted side; beyond it a single batch no longer fits any reasonable memory.
 const MAX_SIDE: usize = 4096;
+/// The most loader threads (each decodes whole batches).
+const MAX_WORKERS: usize = 256;
+/// The most batches queued ahead of the training step.
+const MAX_PREFETCH: usize = 1024;
+/// The most points a generator draws (16 bytes each, and their standardised copy).
+const MAX_POINTS: usize = 100_000_000;
+/// The largest dimension of vector data.
+const MAX_DIM: usize = 1 << 16;
 
 impl DataConfig {
     /// Check every value; the error names the key and, where there is one, the fix.
@@ -224,6 +232,7 @@ impl DataConfig {
             }
             _ => {}
         }
+        self.validate_loader()?;
         if self.dataset.is_points() {
             self.validate_points()?;
             return self.check_unused();
@@ -240,13 +249,22 @@ impl DataConfig {
                 self.channels
             ));
         }
-        if self.workers == 0 {
-            return bad("data.workers must be at least 1".into());
-        }
-        if self.prefetch == 0 {
-            return bad("data.prefetch must be at least 1".into());
-        }
         self.check_unused()
+    }
+
+    /// The loader's threads and queue: at least one each, and a bounded number.
+    fn validate_loader(&self) -> Result<()> {
+        for (key, v, max) in [
+            ("workers", self.workers, MAX_WORKERS),
+            ("prefetch", self.prefetch, MAX_PREFETCH),
+        ] {
+            if v == 0 || v > max {
+                return Err(Error::Config(format!(
+                    "data.{key} = {v} must be between 1 and {max}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The section as a TOML table: every key, in declaration order.
@@ -289,16 +307,13 @@ impl DataConfig {
                 "data.random_flip and data.class_labels are for images; data.dataset = \"{name}\" is vector data"
             ));
         }
-        if self.workers == 0 || self.prefetch == 0 {
-            return bad("data.workers and data.prefetch must be at least 1".into());
-        }
-        if self.dim == Some(0) {
-            return bad("data.dim must be at least 1".into());
+        if let Some(d) = self.dim.filter(|&d| d == 0 || d > MAX_DIM) {
+            return bad(format!("data.dim = {d} must be between 1 and {MAX_DIM}"));
         }
         if self.dataset.toy().is_some() {
-            if self.num_points < 2 {
+            if !(2..=MAX_POINTS).contains(&self.num_points) {
                 return bad(format!(
-                    "data.num_points = {} must be at least 2",
+                    "data.num_points = {} must be between 2 and {MAX_POINTS}",
                     self.num_points
                 ));
             }

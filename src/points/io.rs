@@ -6,10 +6,13 @@ use std::path::Path;
 
 use super::Points;
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// Read `path` as .npy when its extension says so, else as CSV.
 pub fn read(path: &Path) -> Result<Points> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // Read whole, then parsed into f64s (at most 4 per byte of CSV, 2 per byte of float32 .npy)
+    // and standardised into f32s.
+    let bytes = limits::read_within_memory(path, 8).map_err(|e| Error::io(path, e))?;
     let is_npy = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
@@ -112,7 +115,8 @@ pub fn parse_npy(bytes: &[u8], origin: &str) -> Result<Points> {
         return Err(bad(&format!("array of shape ({n}, {d}) holds no points")));
     }
     let data = &bytes[start + header_len..];
-    if data.len() != n * d * width {
+    let want = n.checked_mul(d).and_then(|v| v.checked_mul(width));
+    if want != Some(data.len()) {
         return Err(bad(&format!(
             "{} data bytes for shape ({n}, {d}) of {width}-byte floats",
             data.len()
@@ -154,7 +158,8 @@ fn quoted_value(header: &str, key: &str) -> Option<String> {
 /// The `'shape': (a, b, ...)` tuple of a .npy header dict.
 fn shape_of(header: &str) -> Option<Vec<usize>> {
     let rest = &header[header.find("'shape'")?..];
-    let body = &rest[rest.find('(')? + 1..rest.find(')')?];
+    let rest = &rest[rest.find('(')? + 1..];
+    let body = &rest[..rest.find(')')?];
     body.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())

@@ -130,6 +130,12 @@ fn validate_names_the_key() {
         ("image_size = 5000", "data.image_size"),
         ("workers = 0", "data.workers"),
         ("prefetch = 0", "data.prefetch"),
+        ("workers = 1000000", "data.workers = 1000000"),
+        ("prefetch = 1000000000", "data.prefetch = 1000000000"),
+        (
+            "dataset = \"moons\"\nnum_points = 1000000000000",
+            "data.num_points",
+        ),
     ];
     for (text, key) in cases {
         let err = parse(text).unwrap().validate().unwrap_err().to_string();

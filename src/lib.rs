@@ -34,6 +34,7 @@ pub mod named;
 pub mod nn;
 pub mod optim;
 pub mod oracle;
+pub mod plot;
 pub mod points;
 pub mod precision;
 pub mod rng;

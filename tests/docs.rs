@@ -23,9 +23,10 @@
 //! `--to`) an 8x8 PNG, `--data DIR` a folder of ten class subfolders with one PNG each; for
 //! `fid`, Inception weights drawn from a seed (at `--inception P`, and `DDPM_INCEPTION` names
 //! them for every line), a missing image folder three PNGs, a missing `.npy` three samples,
-//! a missing `.npz` the statistics of three PNGs (`docs_run::fid`); configs/ is copied in. Lines that pipe into python3 need numpy: without it they are skipped
-//! with a note, unless DDPM_DOCS_NUMPY=1 (set by .ci/run, which installs numpy) makes that a
-//! failure.
+//! a missing `.npz` the statistics of three PNGs (`docs_run::fid`); configs/ is copied in.
+//! HOME is the scratch folder, and a `> ~/path` redirection gets its folders made there.
+//! Lines that pipe into python3 need numpy: without it they are skipped with a note, unless
+//! DDPM_DOCS_NUMPY=1 (set by .ci/run, which installs numpy) makes that a failure.
 //!
 //! To add a command to the docs: write it; if it is a `ddpm` line it runs here as is. A line
 //! that cannot run here (a build, a benchmark, a GPU or MPI launcher) gets one ELSEWHERE row:
@@ -59,10 +60,6 @@ use Elsewhere::{Ci, Not, Test};
 /// collapsed, trailing `# comment` dropped).
 const ELSEWHERE: &[(&str, Elsewhere)] = &[
     // Building and checking.
-    (
-        "cargo build --release",
-        Not("a release build (thin LTO, ~10 CPU-minutes); CI builds and tests the same code in the test profile"),
-    ),
     (
         "cargo fmt --check && cargo clippy --all-targets -- -D warnings && cargo test",
         Ci(&[

@@ -2,9 +2,11 @@
 //! in the config and the checkpoint; flags are for paths, counts, seeds and the device.
 
 mod classes;
+mod completions;
 mod eval;
 mod fid;
 mod format;
+mod init;
 mod interpolate;
 mod launch;
 mod output;
@@ -15,8 +17,6 @@ mod schedule;
 mod signals;
 mod sizes;
 mod train;
-
-use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +34,7 @@ Examples:
   ddpm fid samples/ cifar10-train.npz --inception pt_inception-2015-12-05-6726825d.pth
   ddpm schedule --config configs/digits.toml --steps 10
   ddpm info runs/digits/latest.safetensors
+  ddpm init --preset points > moons.toml
 
 Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted (a checkpoint was saved).";
 
@@ -67,17 +68,19 @@ pub enum Command {
     /// FID (and KID) between two image sets with pytorch-fid's Inception features.
     #[command(after_help = fid::EXAMPLES)]
     Fid(fid::FidArgs),
-    /// Print a config's noise schedule as CSV.
+    /// Print a config's or a checkpoint's noise schedule as CSV.
     Schedule(schedule::ScheduleArgs),
     /// Print a checkpoint's config, step and parameter count.
-    Info(InfoArgs),
-}
-
-/// `ddpm info`
-#[derive(clap::Args, Debug)]
-pub struct InfoArgs {
-    /// The checkpoint (.safetensors) to describe.
-    pub checkpoint: PathBuf,
+    Info(schedule::InfoArgs),
+    /// Print a complete, commented config to start from.
+    #[command(after_help = init::EXAMPLES)]
+    Init(init::InitArgs),
+    /// Print a shell completion script.
+    #[command(after_help = completions::COMPLETIONS_EXAMPLES)]
+    Completions(completions::CompletionsArgs),
+    /// Print a man page (roff), of ddpm or of one command.
+    #[command(after_help = completions::MAN_EXAMPLES)]
+    Man(completions::ManArgs),
 }
 
 /// Run the parsed command.
@@ -93,5 +96,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fid(a) => fid::run(a),
         Command::Schedule(a) => schedule::run(a),
         Command::Info(a) => schedule::info(a),
+        Command::Init(a) => init::run(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(a),
     }
 }

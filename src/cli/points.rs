@@ -38,8 +38,8 @@ pub fn write(
         }
         Format::Png | Format::Jpeg | Format::Webp | Format::Bmp => {
             let img = match truth(gen, points.len(), seed) {
-                Some(t) => scatter::scatter(&[&t, &points], PANEL)?,
-                None => scatter::scatter(&[&points], PANEL)?,
+                Some(t) => scatter::scatter(&[("data", &t), ("samples", &points)], PANEL)?,
+                None => scatter::scatter(&[("samples", &points)], PANEL)?,
             };
             images::encode(&img, format.image().unwrap_or(image::ImageFormat::Png))?
         }

@@ -163,6 +163,14 @@ impl Sandbox {
             last = end;
         }
         shrunk.extend_from_slice(&words[last..]);
+        // HOME is the sandbox, and a file a line writes under ~ gets its folders there (a
+        // completion script into ~/.local/share/..., say), never into the real home.
+        for pair in shrunk.windows(2).filter(|w| w[0] == ">") {
+            if let Some(rest) = pair[1].strip_prefix("~/") {
+                let target = self.dir().join(rest);
+                std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            }
+        }
         let script = shrunk.join(" ");
         if script.contains("python3") && script.contains("numpy") && !has_numpy() {
             let required = std::env::var("DDPM_DOCS_NUMPY").is_ok_and(|v| v == "1");
@@ -186,6 +194,7 @@ impl Sandbox {
             .args(["-o", "pipefail", "-c", &script])
             .current_dir(self.dir())
             .env("PATH", path)
+            .env("HOME", self.dir())
             .env("DDPM_INCEPTION", self.dir().join(fid::WEIGHTS))
             .output()
             .unwrap();

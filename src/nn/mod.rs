@@ -9,7 +9,9 @@ pub mod init;
 pub mod kernels;
 pub mod layers;
 pub mod mlp;
+pub(crate) mod plan;
 pub mod resblock;
+pub mod shapes;
 pub mod unet;
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod digits;
 pub mod folder;
 pub mod images;
 pub mod loader;
+pub mod npy;
 pub mod order;
 pub mod transform;
 

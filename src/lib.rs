@@ -17,6 +17,7 @@ pub mod ema;
 pub mod error;
 pub mod generate;
 pub mod guidance;
+pub mod interop;
 pub mod likelihood;
 pub mod loss;
 pub mod model;

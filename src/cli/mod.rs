@@ -3,10 +3,13 @@
 
 mod classes;
 mod eval;
+mod export;
+mod import;
 mod interpolate;
 mod output;
 mod points;
 mod progress;
+mod reproduce;
 mod sample;
 mod schedule;
 mod signals;
@@ -58,6 +61,12 @@ pub enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Print a checkpoint's config, step and parameter count.
     Info(InfoArgs),
+    /// Read a diffusers pipeline or UNet2DModel folder into a checkpoint.
+    #[command(after_help = import::EXAMPLES)]
+    Import(import::ImportArgs),
+    /// Write a checkpoint as a folder diffusers loads (DDPMPipeline, UNet2DModel).
+    #[command(after_help = export::EXAMPLES)]
+    Export(export::ExportArgs),
 }
 
 /// `ddpm info`
@@ -76,5 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Schedule(a) => schedule::run(a),
         Command::Info(a) => schedule::info(a),
+        Command::Import(a) => import::run(a),
+        Command::Export(a) => export::run(a),
     }
 }

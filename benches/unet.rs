@@ -13,12 +13,13 @@ use std::time::Duration;
 use candle_core::Device;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 use ddpm::diffusion::Parameterization;
+use ddpm::named::named_vars;
 use ddpm::nn::kernels::with_candle_ops;
-use ddpm::optim::{named_vars, AdamW, OptimConfig};
+use ddpm::nn::shard;
+use ddpm::optim::{AdamW, OptimConfig};
 use ddpm::rng::{BatchNoise, Purpose};
 use ddpm::sampler::{Ancestral, Context, Ddim, Stepper};
 use ddpm::schedule::Spacing;
-use ddpm::shard;
 
 use common::{
     build, data_batch, draws, l_simple, l_simple_part, randn, schedule, w1, w3, Workload,

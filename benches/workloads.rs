@@ -13,12 +13,13 @@ use std::time::Instant;
 
 use candle_core::Device;
 use ddpm::diffusion::Parameterization;
+use ddpm::named::named_vars;
 use ddpm::nn::kernels::{on_pool, with_candle_ops};
-use ddpm::optim::{named_vars, AdamW, OptimConfig};
+use ddpm::nn::shard;
+use ddpm::optim::{AdamW, OptimConfig};
 use ddpm::rng::{BatchNoise, Purpose};
 use ddpm::sampler::{sample, Ancestral, Context, SampleOptions, SamplerKind, Stepper};
 use ddpm::schedule::Spacing;
-use ddpm::shard;
 
 use common::{build, data_batch, draws, l_simple_part, randn, schedule, w1, w3, Workload};
 

@@ -2,9 +2,10 @@
 //! (model weights `model.<name>`, EMA `ema.<name>`, optimizer moments `optim.*`) plus metadata
 //! strings (`format`, `step`, `seed`, the resolved config as TOML under `config`). Writes are
 //! atomic (temp file, fsync, rename, fsync of the directory), so a crash leaves the old file or
-//! the new one, never a torn one. This module moves named tensors in and out of files and
-//! VarMaps; which tensors a run saves is the trainer's business, and which checkpoints a run
-//! directory keeps is `run_dir`'s.
+//! the new one, never a torn one. This module says what a checkpoint holds (the tensor
+//! prefixes, the metadata keys, the stored config), below both the trainer that writes one and
+//! the generator that reads one, and moves named tensors in and out of files and VarMaps; which
+//! checkpoints a run directory keeps is `run_dir`'s.
 
 pub mod run_dir;
 
@@ -18,8 +19,9 @@ use candle_nn::VarMap;
 use safetensors::{SafeTensorError, SafeTensors};
 
 use crate::atomic;
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::optim::named_vars;
+use crate::named::{expect_tensor, named_vars, reject_unknown};
 
 /// The format this version writes and reads; bump it when the layout of keys changes.
 pub const FORMAT: &str = "ddpm-1";
@@ -33,6 +35,10 @@ pub const META_STEP: &str = "step";
 pub const META_SEED: &str = "seed";
 /// Metadata key of vector data's standardisation (`points::Standardization`, JSON).
 pub const META_STANDARDIZATION: &str = "standardization";
+/// Prefix of the raw weights in a checkpoint.
+pub const MODEL_PREFIX: &str = "model.";
+/// Prefix of the EMA weights in a checkpoint.
+pub const EMA_PREFIX: &str = "ema.";
 
 /// A checkpoint read back from disk: tensors on the CPU in their stored dtype, and metadata.
 #[derive(Debug)]
@@ -55,6 +61,22 @@ impl Checkpoint {
     /// The resolved config (TOML text); `load` guarantees it is present.
     pub fn config(&self) -> Result<&str> {
         self.meta(META_CONFIG)
+    }
+
+    /// The config the checkpoint was trained with; errors name its file.
+    pub fn stored_config(&self) -> Result<Config> {
+        Config::from_toml(
+            self.config()?,
+            &format!("{} (stored config)", self.path.display()),
+        )
+    }
+
+    /// The weights under `prefix` (`MODEL_PREFIX` or `EMA_PREFIX`) with the prefix removed.
+    pub fn weights_with_prefix(&self, prefix: &str) -> HashMap<String, Tensor> {
+        self.tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
+            .collect()
     }
 
     /// The step count recorded in the metadata.
@@ -241,45 +263,6 @@ fn describe(e: &SafeTensorError, bytes: &[u8]) -> String {
             format!("truncated ({} bytes, fewer than its header describes); the write or copy was cut short", bytes.len())
         }
         _ => format!("not a safetensors file ({e})"),
-    }
-}
-
-/// The tensor `key` of `tensors`, checked to have shape `dims`; errors say where it was looked
-/// up (`what`: "checkpoint", "optimizer state", ...).
-pub(crate) fn expect_tensor<'a>(
-    tensors: &'a BTreeMap<String, Tensor>,
-    key: &str,
-    dims: &[usize],
-    what: &str,
-) -> Result<&'a Tensor> {
-    let t = tensors
-        .get(key)
-        .ok_or_else(|| Error::Invalid(format!("{what} has no tensor `{key}`")))?;
-    if t.dims() != dims {
-        return Err(Error::Invalid(format!(
-            "`{key}` has shape {:?} in the {what} but the model expects {dims:?}",
-            t.dims()
-        )));
-    }
-    Ok(t)
-}
-
-/// Error on the first key under `prefix` whose remainder is not `known`: a tensor the model
-/// has no place for means the file was written for another architecture.
-pub(crate) fn reject_unknown(
-    tensors: &BTreeMap<String, Tensor>,
-    prefix: &str,
-    known: impl Fn(&str) -> bool,
-    what: &str,
-) -> Result<()> {
-    match tensors
-        .keys()
-        .find(|k| k.strip_prefix(prefix).is_some_and(|rest| !known(rest)))
-    {
-        Some(key) => Err(Error::Invalid(format!(
-            "{what} has `{key}`, which matches no parameter of this model"
-        ))),
-        None => Ok(()),
     }
 }
 

@@ -3,7 +3,10 @@
 //! Every key has a default (the DDPM paper's), unknown keys are errors, and `validate()` checks
 //! the values together, naming the key at fault. Each section's struct lives with the code it
 //! configures (the config is the constructor); this module composes them, loads files, applies
-//! `--set section.key=value` overrides and owns the two sections that have no other home.
+//! `--set section.key=value` overrides and owns the sections that have no home below it
+//! (`[diffusion]`, `[sample]`, and `[train]` in `train`, since the training loop sits above the config).
+
+mod train;
 
 use std::path::Path;
 
@@ -19,7 +22,7 @@ use crate::optim::OptimConfig;
 use crate::sampler::SamplerKind;
 use crate::schedule::{rescale_zero_terminal_snr, BetaSchedule, Schedule, Spacing};
 
-pub use crate::train::TrainConfig;
+pub use train::TrainConfig;
 
 /// The whole configuration of a run; also stored in every checkpoint.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

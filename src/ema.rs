@@ -10,9 +10,8 @@ use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{expect_tensor, reject_unknown};
 use crate::error::{Error, Result};
-use crate::optim::sorted_unique;
+use crate::named::{expect_tensor, reject_unknown, sorted_unique};
 
 /// EMA settings, the `[ema]` section.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -30,14 +30,14 @@ pub enum Error {
     #[error("checkpoint {}: {msg}", path.display())]
     Checkpoint { path: PathBuf, msg: String },
 
-    /// The loss or the gradient norm became NaN or infinite.
-    #[error(
-        "{what} is {value} at step {step}; stopping; the checkpoints written before it are kept"
-    )]
+    /// The loss or the gradient norm became NaN or infinite; `kept` is the last good
+    /// checkpoint, None when there is none (the training sets it).
+    #[error("{what} is {value} at step {step}; stopping; {}", kept_note(.kept.as_deref()))]
     NonFinite {
         what: &'static str,
         step: u64,
         value: f64,
+        kept: Option<PathBuf>,
     },
 
     /// The run was interrupted (SIGINT/SIGTERM) after its state was saved.
@@ -55,6 +55,14 @@ pub enum Error {
 
 /// The library's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// What a NaN stop leaves behind, in words.
+fn kept_note(kept: Option<&std::path::Path>) -> String {
+    match kept {
+        Some(p) => format!("the last checkpoint before it, {}, is kept", p.display()),
+        None => "no checkpoint was written before it".to_string(),
+    }
+}
 
 impl Error {
     /// An I/O error tagged with the path it concerns.

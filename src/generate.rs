@@ -16,11 +16,10 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::guidance::{self, Conditional, Guided};
 use crate::model::{self, Network};
+use crate::nn::shard;
 use crate::points::{Points, Standardization};
 use crate::sampler::{self, SampleOptions, SamplerKind, StepInfo};
 use crate::schedule::Schedule;
-use crate::shard;
-use crate::train;
 
 /// A trained network ready to sample, with the config it was trained with.
 pub struct Generator {
@@ -124,14 +123,14 @@ impl Generator {
     /// Load `path`: its config, and its EMA weights (`use_ema`) or raw weights, in `dtype`.
     pub fn load(path: &Path, use_ema: bool, dtype: DType, device: &Device) -> Result<Self> {
         let ckpt = checkpoint::load(path)?;
-        let config = train::stored_config(&ckpt, path)?;
+        let config = ckpt.stored_config()?;
         let step = ckpt.step()?;
         let prefix = if use_ema {
-            train::EMA_PREFIX
+            checkpoint::EMA_PREFIX
         } else {
-            train::MODEL_PREFIX
+            checkpoint::MODEL_PREFIX
         };
-        let weights = train::weights_with_prefix(&ckpt, prefix);
+        let weights = ckpt.weights_with_prefix(prefix);
         if weights.is_empty() {
             return Err(Error::checkpoint(
                 path,

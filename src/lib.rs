@@ -2,9 +2,13 @@
 //!
 //! The layers, bottom up: `schedule` (betas and every derived coefficient, f64), `diffusion`
 //! (the forward process and parameterisations), `loss` and `vlb` (objectives), `denoiser` (the
-//! trait samplers see), `sampler` (ancestral, DDIM, ...), `nn` (the UNet and the MLP), `data` and `points` (vector data), and the
-//! training loop with its optimizer, EMA and checkpoints. The library never prints: long work
-//! reports through callbacks.
+//! trait samplers see), `sampler` (ancestral, DDIM, ...), `nn` (the UNet, the MLP, their CPU
+//! kernels and batch sharding), `points` (vector data) and `data` (datasets and the loader),
+//! `optim` and `ema` over `named` variables, then `config`, `checkpoint` (what a checkpoint
+//! holds) and `model` (the network a config describes), and on top `generate` and `train`,
+//! which may call `generate` but not the other way round. Layers import downward only; no two
+//! modules import each other (tests/module_graph.rs checks it). The library never prints: long
+//! work reports through callbacks.
 
 pub mod atomic;
 pub mod checkpoint;
@@ -15,13 +19,16 @@ pub mod device;
 pub mod diffusion;
 pub mod ema;
 pub mod error;
+pub mod fault;
 pub mod generate;
 pub mod guidance;
 pub mod interop;
 pub mod likelihood;
 pub mod loss;
 pub mod model;
+pub mod named;
 pub mod nn;
+pub mod npy;
 pub mod optim;
 pub mod oracle;
 pub mod points;
@@ -29,7 +36,6 @@ pub mod precision;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
-pub mod shard;
 pub mod train;
 pub mod vlb;
 

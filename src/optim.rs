@@ -10,11 +10,10 @@ use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{expect_tensor, reject_unknown};
 use crate::error::{Error, Result};
+use crate::named::{expect_tensor, reject_unknown, sorted_unique};
 
 pub use grad::{clip_grad_norm, GradAccumulator};
 
@@ -128,31 +127,6 @@ pub fn lr_at(cfg: &OptimConfig, step: u64) -> f64 {
     } else {
         cfg.lr * step as f64 / cfg.warmup_steps as f64
     }
-}
-
-/// The variables of `varmap` sorted by name, the order every consumer here uses.
-pub fn named_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| Error::Invalid("the model's VarMap lock is poisoned".into()))?;
-    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(vars)
-}
-
-/// `vars` sorted by name, or an error naming a parameter listed twice: the optimizer and the
-/// EMA both key their state by name, so a duplicate would silently share it.
-pub(crate) fn sorted_unique(vars: &[(String, Var)]) -> Result<Vec<(String, Var)>> {
-    let mut vars = vars.to_vec();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some(w) = vars.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(Error::Invalid(format!(
-            "parameter `{}` is listed twice",
-            w[0].0
-        )));
-    }
-    Ok(vars)
 }
 
 /// One parameter with its moments (f32, on the parameter's device).

@@ -242,10 +242,7 @@ fn export_then_import_gives_back_the_weights_bit_for_bit() {
                 n += 1;
             }
             assert_eq!(2 * n, imported.len());
-            let cfg = |p: &Path| {
-                let ckpt = ddpm::checkpoint::load(p).unwrap();
-                ddpm::train::stored_config(&ckpt, p).unwrap()
-            };
+            let cfg = |p: &Path| ddpm::checkpoint::load(p).unwrap().stored_config().unwrap();
             let (a, b) = (cfg(&ckpt), cfg(&back));
             assert_eq!(a.model, b.model);
             // diffusers' beta ends are ddpm's scaled by 1000/T (here 10) and back: the last bit

@@ -324,7 +324,8 @@ fn train_step(opt: &mut crate::optim::AdamW, ema: &mut crate::ema::Ema) {
 #[test]
 fn resuming_through_a_checkpoint_file_is_bit_identical() {
     use crate::ema::{Ema, EmaConfig};
-    use crate::optim::{named_vars, AdamW, OptimConfig};
+    use crate::named::named_vars;
+    use crate::optim::{AdamW, OptimConfig};
     let ocfg = OptimConfig {
         lr: 0.05,
         weight_decay: 0.01,

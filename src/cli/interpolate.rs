@@ -198,7 +198,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     let mut written = Vec::new();
     match (&args.out, &args.out_dir) {
         (_, Some(dir)) => {
-            std::fs::create_dir_all(dir).map_err(|e| ddpm::Error::io(dir, e))?;
+            ddpm::atomic::create_dir(dir)?;
             for (k, img) in frames.iter().enumerate() {
                 let p = dir.join(format!("frame-{k:03}.png"));
                 images::save_png(&images::upscale(img, args.scale), &p)?;

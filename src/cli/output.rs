@@ -1,10 +1,23 @@
-//! stdout for data, stderr for everything else, and the one error path: `ddpm: <message>` with
+//! The formats output is written in, stdout for data, stderr for everything else, and the one error path: `ddpm: <message>` with
 //! the context chain on one line, exit 130 for an interrupt, and a quiet exit when the reader of
 //! stdout went away (a closed pipe is not an error for a command-line tool).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use clap::ValueEnum;
+
+/// Output file format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// PNG images (several images in one file become a grid).
+    Png,
+    /// One NumPy array (N, C, H, W) of float32 in [-1, 1], or (N, D) for vector data.
+    Npy,
+    /// Comma-separated rows with a header, one per sample (vector-data checkpoints only).
+    Csv,
+}
 
 /// Write data to stdout (no implicit panics on a closed pipe, unlike `println!`).
 pub fn stdout_bytes(bytes: &[u8]) -> anyhow::Result<()> {
@@ -49,11 +62,13 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
 }
 
 /// Fail early, before long work, when the file `path` (given as `flag`) could not be written
-/// at the end because its folder does not exist. `-` (stdout) passes.
+/// at the end: it is a folder or a dangling link (see `ddpm::atomic::target`), or its folder
+/// does not exist. `-` (stdout) passes.
 pub fn check_out_folder(flag: &str, path: &Path) -> anyhow::Result<()> {
     if path.as_os_str() == "-" {
         return Ok(());
     }
+    ddpm::atomic::target(path).map_err(|e| anyhow::anyhow!("{flag} {e}"))?;
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -68,13 +83,38 @@ pub fn check_out_folder(flag: &str, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Write `bytes` atomically to `path`, or to stdout when `path` is `-`; returns the file
-/// written, if any.
+/// Write `bytes` to `path` (see `ddpm::atomic::write`: atomically, through links, into FIFOs
+/// and devices), or to stdout when `path` is `-` or names our own stdout (`/dev/stdout`);
+/// returns the file written, if any (nothing for stdout, whose reader takes the bytes only).
 pub fn write_out(path: &Path, bytes: &[u8]) -> anyhow::Result<Option<PathBuf>> {
-    if path.as_os_str() == "-" {
+    if path.as_os_str() == "-" || is_stdout(path) {
         stdout_bytes(bytes)?;
         return Ok(None);
     }
     ddpm::atomic::write(path, bytes)?;
     Ok(Some(path.to_path_buf()))
+}
+
+/// True when `path` is the file our stdout is open on: `/dev/stdout`, `/proc/self/fd/1`, or the
+/// file stdout was redirected to. Writing it by name would replace a redirected file by rename
+/// (an append with `>>` would lose the file's start) and print the path into the data.
+#[cfg(unix)]
+fn is_stdout(path: &Path) -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(path) else {
+        return false;
+    };
+    let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(out) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    (target.dev(), target.ino()) == (out.dev(), out.ino())
+}
+
+#[cfg(not(unix))]
+fn is_stdout(_: &Path) -> bool {
+    false
 }

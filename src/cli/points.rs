@@ -1,8 +1,8 @@
-//! `ddpm sample` on a vector-data checkpoint: the image-only options refused by name, and the
-//! samples written in the units of the training data as CSV (default), a scatter plot (PNG, next
-//! to fresh points of the true distribution when the data is a built-in generator) or .npy.
+//! `ddpm sample` on a vector-data checkpoint: the samples written in the units of the training
+//! data as CSV (default), a scatter plot (PNG, next to fresh points of the true distribution
+//! when the data is a built-in generator) or .npy. Which options apply is `sample`'s to check.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
@@ -11,36 +11,15 @@ use ddpm::generate::Generator;
 use ddpm::points::{io, scatter, Points};
 use ddpm::rng::{Purpose, Stream};
 
-use super::output::write_out;
-use super::sample::{Format, SampleArgs};
+use super::output::{write_out, Format};
 
 /// Side of each scatter-plot panel, in pixels.
 const PANEL: u32 = 320;
 
-/// Refuse the options that only mean something for images.
-pub fn check_args(args: &SampleArgs) -> anyhow::Result<()> {
-    let image_only = [
-        ("--init", args.init.is_some()),
-        ("--mask", args.mask.is_some()),
-        ("--strength", args.strength.is_some()),
-        ("--grid", args.grid),
-        ("--scale", args.scale != 1),
-    ];
-    if let Some((flag, _)) = image_only.iter().find(|(_, set)| *set) {
-        anyhow::bail!(
-            "{flag} is for images, but {} is a vector-data checkpoint (it samples CSV rows)",
-            args.checkpoint.display()
-        );
-    }
-    Ok(())
-}
-
-/// The format: --format, else from --out's extension (.png, .npy), else CSV.
-pub fn format(args: &SampleArgs) -> Format {
-    args.format.unwrap_or_else(|| {
-        let ext = args
-            .out
-            .as_ref()
+/// The format: `format` (--format), else from `out`'s extension (.png, .npy), else CSV.
+fn resolve_format(format: Option<Format>, out: Option<&Path>) -> Format {
+    format.unwrap_or_else(|| {
+        let ext = out
             .and_then(|p| p.extension())
             .map(|e| e.to_ascii_lowercase());
         match ext.as_ref().and_then(|e| e.to_str()) {
@@ -51,10 +30,19 @@ pub fn format(args: &SampleArgs) -> Format {
     })
 }
 
-/// Write the generated `x` (N, D) and return the files written.
-pub fn write(args: &SampleArgs, gen: &Generator, x: &Tensor) -> anyhow::Result<Vec<PathBuf>> {
+/// Write the generated `x` (N, D) to `out` (`-` is stdout), else to samples.<ext> in `out_dir`
+/// (default `samples`), and return the files written. `seed` draws the true distribution's
+/// points beside a scatter plot.
+pub fn write(
+    gen: &Generator,
+    x: &Tensor,
+    format: Option<Format>,
+    out: Option<&Path>,
+    out_dir: Option<&Path>,
+    seed: u64,
+) -> anyhow::Result<Vec<PathBuf>> {
     let points = gen.to_points(x)?;
-    let format = format(args);
+    let format = resolve_format(format, out);
     let bytes = match format {
         Format::Csv => io::to_csv(&points).into_bytes(),
         Format::Npy => {
@@ -63,18 +51,18 @@ pub fn write(args: &SampleArgs, gen: &Generator, x: &Tensor) -> anyhow::Result<V
             images::encode_npy(&t)?
         }
         Format::Png => {
-            let img = match truth(gen, points.len(), args.seed) {
+            let img = match truth(gen, points.len(), seed) {
                 Some(t) => scatter::scatter(&[&t, &points], PANEL)?,
                 None => scatter::scatter(&[&points], PANEL)?,
             };
             images::encode_png(&img)?
         }
     };
-    let path = match (&args.out, &args.out_dir) {
-        (Some(p), _) => p.clone(),
-        (None, dir) => {
-            let dir = dir.clone().unwrap_or_else(|| PathBuf::from("samples"));
-            std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
+    let path = match out {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let dir = out_dir.map_or_else(|| PathBuf::from("samples"), Path::to_path_buf);
+            ddpm::atomic::create_dir(&dir)?;
             let ext = match format {
                 Format::Csv => "csv",
                 Format::Npy => "npy",

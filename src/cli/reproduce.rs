@@ -9,8 +9,8 @@ use anyhow::Context;
 use candle_core::Tensor;
 use clap::{ArgAction, Args};
 
-use ddpm::data::npy;
 use ddpm::generate::Start;
+use ddpm::npy;
 use ddpm::sampler::SampleOptions;
 
 /// Given noise and timestep conventions.

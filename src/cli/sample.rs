@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use ddpm::data::images;
 use ddpm::device::{self, DeviceSpec};
@@ -17,7 +17,7 @@ use ddpm::precision::Precision;
 use ddpm::sampler::SamplerKind;
 
 use super::classes::ClassArgs;
-use super::output::{check_out_folder, stdout_line, write_out};
+use super::output::{check_out_folder, stdout_line, write_out, Format};
 use super::points;
 use super::progress::Progress;
 use super::reproduce::ReproduceArgs;
@@ -44,17 +44,6 @@ its samples as CSV with a header, in the units of its training data; --format pn
 as a scatter plot, beside fresh points of the true distribution for the built-in sets.
 stdout: the written paths, one per line, or the bytes with --out -. One PNG per image is
 written batch by batch: Ctrl-C keeps the finished ones and says how to sample the rest.";
-
-/// Output file format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// PNG images (several images in one file become a grid).
-    Png,
-    /// One NumPy array (N, C, H, W) of float32 in [-1, 1], or (N, D) for vector data.
-    Npy,
-    /// Comma-separated rows with a header, one per sample (vector-data checkpoints only).
-    Csv,
-}
 
 /// `ddpm sample`
 #[derive(Args, Debug)]
@@ -157,7 +146,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         &device,
     )?;
     if gen.is_points() {
-        points::check_args(&args)?;
+        refuse_image_options(&args)?;
     }
     let cfg = &gen.config;
     let sampler = if args.ddim {
@@ -225,7 +214,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     }
     let per_image = format.and_then(|f| per_image_dir(&args, f));
     if let Some(dir) = &per_image {
-        std::fs::create_dir_all(dir).map_err(|e| ddpm::Error::io(dir, e))?;
+        ddpm::atomic::create_dir(dir)?;
     }
 
     let steps = gen.steps_per_batch(&opts, &start)?;
@@ -287,7 +276,14 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
 
     if let Some(x) = &x {
         let written = match format {
-            None => points::write(&args, &gen, x)?,
+            None => points::write(
+                &gen,
+                x,
+                args.format,
+                args.out.as_deref(),
+                args.out_dir.as_deref(),
+                args.seed,
+            )?,
             Some(format) => write_images(&args, format, x)?,
         };
         for p in &written {
@@ -310,6 +306,24 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
             "precision": args.precision.to_string(),
         });
         stdout_line(&json.to_string())?;
+    }
+    Ok(())
+}
+
+/// Refuse, on a vector-data checkpoint, the options that only mean something for images.
+fn refuse_image_options(args: &SampleArgs) -> anyhow::Result<()> {
+    let image_only = [
+        ("--init", args.init.is_some()),
+        ("--mask", args.mask.is_some()),
+        ("--strength", args.strength.is_some()),
+        ("--grid", args.grid),
+        ("--scale", args.scale != 1),
+    ];
+    if let Some((flag, _)) = image_only.iter().find(|(_, set)| *set) {
+        anyhow::bail!(
+            "{flag} is for images, but {} is a vector-data checkpoint (it samples CSV rows)",
+            args.checkpoint.display()
+        );
     }
     Ok(())
 }
@@ -392,7 +406,7 @@ fn write_images(
         return Ok(write_out(p, &bytes)?.into_iter().collect());
     }
     let dir = out_dir(args);
-    std::fs::create_dir_all(&dir).map_err(|e| ddpm::Error::io(&dir, e))?;
+    ddpm::atomic::create_dir(&dir)?;
     let p = dir.join(match format {
         Format::Png => "grid.png",
         _ => "samples.npy",

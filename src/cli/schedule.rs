@@ -6,7 +6,6 @@ use clap::Args;
 
 use ddpm::checkpoint;
 use ddpm::config::Config;
-use ddpm::train;
 
 use super::output::stdout_line;
 use super::InfoArgs;
@@ -45,12 +44,12 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
 pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     let path = &args.checkpoint;
     let ckpt = checkpoint::load(path)?;
-    let cfg = train::stored_config(&ckpt, path)?;
+    let cfg = ckpt.stored_config()?;
     let step = ckpt.step()?;
     let params: usize = ckpt
         .tensors
         .iter()
-        .filter(|(k, _)| k.starts_with(train::MODEL_PREFIX))
+        .filter(|(k, _)| k.starts_with(checkpoint::MODEL_PREFIX))
         .map(|(_, t)| t.elem_count())
         .sum();
     stdout_line(&format!("# checkpoint: {}", path.display()))?;

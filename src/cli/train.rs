@@ -120,6 +120,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                     stats.loss, stats.lr, stats.grad_norm, images_per_sec
                 )
             }),
+            Event::Resumed {
+                checkpoint,
+                step,
+                passed_over,
+            } => {
+                // A newer checkpoint that did not load is news even with --quiet.
+                let warn = !passed_over.is_empty();
+                for e in passed_over {
+                    progress.note(false, &format!("ddpm: passed over {e}"));
+                }
+                progress.note(
+                    quiet && !warn,
+                    &format!("ddpm: resuming from {} (step {step})", checkpoint.display()),
+                );
+            }
             Event::Checkpoint(p) => progress.line(true, || format!("checkpoint {}", p.display())),
             Event::Samples(p) => progress.line(true, || format!("samples {}", p.display())),
         }

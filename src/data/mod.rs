@@ -8,8 +8,8 @@ pub mod digits;
 pub mod folder;
 pub mod images;
 pub mod loader;
-pub mod npy;
 pub mod order;
+pub mod point_set;
 pub mod transform;
 
 use std::sync::Arc;
@@ -18,9 +18,10 @@ pub use config::{DataConfig, DatasetKind, ImageSize};
 pub use digits::Digits;
 pub use folder::ImageFolder;
 pub use loader::{Batch, Loader, LoaderOptions};
+pub use point_set::PointDataset;
 
 use crate::error::{Error, Result};
-use crate::points::{io as point_io, PointDataset, Standardization};
+use crate::points::{io as point_io, Standardization};
 use crate::rng::{Purpose, Stream};
 
 /// A fixed, indexable set of images of one size and channel count.

@@ -10,14 +10,13 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
 use crate::atomic;
-use crate::checkpoint;
+use crate::checkpoint::{self, EMA_PREFIX, MODEL_PREFIX};
 use crate::error::{Error, Result};
 use crate::interop::keys::key_pairs;
 use crate::interop::unet_config::DIFFUSERS_VERSION;
 use crate::interop::{scheduler, unet_config};
 use crate::model::image_hw;
 use crate::sampler::SamplerKind;
-use crate::train::{stored_config, weights_with_prefix, EMA_PREFIX, MODEL_PREFIX};
 
 /// What `export` wrote.
 pub struct Exported {
@@ -31,7 +30,7 @@ pub struct Exported {
 /// diffusers pipeline folder `out`, which must not exist or be empty.
 pub fn export(ckpt: &Path, out: &Path, use_ema: bool) -> Result<Exported> {
     let loaded = checkpoint::load(ckpt)?;
-    let cfg = stored_config(&loaded, ckpt)?;
+    let cfg = loaded.stored_config()?;
     if cfg.data.dataset.is_points() {
         return Err(Error::Config(format!(
             "cannot export {} to diffusers: it models vector data (data.dataset = \"{}\"); UNet2DModel is for images",
@@ -43,7 +42,7 @@ pub fn export(ckpt: &Path, out: &Path, use_ema: bool) -> Result<Exported> {
     let unet = unet_config::to_diffusers(&cfg.model, size, in_c, out_c)?;
     let sched = scheduler::to_diffusers(&cfg)?;
     let prefix = if use_ema { EMA_PREFIX } else { MODEL_PREFIX };
-    let weights = weights_with_prefix(&loaded, prefix);
+    let weights = loaded.weights_with_prefix(prefix);
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for p in key_pairs(&cfg.model, in_c, out_c, size)? {
         let t = weights

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::checkpoint::{self, META_CONFIG, META_SEED, META_STEP};
+use crate::checkpoint::{self, EMA_PREFIX, META_CONFIG, META_SEED, META_STEP, MODEL_PREFIX};
 use crate::config::Config;
 use crate::data::{DataConfig, DatasetKind, ImageSize};
 use crate::diffusion::VarianceType;
@@ -17,7 +17,6 @@ use crate::interop::json::Fields;
 use crate::interop::keys::{key_pairs, modern_name};
 use crate::interop::{scheduler, unet_config};
 use crate::model;
-use crate::train::{EMA_PREFIX, MODEL_PREFIX};
 
 /// Metadata key of the folder a checkpoint was imported from.
 pub const META_IMPORTED_FROM: &str = "imported_from";

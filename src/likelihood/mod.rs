@@ -24,9 +24,9 @@ use crate::data::Dataset;
 use crate::denoiser::Denoiser;
 use crate::diffusion::Parameterization;
 use crate::error::{Error, Result};
+use crate::nn::shard;
 use crate::rng::{BatchNoise, Purpose};
 use crate::schedule::Schedule;
-use crate::shard;
 use crate::vlb::variational_bound;
 
 /// Which estimates to compute.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::nn::mlp::MlpConfig;
-use crate::nn::plan::Block;
+use crate::nn::plan::{Block, Plan, Shape};
 
 /// The network family.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -335,6 +335,17 @@ impl UNetConfig {
             )));
         }
         Ok(heads)
+    }
+
+    /// The layer plan for images of height `height` (`plan`).
+    pub(crate) fn plan(&self, height: usize) -> Plan {
+        Shape {
+            base_channels: self.base_channels,
+            channel_mult: &self.channel_mult,
+            num_res_blocks: self.num_res_blocks,
+            attention_resolutions: &self.attention_resolutions,
+        }
+        .plan(height)
     }
 
     /// Rows of the label embedding: num_classes, plus one for "no class" when null_class.

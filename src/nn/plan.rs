@@ -1,9 +1,7 @@
-//! The UNet's layer plan: which residual, attention, down- and upsampling layers a
-//! `UNetConfig` builds, in forward order. Validation and the constructor both walk it, so the
-//! two can never disagree about what gets built, and `interop` walks it to name the layers as
-//! diffusers' UNet2DModel does.
-
-use crate::nn::config::UNetConfig;
+//! The UNet's layer plan: which residual, attention, down- and upsampling layers a UNet of
+//! given widths builds, in forward order (`UNetConfig::plan`). Validation and the constructor
+//! both walk it, so the two can never disagree about what gets built, and `interop` walks it to
+//! name the layers as diffusers' UNet2DModel does.
 
 /// One layer of the plan, in forward order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,12 +36,20 @@ pub(crate) struct Plan {
     pub out_channels: usize,
 }
 
-impl UNetConfig {
+/// The widths and depths a plan is made from (the UNetConfig keys of the same names).
+pub(crate) struct Shape<'a> {
+    pub base_channels: usize,
+    pub channel_mult: &'a [usize],
+    pub num_res_blocks: usize,
+    pub attention_resolutions: &'a [usize],
+}
+
+impl Shape<'_> {
     /// The layer plan for images of height `height` (WORKLOADS.md / ref_unet.py): per level,
     /// num_res_blocks residual blocks (each followed by attention at attention resolutions),
     /// then a downsampling except at the last level; the middle; the mirror image upwards with
     /// num_res_blocks + 1 blocks per level, each eating one skip.
-    pub(crate) fn plan(&self, height: usize) -> Plan {
+    pub(crate) fn plan(self, height: usize) -> Plan {
         let ch = self.base_channels;
         let last = self.channel_mult.len().saturating_sub(1);
         let attends = |level: usize| self.attention_resolutions.contains(&(height >> level));

@@ -15,8 +15,8 @@ use crate::nn::kernels;
 use crate::nn::layers::{Conv, Norm, Padding};
 use crate::nn::plan::Block;
 use crate::nn::resblock::{Masks, ResBlock, ResOptions};
+use crate::nn::shard;
 use crate::rng::Stream;
-use crate::shard;
 
 /// One entry of the down / up paths (keys `down.{i}` / `up.{i}`, as ref_unet.py's ModuleLists).
 #[derive(Clone, Debug)]

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use super::Points;
-use crate::data::npy;
 use crate::error::{Error, Result};
+use crate::npy;
 
 /// Read `path` as .npy when its extension says so, else as CSV.
 pub fn read(path: &Path) -> Result<Points> {

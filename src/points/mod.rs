@@ -1,7 +1,7 @@
 //! Vector data: point clouds of shape (N, D), for learning diffusion on distributions that can
 //! be drawn exactly and measured. It owns the built-in 2-D generators (two moons, swiss roll,
 //! 8 gaussians), reading points from .csv/.npy and writing CSV (`io`), the per-dimension
-//! standardisation the network trains in, the dataset the loader batches, the energy distance
+//! standardisation the network trains in, the energy distance
 //! (`energy`) and a scatter-plot rasteriser (`scatter`). The network that denoises them is
 //! `nn::mlp`; the training loop and samplers are the images' own.
 
@@ -13,7 +13,6 @@ use std::f64::consts::PI;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Dataset, ImageSize};
 use crate::error::{Error, Result};
 use crate::rng::Stream;
 
@@ -199,63 +198,6 @@ impl Standardization {
             ));
         }
         Ok(s)
-    }
-}
-
-/// A point set as a training dataset: examples are its standardised rows, shape (D,).
-pub struct PointDataset {
-    standardized: Points,
-    standardization: Standardization,
-}
-
-impl PointDataset {
-    /// Standardise `points` for training; an empty set is an error.
-    pub fn new(points: &Points, what: &str) -> Result<Self> {
-        if points.is_empty() {
-            return Err(Error::Data(format!("{what} holds no points")));
-        }
-        let standardization = Standardization::fit(points);
-        Ok(PointDataset {
-            standardized: standardization.apply(points),
-            standardization,
-        })
-    }
-}
-
-impl Dataset for PointDataset {
-    fn len(&self) -> usize {
-        self.standardized.len()
-    }
-
-    fn channels(&self) -> usize {
-        self.standardized.dim
-    }
-
-    fn image_size(&self) -> ImageSize {
-        ImageSize::square(1)
-    }
-
-    fn example_shape(&self) -> Vec<usize> {
-        vec![self.standardized.dim]
-    }
-
-    fn example(&self, i: usize, _flip: bool, out: &mut [f32]) -> Result<Option<u32>> {
-        for (o, v) in out.iter_mut().zip(self.standardized.row(i)) {
-            *o = *v as f32;
-        }
-        Ok(None)
-    }
-
-    fn num_classes(&self) -> Option<usize> {
-        None
-    }
-
-    fn class_names(&self) -> Option<&[String]> {
-        None
-    }
-
-    fn standardization(&self) -> Option<&Standardization> {
-        Some(&self.standardization)
     }
 }
 

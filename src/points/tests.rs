@@ -186,20 +186,6 @@ fn bad_npy_names_the_file_and_the_problem() {
     assert!(err(b"hello world".to_vec()).contains("not a .npy"));
 }
 
-#[test]
-fn point_dataset_serves_standardised_rows() {
-    let p = Points::new(2, vec![0.0, 10.0, 2.0, 30.0]).unwrap();
-    let ds = PointDataset::new(&p, "test").unwrap();
-    assert_eq!(
-        (ds.len(), ds.channels(), ds.example_shape()),
-        (2, 2, vec![2])
-    );
-    let mut out = [0f32; 2];
-    ds.example(1, false, &mut out).unwrap();
-    assert_eq!(out, [1.0, 1.0]);
-    assert!(PointDataset::new(&Points::new(2, vec![]).unwrap(), "empty").is_err());
-}
-
 fn validate(text: &str) -> std::result::Result<crate::config::Config, String> {
     let cfg = crate::config::Config::from_toml(text, "t.toml").map_err(|e| e.to_string())?;
     cfg.validate().map_err(|e| e.to_string())?;

@@ -2,7 +2,6 @@
 //! `step` (pure), the carried state in `state`, the files in `run_dir`. The loop never prints;
 //! it reports through `on_event`, and stops cleanly — checkpoint first — when `interrupt` is set.
 
-mod config;
 mod grid;
 mod run_dir;
 mod state;
@@ -15,9 +14,8 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-pub use config::TrainConfig;
 pub use run_dir::{RunDir, METRICS_HEADER};
-pub use state::{stored_config, weights_with_prefix, TrainState, EMA_PREFIX, MODEL_PREFIX};
+pub use state::TrainState;
 pub use step::{train_step, StepStats};
 
 use crate::checkpoint;
@@ -59,6 +57,13 @@ pub enum Event<'a> {
         stats: StepStats,
         images_per_sec: f64,
     },
+    /// `--resume` continues from `checkpoint` (at `step`); `passed_over` holds the errors of
+    /// newer checkpoint files that did not load.
+    Resumed {
+        checkpoint: &'a Path,
+        step: u64,
+        passed_over: &'a [Error],
+    },
     /// A checkpoint was written.
     Checkpoint(&'a Path),
     /// A sample grid was written.
@@ -94,9 +99,19 @@ pub fn train(
     let cfg = &resolved;
     check_classes(cfg, dataset.num_classes())?;
     let standardization = dataset.standardization().cloned();
-    let dir = RunDir::create(&opts.run_dir)?;
+    let dir = RunDir::open(&opts.run_dir, opts.resume)?;
+    // The newest checkpoint on disk that is known good: what a NaN stop keeps.
+    let mut good_ckpt = None;
     let mut state = if opts.resume {
-        resume_state(cfg, device, &dir)?
+        let (ckpt, passed_over) = dir.resume_checkpoint()?;
+        let state = resume_state(cfg, device, &ckpt)?;
+        on_event(Event::Resumed {
+            checkpoint: &ckpt.path,
+            step: state.step,
+            passed_over: &passed_over,
+        })?;
+        good_ckpt = Some(ckpt.path);
+        state
     } else {
         if dir.has_checkpoints()? {
             return Err(Error::Invalid(format!(
@@ -148,7 +163,17 @@ pub fn train(
                     .unwrap_or_else(|| Err(Error::Data("the data loader stopped".into())))
             })
             .collect::<Result<Vec<_>>>()?;
-        last = train_step(cfg, &schedule, &mut state, batches)?;
+        last = train_step(cfg, &schedule, &mut state, batches).map_err(|e| match e {
+            Error::NonFinite {
+                what, step, value, ..
+            } => Error::NonFinite {
+                what,
+                step,
+                value,
+                kept: good_ckpt.clone(),
+            },
+            e => e,
+        })?;
         let step = state.step;
         if steady_start.is_none() {
             steady_start = Some((Instant::now(), step));
@@ -184,6 +209,7 @@ pub fn train(
         if step % cfg.train.checkpoint_every == 0 || step == total {
             last_ckpt = save(cfg, &dir, &state, standardization.as_ref())?;
             on_event(Event::Checkpoint(&last_ckpt))?;
+            good_ckpt = Some(last_ckpt.clone());
         }
     }
     // A fresh run of zero steps (--max-steps 0) still leaves the checkpoint it reports: the
@@ -249,17 +275,14 @@ fn save(
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
 }
 
-/// The state of the run in `dir`, checking that `cfg` describes the same model and data.
-fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainState> {
-    let path = dir.latest();
-    if !path.exists() {
-        return Err(Error::Invalid(format!(
-            "--resume: {} has no checkpoint to resume from",
-            dir.root.display()
-        )));
-    }
-    let ckpt = checkpoint::load(&path)?;
-    let stored = stored_config(&ckpt, &path)?;
+/// The state of the run saved in `ckpt`, checking that `cfg` describes the same model and data.
+fn resume_state(
+    cfg: &Config,
+    device: &Device,
+    ckpt: &checkpoint::Checkpoint,
+) -> Result<TrainState> {
+    let path = &ckpt.path;
+    let stored = ckpt.stored_config()?;
     let same = [
         ("model", stored.model == cfg.model),
         ("diffusion", stored.diffusion == cfg.diffusion),
@@ -286,5 +309,5 @@ fn resume_state(cfg: &Config, device: &Device, dir: &RunDir) -> Result<TrainStat
             path.display()
         )));
     }
-    TrainState::restore(cfg, device, &ckpt, &path)
+    TrainState::restore(cfg, device, ckpt, path)
 }

@@ -8,18 +8,14 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
-use crate::checkpoint::{self, Checkpoint, META_CONFIG, META_SEED};
+use crate::checkpoint::{self, Checkpoint, META_CONFIG, META_SEED, MODEL_PREFIX};
 use crate::config::Config;
 use crate::ema::Ema;
 use crate::error::{Error, Result};
 use crate::model;
 use crate::model::Network;
-use crate::optim::{named_vars, AdamW};
-
-/// Prefix of the raw weights in a checkpoint.
-pub const MODEL_PREFIX: &str = "model.";
-/// Prefix of the EMA weights in a checkpoint.
-pub const EMA_PREFIX: &str = "ema.";
+use crate::named::named_vars;
+use crate::optim::AdamW;
 
 /// Named tensors and metadata strings, as a checkpoint file holds them.
 pub type CheckpointContents = (Vec<(String, Tensor)>, BTreeMap<String, String>);
@@ -111,22 +107,6 @@ impl TrainState {
         ]);
         Ok((tensors, metadata))
     }
-}
-
-/// The config a checkpoint was trained with.
-pub fn stored_config(ckpt: &Checkpoint, path: &Path) -> Result<Config> {
-    Config::from_toml(
-        ckpt.config()?,
-        &format!("{} (stored config)", path.display()),
-    )
-}
-
-/// The weights under `prefix` (`model.` or `ema.`) with the prefix removed.
-pub fn weights_with_prefix(ckpt: &Checkpoint, prefix: &str) -> HashMap<String, Tensor> {
-    ckpt.tensors
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! One optimizer step, free of I/O: draw timesteps and noise from the step's streams, noise the
 //! batch with q(x_t | x0), run the network, take the loss and its gradients (averaged over the
-//! micro-batches, each computed in shards side by side on the CPU: `crate::shard`), clip, update AdamW and the EMA. Class labels, when the data has them, are
+//! micro-batches, each computed in shards side by side on the CPU: `crate::nn::shard`), clip, update AdamW and the EMA. Class labels, when the data has them, are
 //! first replaced by the null label with probability train.label_dropout. Everything random is
 //! keyed by the step number, so a run resumed at step s does exactly what an uninterrupted run
 //! does at step s.
@@ -14,10 +14,10 @@ use crate::error::{Error, Result};
 use crate::guidance::drop_labels;
 use crate::loss::training_losses;
 use crate::model::Network;
+use crate::nn::shard;
 use crate::optim::lr_at;
 use crate::rng::{Purpose, Stream};
 use crate::schedule::Schedule;
-use crate::shard;
 
 use super::state::TrainState;
 
@@ -109,6 +109,7 @@ pub fn train_step(
                     what: "the loss",
                     step: step + 1,
                     value: loss as f64,
+                    kept: None,
                 });
             }
             Ok((loss, terms.loss.backward()?, r.len() as f64 / b as f64))
@@ -127,6 +128,7 @@ pub fn train_step(
             what: "the gradient norm",
             step: step + 1,
             value: grad_norm,
+            kept: None,
         });
     }
     let lr = lr_at(&cfg.optim, step);

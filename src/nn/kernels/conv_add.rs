@@ -7,7 +7,8 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
-use super::conv::{self, Geom};
+use super::conv;
+use super::geom::Geom;
 use super::par;
 use crate::error::{Error, Result};
 

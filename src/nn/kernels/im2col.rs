@@ -3,7 +3,7 @@
 //! thin input/output convolutions. Work items are (image, band of output rows), so each
 //! unfolded patch matrix stays small enough to live in cache, and every GEMM runs on one thread.
 
-use super::conv::Geom;
+use super::geom::Geom;
 use super::par::{self, gemm, Partials, Shared};
 
 /// Output rows per work item, so the unfolded (cin k k, rows wo) patch matrix stays ~256 KB.

@@ -3,7 +3,7 @@
 //! F(4x4, 3x3) in `winograd` and `transforms` for the 3x3 stride-1 layers, im2col + GEMM in
 //! `im2col` for the rest, both on the `gemm` crate), GroupNorm fused with SiLU (`norm`), both
 //! fused with the convolution after them (`norm_conv`), and nearest 2x upsampling (`resample`);
-//! `par` holds the shared plumbing, including the thread pool that `crate::shard` runs the
+//! `par` holds the shared plumbing, including the thread pool that `crate::nn::shard` runs the
 //! shards of a batch on. candle's CPU
 //! convolution and its backward run at a fraction of the machine's GEMM speed (candle issue
 //! #3119), and its GroupNorm is a chain of full-tensor ops. Each public function takes the f32
@@ -13,6 +13,7 @@
 
 pub mod conv;
 mod conv_add;
+mod geom;
 mod im2col;
 pub mod norm;
 mod norm_conv;

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
-use super::conv::{self, Geom};
+use super::conv;
 use super::conv_add::add_in_place;
+use super::geom::Geom;
 use super::norm::{self, Settings};
 use crate::error::{Error, Result};
 

@@ -5,7 +5,7 @@
 //!
 //! Two pools: candle's own barrier pool, which the kernels' loops use while it is on (the
 //! library's default), and ours (rayon, candle's thread count), on which whole shards of a
-//! batch (`crate::shard`) run side by side, each with its kernels on one thread (`serial`).
+//! batch (`crate::nn::shard`) run side by side, each with its kernels on one thread (`serial`).
 //! `configure_cpu` switches candle's pool off; the kernels' loops then use ours.
 
 use std::cell::{Cell, RefCell};

@@ -11,7 +11,7 @@
 //!   thread are not reused by the other, and W1's peak RSS rose from ~850 to ~960 MB
 //!   (MALLOC_ARENA_MAX=1 vs the default, same speed: the allocations are few and large).
 //! - Threads: the CPU work runs as shards of the batch, one per thread of our pool
-//!   (`crate::shard`), each shard's ops on its own thread. candle's own CPU pool would then be
+//!   (`crate::nn::shard`), each shard's ops on its own thread. candle's own CPU pool would then be
 //!   a second set of threads competing for the same cores (its elementwise ops over 64K
 //!   values fan out to it from inside a shard: W3 training fell from ~420 to ~200 images/s),
 //!   so it is switched off: CANDLE_NUM_THREADS=1 leaves it without workers. Our kernels run
@@ -19,7 +19,7 @@
 
 /// Apply both settings. candle reads CANDLE_NUM_THREADS when its pool starts, so this must run
 /// before the first tensor op; an explicit CANDLE_NUM_THREADS is left alone (above 1,
-/// candle keeps its pool and batches are not sharded: `crate::shard::count`). Returns whether the allocator settings
+/// candle keeps its pool and batches are not sharded: `crate::nn::shard::count`). Returns whether the allocator settings
 /// applied (glibc on Linux).
 pub fn configure_cpu() -> bool {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {

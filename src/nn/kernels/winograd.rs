@@ -10,7 +10,7 @@
 //! gradient of the weight is dU = sum over tiles of (A dy A^T) (B^T d B)^T per point, then
 //! dW = G^T dU G (the transpose of the forward map in g).
 
-use super::conv::Geom;
+use super::geom::Geom;
 use super::par::{self, gemm, multiversion, Partials, Shared};
 use super::transforms;
 

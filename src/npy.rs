@@ -1,6 +1,6 @@
 //! Reading NumPy .npy arrays (format 1.0-3.0, little-endian float32 or float64, C or Fortran
 //! order) of any rank: point files (`points::io`) and given noise (`ddpm sample --noise`).
-//! Writing them is `images::encode_npy`'s.
+//! Writing them is `data::images::encode_npy`'s.
 
 use candle_core::{Device, Tensor};
 

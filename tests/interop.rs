@@ -36,7 +36,7 @@ fn npy_values(bytes: &[u8]) -> Vec<f32> {
 
 /// A diffusers pipeline imported and sampled with DDIM-50 from diffusers' x_T gives
 /// diffusers' image (DDIMPipeline, use_clipped_model_output=True) within 1e-3; the imported
-/// checkpoint also edits, interpolates and evaluates.
+/// checkpoint also edits, inpaints, interpolates and evaluates.
 #[test]
 fn imported_pipeline_samples_what_diffusers_samples() {
     let tmp = tempfile::tempdir().unwrap();
@@ -87,51 +87,20 @@ fn imported_pipeline_samples_what_diffusers_samples() {
     })
     .save(dir.join("in.png"))
     .unwrap();
+    image::GrayImage::from_fn(8, 8, |_, y| image::Luma([if y < 4 { 255 } else { 0 }]))
+        .save(dir.join("mask.png"))
+        .unwrap();
     let c = "tf.safetensors";
-    for args in [
-        vec![
-            "sample",
-            "--checkpoint",
-            c,
-            "--init",
-            "in.png",
-            "--strength",
-            "0.5",
-            "-n",
-            "1",
-            "--steps",
-            "10",
-            "--out",
-            "edit.png",
-        ],
-        vec![
-            "interpolate",
-            "--checkpoint",
-            c,
-            "--seeds",
-            "1,2",
-            "--frames",
-            "3",
-            "--steps",
-            "5",
-            "--out",
-            "strip.png",
-        ],
-        vec![
-            "eval",
-            "--checkpoint",
-            c,
-            "--data",
-            "digits",
-            "-n",
-            "2",
-            "--method",
-            "ode",
-            "--ode-steps",
-            "4",
-        ],
+    for line in [
+        "sample --checkpoint tf.safetensors --init in.png --mask mask.png -n 1 --steps 10 --out fill.png",
+        "sample --checkpoint tf.safetensors --init in.png --strength 0.5 -n 1 --steps 10 --out edit.png",
+        "interpolate --checkpoint tf.safetensors --seeds 1,2 --frames 3 --steps 5 --out strip.png",
+        "eval --checkpoint tf.safetensors --data digits -n 2 --method ode --ode-steps 4",
     ] {
-        run(dir, &args, 0);
+        run(dir, &line.split(' ').collect::<Vec<_>>(), 0);
+    }
+    for made in ["fill.png", "edit.png", "strip.png"] {
+        assert!(dir.join(made).is_file(), "{made}");
     }
     // No image data is recorded in a diffusers folder: eval says so.
     let (_, e) = run(dir, &["eval", "--checkpoint", c, "-n", "2"], 1);
@@ -378,4 +347,72 @@ fn given_noise_is_checked_and_replayed() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (_, e) = run(dir, &args, 1);
     assert!(e.contains("pass -n 2"), "{e}");
+}
+
+/// The import and export commands of README.md ("Using diffusers models") and of `ddpm import
+/// --help` / `ddpm export --help`, as written, on tiny stand-ins: the tf_pipeline fixture for
+/// google/ddpm-cifar10-32, the scale_shift_unet fixture for `my-unet`, a 2-step tiny run for
+/// runs/digits and C.
+#[test]
+fn readme_and_help_interop_commands_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let copy = |from: &Path, to: &Path| {
+        for entry in walk(from) {
+            let rel = entry.strip_prefix(from).unwrap();
+            let dest = to.join(rel);
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(&entry, dest).unwrap();
+        }
+    };
+    copy(&fixture("tf_pipeline"), &dir.join("ddpm-cifar10-32"));
+    copy(&fixture("scale_shift_unet"), &dir.join("my-unet"));
+    let run_dir = train_tiny(dir, "runs/digits", 2, &[]);
+    std::fs::copy(run_dir.join("latest.safetensors"), dir.join("C")).unwrap();
+    let lines = [
+        // README
+        "import ddpm-cifar10-32 --out cifar10.safetensors",
+        "sample --checkpoint cifar10.safetensors -n 16 --sampler ddim --steps 50 --grid --out cifar10.png",
+        "sample --checkpoint cifar10.safetensors -n 4 --steps 1000 --out-dir ancestral",
+        "export runs/digits/latest.safetensors --out digits-diffusers",
+        // ddpm import --help
+        "sample --checkpoint cifar10.safetensors -n 16 --sampler ddim --steps 50 --grid --out c.png",
+        "import my-unet --scheduler my-unet/scheduler_config.json --out mine.safetensors",
+        // ddpm export --help (the first is README's)
+        "export C --out raw-weights --no-ema",
+    ];
+    for line in lines {
+        let args: Vec<&str> = line.split(' ').collect();
+        run(dir, &args, 0);
+    }
+    assert!(dir.join("cifar10.png").is_file() && dir.join("ancestral/sample-00003.png").is_file());
+    for folder in ["digits-diffusers", "raw-weights"] {
+        assert!(dir.join(folder).join("model_index.json").is_file());
+    }
+    // The help texts show these very lines.
+    for (cmd, shown) in [("import", [0, 4, 5]), ("export", [3, 6, 6])] {
+        let (out, _) = run(dir, &[cmd, "--help"], 0);
+        let help = String::from_utf8(out).unwrap();
+        for i in shown {
+            let want = format!("ddpm {}", lines[i]);
+            assert!(
+                help.contains(&want),
+                "`ddpm {cmd} --help` lacks `{want}`:\n{help}"
+            );
+        }
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -11,8 +11,8 @@ pub const EXAMPLES: &str = "\
 Examples:
   ddpm export runs/digits/latest.safetensors --out digits-diffusers
   ddpm export C --out raw-weights --no-ema
-  python3 -c 'from diffusers import DDPMPipeline; DDPMPipeline.from_pretrained(\"digits-diffusers\")'
 
+In Python, DDPMPipeline.from_pretrained(\"digits-diffusers\") (or DDIMPipeline) loads the folder.
 Writes model_index.json, unet/config.json, unet/diffusion_pytorch_model.safetensors (f32) and
 scheduler/scheduler_config.json into a new or empty folder. A checkpoint diffusers cannot
 express (the MLP for vector data; GroupNorms with fewer channels than model.norm_groups;

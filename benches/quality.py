@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Sample-quality numbers and README pictures for the 8x8 digits (numpy only).
+"""Sample-quality numbers and README pictures: the 8x8 digits in pixel space (numpy only), and
+FID through the binary (`ddpm fid`) for CIFAR-like image data.
 
 The real data are read from src/data/digits.csv.gz and scaled like training data
 (x = v / 8 - 1, v in 0..16). Sample arrays are `ddpm sample --format npy` files:
@@ -15,6 +16,13 @@ The real data are read from src/data/digits.csv.gz and scaled like training data
   quality.py mask KIND OUT.png         an 8x8 mask, white = regenerate (KIND: bottom, right)
   quality.py sdedit OUT.png SCALE INIT.npy S1.npy...    one row per file: input, then samples
   quality.py inpaint OUT.png SCALE INIT.npy MASK.png-kind S.npy
+  quality.py fid DIR REAL [ARGS...]    markdown table: `ddpm fid` (and KID) of each DIR/*.npy of
+                                       samples against REAL (a folder or a pytorch-fid .npz);
+                                       ARGS go to ddpm (e.g. --inception F); $DDPM: the binary
+
+The digits stay in the 64-dim pixel space: Inception features of 8x8 grey digits upscaled to
+299x299 would mostly measure the upscaling (see the README). FID fits 32x32 and larger natural
+images, and there the binary computes it exactly as pytorch-fid does.
 
 FD is the Frechet distance between Gaussian fits in the 64-dim pixel space,
 |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2).
@@ -264,6 +272,23 @@ def cmd_inpaint(out, scale, init, kind, samples):
     write_png(out, mosaic([[first, m, holed, None] + tiles(samples)], int(scale)))
 
 
+def cmd_fid(d, real, extra):
+    """`ddpm fid S.npy REAL --kid --json` for each sample file of DIR, as one markdown table."""
+    import os
+    import subprocess
+    ddpm = os.environ.get("DDPM", str(ROOT / "target/release/ddpm"))
+    print("| samples | n | FID | KID (x 1e3) | seconds |")
+    print("| --- | --- | --- | --- | --- |")
+    kid = ["--kid"] if Path(real).is_dir() else []  # a statistics file has no features for KID
+    for p in sorted(Path(d).glob("*.npy")):
+        out = subprocess.run([ddpm, "fid", str(p), real, *kid, "--json", "--quiet", *extra],
+                             check=True, capture_output=True, text=True).stdout
+        j = json.loads(out.splitlines()[-1])
+        n = j["sides"][0]["images"]
+        kid = f"{1e3 * j['kid']:.2f} ± {1e3 * j['kid_std']:.2f}" if j["kid"] is not None else ""
+        print(f"| {p.stem} | {n} | {j['fid']:.2f} | {kid} | {j['seconds']:.0f} |")
+
+
 def main(argv):
     if not argv:
         raise SystemExit(__doc__)
@@ -288,6 +313,8 @@ def main(argv):
         cmd_sdedit(args[0], args[1], args[2], args[3:])
     elif cmd == "inpaint":
         cmd_inpaint(*args)
+    elif cmd == "fid":
+        cmd_fid(args[0], args[1], args[2:])
     else:
         raise SystemExit(__doc__)
 

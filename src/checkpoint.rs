@@ -1,16 +1,17 @@
 //! Checkpoint files: one safetensors file holds everything a run needs to resume bit-for-bit
 //! (model weights `model.<name>`, EMA `ema.<name>`, optimizer moments `optim.*`) plus metadata
-//! strings (`format`, `step`, `seed`, the resolved config as TOML under `config`). Writes are
-//! atomic (temp file, fsync, rename, fsync of the directory), so a crash leaves the old file or
-//! the new one, never a torn one. This module says what a checkpoint holds (the tensor
-//! prefixes, the metadata keys, the stored config), below both the trainer that writes one and
-//! the generator that reads one, and moves named tensors in and out of files and VarMaps; which
-//! checkpoints a run directory keeps is `run_dir`'s.
+//! strings (`format`, `step`, `seed`, the resolved config as TOML under `config`, and a
+//! `checksum` of all the rest that loading verifies). Loading also refuses NaN or infinite
+//! values. Writes are atomic (temp file, fsync, rename, fsync of the directory), so a crash
+//! leaves the old file or the new one, never a torn one. This module says what a checkpoint
+//! holds (the tensor prefixes, the metadata keys, the stored config), below both the trainer
+//! that writes one and the generator that reads one, and moves named tensors in and out of
+//! files and VarMaps; which checkpoints a run directory keeps is `run_dir`'s.
 
 pub mod run_dir;
+mod verify;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::Load;
@@ -21,6 +22,7 @@ use safetensors::{SafeTensorError, SafeTensors};
 use crate::atomic;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::named::{expect_tensor, named_vars, reject_unknown};
 
 /// The format this version writes and reads; bump it when the layout of keys changes.
@@ -35,6 +37,9 @@ pub const META_STEP: &str = "step";
 pub const META_SEED: &str = "seed";
 /// Metadata key of vector data's standardisation (`points::Standardization`, JSON).
 pub const META_STANDARDIZATION: &str = "standardization";
+/// Metadata key of the checksum of everything else in the file (`digest`), `crc32:` and 8 hex
+/// digits. Files written before it existed load unverified.
+pub const META_CHECKSUM: &str = "checksum";
 /// Prefix of the raw weights in a checkpoint.
 pub const MODEL_PREFIX: &str = "model.";
 /// Prefix of the EMA weights in a checkpoint.
@@ -46,7 +51,10 @@ pub struct Checkpoint {
     /// Where it was read from (for error messages).
     pub path: PathBuf,
     pub tensors: BTreeMap<String, Tensor>,
+    /// The metadata strings, less the checksum (which `load` has checked).
     pub metadata: BTreeMap<String, String>,
+    /// False for a file written before checksums: it loaded, but nothing vouches for it.
+    pub verified: bool,
 }
 
 impl Checkpoint {
@@ -63,12 +71,26 @@ impl Checkpoint {
         self.meta(META_CONFIG)
     }
 
-    /// The config the checkpoint was trained with; errors name its file.
+    /// A one-line notice for the user when the file could not be verified (the library never
+    /// prints; the binary shows it).
+    pub fn notice(&self) -> Option<String> {
+        (!self.verified).then(|| {
+            format!(
+                "checkpoint {} has no checksum (written by an older ddpm); its weights are used unverified",
+                self.path.display()
+            )
+        })
+    }
+
+    /// The config the checkpoint was trained with, validated like a config file (so a forged
+    /// or edited one cannot size anything past the limits) but for the data's path, which an
+    /// imported model's config lacks (`Config::validate_stored`); errors name its file.
     pub fn stored_config(&self) -> Result<Config> {
-        Config::from_toml(
-            self.config()?,
-            &format!("{} (stored config)", self.path.display()),
-        )
+        let cfg = Config::from_toml(self.config()?, "its stored config")
+            .map_err(|e| Error::checkpoint(&self.path, e.to_string()))?;
+        cfg.validate_stored()
+            .map_err(|e| Error::checkpoint(&self.path, format!("its stored config: {e}")))?;
+        Ok(cfg)
     }
 
     /// The weights under `prefix` (`MODEL_PREFIX` or `EMA_PREFIX`) with the prefix removed.
@@ -123,7 +145,16 @@ fn encode(
     }
     let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
     meta.insert(META_FORMAT.into(), FORMAT.into());
-    encode_raw(path, tensors, meta)
+    // A placeholder of the checksum's length, so that filling it in keeps every offset.
+    meta.insert(META_CHECKSUM.into(), verify::checksum_text(0));
+    let bytes = encode_raw(path, tensors, meta)?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
+    let mut written = metadata.clone();
+    written.insert(META_FORMAT.into(), FORMAT.into());
+    let sum = verify::digest(&st, &written);
+    sorted_header(bytes, Some(&verify::checksum_text(sum)))
+        .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))
 }
 
 /// Serialise without checking the metadata (tests use it to forge other formats).
@@ -155,7 +186,8 @@ fn encode_raw(
     }
     let bytes = safetensors::serialize(cpu, Some(meta))
         .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
-    sorted_header(bytes).map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))
+    sorted_header(bytes, None)
+        .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))
 }
 
 /// The same file with its JSON header's keys in sorted order. safetensors writes
@@ -163,8 +195,12 @@ fn encode_raw(
 /// with the same config and seed wrote the same tensors under headers that differed in their
 /// bytes. Sorting keeps every entry and the compact JSON's length, so the header (8-byte
 /// little-endian length n, then n bytes of JSON padded with spaces) keeps its length n and the
-/// tensor data its offsets; readers do not care about key order.
-fn sorted_header(mut bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+/// tensor data its offsets; readers do not care about key order. `checksum`, when given,
+/// replaces the metadata's placeholder of the same length.
+fn sorted_header(
+    mut bytes: Vec<u8>,
+    checksum: Option<&str>,
+) -> std::result::Result<Vec<u8>, String> {
     use serde_json::Value;
     let n = bytes
         .get(..8)
@@ -177,8 +213,11 @@ fn sorted_header(mut bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
     if let Some(meta) = top.get_mut("__metadata__") {
         // Through a BTreeMap: `Value`'s own map keeps insertion order when serde_json's
         // `preserve_order` feature is on somewhere in the dependency tree.
-        let sorted: BTreeMap<String, String> =
+        let mut sorted: BTreeMap<String, String> =
             serde_json::from_value(meta.take()).map_err(|e| format!("metadata: {e}"))?;
+        if let Some(sum) = checksum {
+            sorted.insert(META_CHECKSUM.into(), sum.into());
+        }
         *meta = serde_json::to_value(sorted).map_err(|e| format!("metadata: {e}"))?;
     }
     let json = serde_json::to_vec(&top).map_err(|e| e.to_string())?;
@@ -204,7 +243,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Read a checkpoint. Each way a file can be unusable (missing, empty, truncated, not
 /// safetensors, another format, no config) is a one-line error naming the path.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = fs::read(path).map_err(|e| {
+    // The file's bytes and the tensors copied out of them are both in memory for a moment.
+    let bytes = limits::read_within_memory(path, 2).map_err(|e| {
         let msg = if e.kind() == std::io::ErrorKind::NotFound {
             "not found".to_string()
         } else {
@@ -214,7 +254,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     })?;
     let unreadable = |e: SafeTensorError| Error::checkpoint(path, describe(&e, &bytes));
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(unreadable)?;
-    let metadata: BTreeMap<String, String> = header
+    let mut metadata: BTreeMap<String, String> = header
         .metadata()
         .clone()
         .unwrap_or_default()
@@ -239,8 +279,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         return Err(Error::checkpoint(path, "no `config` in its metadata"));
     }
     let st = SafeTensors::deserialize(&bytes).map_err(unreadable)?;
+    let verified = verify::checksum(path, &st, &mut metadata)?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
+        verify::finite(path, &name, &view)?;
         let t = view
             .load(&Device::Cpu)
             .map_err(|e| Error::checkpoint(path, format!("tensor `{name}`: {e}")))?;
@@ -250,6 +292,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         path: path.to_path_buf(),
         tensors,
         metadata,
+        verified,
     })
 }
 
@@ -295,3 +338,5 @@ pub fn load_into(varmap: &VarMap, tensors: &BTreeMap<String, Tensor>, prefix: &s
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod verify_tests;

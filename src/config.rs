@@ -16,6 +16,7 @@ use crate::data::DataConfig;
 use crate::diffusion::{Parameterization, Prediction, VarianceType};
 use crate::ema::EmaConfig;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::loss::{LossKind, LossOptions};
 use crate::nn::{Arch, UNetConfig};
 use crate::optim::OptimConfig;
@@ -36,6 +37,10 @@ pub struct Config {
     pub train: TrainConfig,
     pub sample: SampleConfig,
 }
+
+/// The most diffusion steps T a config may have (100x the DDPM paper's; improved DDPM uses
+/// 4000).
+pub const MAX_TIMESTEPS: usize = 100_000;
 
 /// `[diffusion]`: the noise schedule, what the network predicts, and the training objective.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -135,6 +140,13 @@ impl DiffusionConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        // Checked before the schedule is built: it holds a dozen f64 arrays of T values.
+        if self.timesteps > MAX_TIMESTEPS {
+            return Err(Error::Config(format!(
+                "diffusion.timesteps = {} is more than {MAX_TIMESTEPS} (the DDPM paper uses 1000)",
+                self.timesteps
+            )));
+        }
         self.schedule()?;
         if self.zero_terminal_snr && self.prediction == Prediction::Eps {
             return Err(Error::Config(
@@ -257,8 +269,11 @@ impl Config {
 
     /// Read a config file, apply `section.key=value` overrides, and validate.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = limits::read(path, limits::MAX_CONFIG_BYTES).map_err(|e| Error::io(path, e))?;
         let origin = path.display().to_string();
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::Config(format!("{origin}: not UTF-8 text (a TOML config expected)"))
+        })?;
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
         for o in overrides {
@@ -273,8 +288,16 @@ impl Config {
 
     /// Check every section and the constraints between them.
     pub fn validate(&self) -> Result<()> {
+        self.data.validate_path()?;
+        self.validate_stored()
+    }
+
+    /// Every check of `validate` but that file datasets name their path: the checks of a
+    /// checkpoint's config. Generating never reads the data, and an imported model's config has
+    /// no path (what it was trained on is not in a diffusers folder).
+    pub fn validate_stored(&self) -> Result<()> {
         self.diffusion.validate()?;
-        self.data.validate()?;
+        self.data.validate_values()?;
         self.optim.validate()?;
         self.ema.validate()?;
         self.train.validate()?;
@@ -290,7 +313,7 @@ impl Config {
     /// The checks of what a generator needs — the diffusion process, the network against the
     /// data's shape, the sampling defaults, the classes — but not where the data is or how to
     /// train (an imported model's config knows neither).
-    pub fn validate_model(&self) -> Result<()> {
+    fn validate_model(&self) -> Result<()> {
         self.diffusion.validate()?;
         self.validate_arch()?;
         self.sample.validate(self.diffusion.timesteps)?;
@@ -383,17 +406,28 @@ fn is_true(v: &bool) -> bool {
     *v
 }
 
-/// toml's errors span several lines (a source excerpt); keep the message on one line.
+/// toml's errors span several lines: where, a source excerpt (`1 | text`, its `|` frame and a
+/// `^` marker), then what. Keep where and what, on one line: `TOML parse error at line 1,
+/// column 6: key with no value, expected `=``.
 fn one_line(e: &dyn std::fmt::Display) -> String {
     let text = e.to_string();
+    let excerpt = |l: &str| {
+        let numbered = l
+            .split_once('|')
+            .is_some_and(|(n, _)| n.trim().bytes().all(|b| b.is_ascii_digit()));
+        numbered || l.chars().all(|c| c == '^' || c == ' ')
+    };
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
-        })
+        .filter(|l| !l.is_empty() && !excerpt(l))
         .collect();
-    lines.join(" ").replace(" ,", ",")
+    match lines.split_first() {
+        Some((first, rest)) if first.starts_with("TOML parse error") && !rest.is_empty() => {
+            format!("{first}: {}", rest.join(" "))
+        }
+        _ => lines.join(" ").replace(" ,", ","),
+    }
 }
 
 /// Apply one `section.key=value` override; the value is read as TOML (a number, a boolean, an

@@ -37,6 +37,8 @@ pub struct Generator {
     /// unconditional halves): divided by the images made, the network evaluations per image,
     /// which `ddpm sample --json` reports.
     pub evaluations: AtomicU64,
+    /// A one-line notice about the checkpoint for the user (it has no checksum to verify).
+    pub notice: Option<String>,
 }
 
 /// Where a generation starts. Image tensors are (1 or n, C, H, W) in [-1, 1], on any device; a
@@ -138,7 +140,7 @@ impl Generator {
             ));
         }
         let net = model::from_tensors(&config, weights, dtype, device)
-            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+            .map_err(|e| Error::checkpoint(path, format!("its `{prefix}` weights: {e}")))?;
         let schedule = config.diffusion.schedule()?;
         let standardization = match ckpt.metadata.get(checkpoint::META_STANDARDIZATION) {
             Some(text) => Some(
@@ -162,6 +164,7 @@ impl Generator {
             device: device.clone(),
             standardization,
             evaluations: AtomicU64::new(0),
+            notice: ckpt.notice(),
         })
     }
 

@@ -6,11 +6,13 @@
 //! kernels and batch sharding), `points` (vector data) and `data` (datasets and the loader),
 //! `optim` and `ema` over `named` variables, then `config`, `checkpoint` (what a checkpoint
 //! holds) and `model` (the network a config describes), and on top `generate` and `train`,
-//! which may call `generate` but not the other way round. Layers import downward only; no two
+//! which may call `generate` but not the other way round; `fid` (FID and KID with pytorch-fid's
+//! Inception features) sits beside `model`. Layers import downward only; no two
 //! modules import each other (tests/module_graph.rs checks it). The library never prints: long
 //! work reports through callbacks.
 
 pub mod atomic;
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -20,10 +22,12 @@ pub mod diffusion;
 pub mod ema;
 pub mod error;
 pub mod fault;
+pub mod fid;
 pub mod generate;
 pub mod guidance;
 pub mod interop;
 pub mod likelihood;
+pub mod limits;
 pub mod loss;
 pub mod model;
 pub mod named;

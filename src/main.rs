@@ -1,6 +1,6 @@
 //! The `ddpm` binary: parse the command line, run the command, map errors to exit codes
-//! (0 ok, 1 error, 2 usage, 130 interrupted). stdout carries data only; everything else goes to
-//! stderr. All the work is in the library; `cli` only turns arguments into library calls.
+//! (0 ok, 1 error, 2 usage, 130 interrupted), each error on one line. stdout carries data only;
+//! everything else goes to stderr. All the work is in the library; `cli` only turns arguments into library calls.
 
 mod cli;
 
@@ -12,7 +12,10 @@ fn main() -> ExitCode {
     // Process-wide CPU settings (allocator, candle's pool off so batches run in shards), before
     // any tensor work or other thread.
     ddpm::nn::kernels::configure_cpu();
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => return cli::usage_error(e),
+    };
     // The command runs on the CPU pool's first thread, so its parallel loops and shards start
     // without waking anyone first.
     match ddpm::nn::kernels::on_pool(|| cli::run(args)) {

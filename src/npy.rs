@@ -5,6 +5,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// The shape and the row-major values of the .npy file `bytes`; `origin` prefixes errors.
 /// Every value must be finite.
@@ -37,12 +38,16 @@ pub fn decode(bytes: &[u8], origin: &str) -> Result<(Vec<usize>, Vec<f64>)> {
     };
     let fortran = header.contains("'fortran_order': True");
     let shape = shape_of(header).ok_or_else(|| bad("header has no readable 'shape'"))?;
-    let count: usize = shape.iter().product();
     let data = &bytes[start + header_len..];
-    if data.len() != count * width {
+    // Checked: a forged shape's product can overflow.
+    let want = shape
+        .iter()
+        .try_fold(width, |n: usize, &d| n.checked_mul(d));
+    if want != Some(data.len()) {
         return Err(bad(&format!(
-            "{} data bytes for shape {shape:?} of {width}-byte floats",
-            data.len()
+            "{} data bytes for shape {} of {width}-byte floats",
+            data.len(),
+            tuple(&shape)
         )));
     }
     let flat: Vec<f64> = data
@@ -67,9 +72,19 @@ pub fn decode(bytes: &[u8], origin: &str) -> Result<(Vec<usize>, Vec<f64>)> {
     Ok((shape, values))
 }
 
+/// `shape` as NumPy writes it: `(2, 3)`, `(6,)`.
+pub fn tuple(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    }
+}
+
 /// The .npy file `path` as an f32 tensor on the CPU.
 pub fn read_tensor(path: &std::path::Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // Held as bytes, f64s (2 per f32 byte) and f32s: 4 times the file.
+    let bytes = limits::read_within_memory(path, 4).map_err(|e| Error::io(path, e))?;
     let (shape, values) = decode(&bytes, &path.display().to_string())?;
     let values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
     Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
@@ -110,7 +125,8 @@ fn quoted_value(header: &str, key: &str) -> Option<String> {
 /// The `'shape': (a, b, ...)` tuple of a .npy header dict.
 fn shape_of(header: &str) -> Option<Vec<usize>> {
     let rest = &header[header.find("'shape'")?..];
-    let body = &rest[rest.find('(')? + 1..rest.find(')')?];
+    let rest = &rest[rest.find('(')? + 1..];
+    let body = &rest[..rest.find(')')?];
     body.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())

@@ -3,6 +3,7 @@ use super::*;
 use crate::atomic::temp_path;
 use crate::rng::{Purpose, Stream};
 use candle_nn::Init;
+use std::fs;
 
 pub(super) fn cpu() -> Device {
     Device::Cpu
@@ -15,7 +16,7 @@ pub(super) fn meta(config: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn sample_tensors() -> Vec<(String, Tensor)> {
+pub(super) fn sample_tensors() -> Vec<(String, Tensor)> {
     let mut s = Stream::new(11, Purpose::Eval, 0);
     let w = s.randn((3, 4), &cpu()).unwrap();
     vec![
@@ -32,7 +33,7 @@ fn sample_tensors() -> Vec<(String, Tensor)> {
 }
 
 /// The raw bits of a tensor, whatever its dtype (bf16 -> f32 is exact).
-fn bits(t: &Tensor) -> (DType, Vec<usize>, Vec<u64>) {
+pub(super) fn bits(t: &Tensor) -> (DType, Vec<usize>, Vec<u64>) {
     let flat = t.flatten_all().unwrap();
     let v: Vec<u64> = match t.dtype() {
         DType::F32 | DType::BF16 => flat
@@ -124,7 +125,7 @@ fn equal_checkpoints_are_equal_bytes() {
 }
 
 /// `load(path)` fails, naming the path and saying `what`.
-fn assert_load_fails(path: &Path, what: &str) {
+pub(super) fn assert_load_fails(path: &Path, what: &str) {
     let e = load(path).unwrap_err().to_string();
     assert!(e.contains(&path.display().to_string()), "{e}");
     assert!(e.contains(what), "{e}");

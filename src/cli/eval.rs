@@ -2,11 +2,13 @@
 //! bound with its terms and per-timestep profile, the probability-flow ODE estimate, or both.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use candle_core::DType;
 use clap::Args;
 
+use ddpm::budget;
 use ddpm::data::{self, DataConfig, DatasetKind};
 use ddpm::device::{self, DeviceSpec};
 use ddpm::generate::Generator;
@@ -14,6 +16,8 @@ use ddpm::likelihood::{self, Estimate, EvalOptions, EvalReport, Method, OdeOptio
 
 use super::output::{check_out_folder, stdout_line};
 use super::progress::Progress;
+use super::signals::interrupt_flag;
+use super::sizes;
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -80,6 +84,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.per_timestep {
         check_out_folder("--per-timestep", path)?;
     }
+    // From the start, so that Ctrl-C while loading also stops at the first evaluation.
+    let interrupt = interrupt_flag()?;
     let (device, notice) = device::resolve(args.device)?;
     let gen = Generator::load(&args.checkpoint, !args.no_ema, DType::F32, &device)?;
     if gen.is_points() {
@@ -104,12 +110,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             probe: args.probe,
         },
     };
+    let need = budget::evaluation(cfg, opts.batch_size.min(n), opts.method.ode());
+    sizes::check(&need, "evaluation", &device)?;
     let total = likelihood::total_evaluations(&gen.schedule, &opts)?;
     let mut progress = Progress::new(total, "evals", args.quiet);
-    if let Some(n) = notice {
+    for n in notice.iter().chain(&gen.notice) {
         progress.note(args.quiet, &format!("ddpm: {n}"));
     }
     let start = Instant::now();
+    let mut evaluated = 0;
     let report = likelihood::evaluate(
         &gen.net,
         &gen.schedule,
@@ -118,12 +127,23 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &device,
         &opts,
         &mut |done, total| {
+            if interrupt.load(Ordering::Relaxed) {
+                return Err(ddpm::Error::Stopped);
+            }
+            evaluated = done;
             progress.update(done, || format!("{n} examples"));
             progress.line(false, || format!("eval: {done}/{total} model evaluations"));
             Ok(())
         },
-    )?;
+    );
     progress.finish();
+    // Stopped by Ctrl-C or SIGTERM: the numbers exist only when every example is done.
+    let report = report.map_err(|e| match e {
+        ddpm::Error::Stopped => anyhow::Error::new(e).context(format!(
+            "interrupted after {evaluated} of {total} model evaluations; nothing written"
+        )),
+        e => e.into(),
+    })?;
     let seconds = start.elapsed().as_secs_f64();
 
     if let (Some(path), Some(bound)) = (&args.per_timestep, &report.bound) {

@@ -3,11 +3,13 @@
 //! of frames.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use candle_core::Tensor;
 use clap::Args;
 
+use ddpm::budget;
 use ddpm::data::images;
 use ddpm::device::{self, DeviceSpec};
 use ddpm::generate::interpolate;
@@ -18,6 +20,8 @@ use ddpm::sampler::{InvertOptions, SamplerKind};
 use super::classes::ClassArgs;
 use super::output::{check_out_folder, stdout_line, write_out};
 use super::progress::Progress;
+use super::signals::interrupt_flag;
+use super::sizes;
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -91,6 +95,8 @@ pub struct InterpolateArgs {
 }
 
 pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
+    // From the start, so that Ctrl-C while loading also stops at the first step.
+    let interrupt = interrupt_flag()?;
     let (device, notice) = device::resolve(args.device)?;
     args.precision.check(&device)?;
     if args.scale == 0 {
@@ -113,7 +119,12 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    interpolate::weights(args.frames).context("--frames")?;
+    if args.frames < 2 {
+        anyhow::bail!(
+            "--frames {}: an interpolation needs at least 2 (its two endpoints)",
+            args.frames
+        );
+    }
     let gen = Generator::load(
         &args.checkpoint,
         !args.no_ema,
@@ -140,12 +151,13 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     opts.validate(gen.schedule.len())?;
     let (classes, guidance) = args.classes.resolve(&gen)?;
     let batch = args.batch_size.unwrap_or(cfg.sample.batch_size);
+    check_memory(&args, &gen, batch, guidance)?;
 
     let inverting = args.from.is_some();
     let batches = args.frames.div_ceil(batch.max(1));
     let total = (batches + usize::from(inverting)) * opts.steps;
     let mut progress = Progress::new(total as u64, "steps", args.quiet);
-    if let Some(n) = notice {
+    for n in notice.iter().chain(&gen.notice) {
         progress.note(args.quiet, &format!("ddpm: {n}"));
     }
     let shape: [usize; 3] = gen
@@ -164,10 +176,15 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
                 spacing: opts.spacing,
                 refine: args.refine,
             };
-            let x_t = gen.invert(&x0, &classes, guidance, &inv, &mut |_, _, step, _| {
-                progress.set_position(step as u64);
-                Ok(())
-            })?;
+            let x_t = gen
+                .invert(&x0, &classes, guidance, &inv, &mut |_, _, step, _| {
+                    if interrupt.load(Ordering::Relaxed) {
+                        return Err(ddpm::Error::Stopped);
+                    }
+                    progress.set_position(step as u64);
+                    Ok(())
+                })
+                .map_err(stopped)?;
             (x_t.narrow(0, 0, 1)?, x_t.narrow(0, 1, 1)?)
         }
         _ => {
@@ -185,14 +202,18 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         start: Start::Latent(&latents),
     };
     let x = gen.generate(&opts, &req, &mut |done, n, step, steps| {
+        if interrupt.load(Ordering::Relaxed) {
+            return Err(ddpm::Error::Stopped);
+        }
         let pos = (offset + done.div_ceil(batch) * steps + step) as u64;
         progress.update(pos, || format!("frame {}/{n}", (done + 1).min(n)));
         progress.line(false, || {
             format!("interpolating: batch from frame {done} of {n}, step {step}/{steps}")
         });
         Ok(())
-    })?;
+    });
     progress.finish();
+    let x = x.map_err(stopped)?;
 
     let frames = images::to_images(&x)?;
     let mut written = Vec::new();
@@ -217,4 +238,42 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         stdout_line(&p.display().to_string())?;
     }
     Ok(())
+}
+
+/// Refuse, before any work, frames that would not fit the memory: the network and a batch's
+/// activations (`budget::sampling`), every frame's latent, path row and sample (f32), and the
+/// strip (or one frame at a time for --out-dir) as 8-bit pixels upscaled by --scale.
+fn check_memory(
+    args: &InterpolateArgs,
+    gen: &Generator,
+    batch: usize,
+    guidance: f64,
+) -> anyhow::Result<()> {
+    let guided = gen.num_classes().is_some() && guidance != 1.0 && guidance != 0.0;
+    let shape = sizes::Shape::of(&gen.sample_shape());
+    let n = args.frames;
+    let picture = match args.out_dir {
+        Some(_) => sizes::picture(1, 1, shape, args.scale, "--frames")?,
+        None => sizes::picture(n, n, shape, args.scale, "--frames")?,
+    };
+    let need = budget::sampling(&gen.config, batch.min(n), guided)
+        .with(sizes::tensors(
+            "the frames",
+            n,
+            shape,
+            3.5,
+            "lower --frames",
+        ))
+        .with(picture);
+    sizes::check(&need, "interpolation", &gen.device)
+}
+
+/// Ctrl-C or SIGTERM, said with what it kept: nothing, since the frames are written when all
+/// of them are done. Other errors pass through.
+fn stopped(e: ddpm::Error) -> anyhow::Error {
+    match e {
+        ddpm::Error::Stopped => anyhow::Error::new(e)
+            .context("interrupted; nothing written (the frames are written when all are done)"),
+        e => e.into(),
+    }
 }

@@ -4,6 +4,7 @@
 mod classes;
 mod eval;
 mod export;
+mod fid;
 mod import;
 mod interpolate;
 mod output;
@@ -13,13 +14,14 @@ mod reproduce;
 mod sample;
 mod schedule;
 mod signals;
+mod sizes;
 mod train;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use output::report;
+pub use output::{report, usage_error};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -30,6 +32,7 @@ Examples:
   ddpm interpolate --checkpoint C --seeds 1,2 --frames 8 --out strip.png
   ddpm sample --checkpoint C --format npy --out - | python3 -c 'import numpy,sys; print(numpy.load(sys.stdin.buffer).shape)'
   ddpm eval --checkpoint runs/digits/latest.safetensors --method both
+  ddpm fid samples/ cifar10-train.npz --inception pt_inception-2015-12-05-6726825d.pth
   ddpm schedule --config configs/digits.toml --steps 10
   ddpm info runs/digits/latest.safetensors
 
@@ -41,6 +44,11 @@ Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted (a checkpoint was saved).";
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The most memory a command may use, e.g. 8G; a run estimated to need more is refused
+    /// before it starts [default: what is free: the least of MemAvailable, the cgroup's limit
+    /// and ulimit -v].
+    #[arg(long, global = true, value_name = "SIZE", value_parser = ddpm::limits::parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,6 +65,9 @@ pub enum Command {
     /// Likelihood of a dataset in bits/dim: the variational bound and the probability-flow ODE.
     #[command(after_help = eval::EXAMPLES)]
     Eval(eval::EvalArgs),
+    /// FID (and KID) between two image sets with pytorch-fid's Inception features.
+    #[command(after_help = fid::EXAMPLES)]
+    Fid(fid::FidArgs),
     /// Print a config's noise schedule as CSV.
     Schedule(schedule::ScheduleArgs),
     /// Print a checkpoint's config, step and parameter count.
@@ -78,11 +89,15 @@ pub struct InfoArgs {
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(bytes) = cli.max_memory {
+        ddpm::limits::set_max_memory(bytes);
+    }
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Interpolate(a) => interpolate::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Fid(a) => fid::run(a),
         Command::Schedule(a) => schedule::run(a),
         Command::Info(a) => schedule::info(a),
         Command::Import(a) => import::run(a),

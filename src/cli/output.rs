@@ -2,6 +2,8 @@
 //! the context chain on one line, exit 130 for an interrupt, and a quiet exit when the reader of
 //! stdout went away (a closed pipe is not an error for a command-line tool).
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,7 +34,32 @@ pub fn stdout_line(line: &str) -> anyhow::Result<()> {
     stdout_bytes(format!("{line}\n").as_bytes())
 }
 
-/// Print `err` to stderr and choose the exit code.
+/// `text` with its control characters escaped (`\n`, `\t`, `\r`, `\x1b`, `\u{9b}`): a file
+/// name or key holding them would otherwise split a one-line message or drive the terminal.
+/// For what goes to stderr; the paths on stdout are data and stay as they are.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Print `err` to stderr, its control characters escaped, and choose the exit code.
 pub fn report(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<io::Error>() {
@@ -43,7 +70,7 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         if let Some(ddpm::Error::Interrupted { .. } | ddpm::Error::Stopped) =
             cause.downcast_ref::<ddpm::Error>()
         {
-            let _ = writeln!(io::stderr(), "ddpm: {err}");
+            let _ = writeln!(io::stderr(), "ddpm: {}", printable(&err.to_string()));
             return ExitCode::from(130);
         }
     }
@@ -57,8 +84,43 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
             msg.push_str(&c);
         }
     }
-    let _ = writeln!(io::stderr(), "ddpm: {msg}");
+    let _ = writeln!(io::stderr(), "ddpm: {}", printable(&msg));
     ExitCode::from(1)
+}
+
+/// A usage error (exit code 2) as one line like every other error: clap's message, tips and
+/// usage joined, its closing pointer to --help dropped (`ddpm: unexpected argument '--step'
+/// found; tip: a similar argument exists: '--steps'; usage: ddpm sample ...`). Help and the
+/// version are clap's to print.
+pub fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut msg = String::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with("For more information") {
+            continue;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        if msg.is_empty() {
+            msg.push_str(line);
+        } else if let Some(usage) = line.strip_prefix("Usage: ") {
+            let _ = write!(msg, "; usage: {usage}");
+        } else if line.starts_with("tip:") {
+            let _ = write!(msg, "; {line}");
+        } else {
+            let _ = write!(msg, " {line}");
+        }
+    }
+    let _ = writeln!(io::stderr(), "ddpm: {}", printable(&msg));
+    ExitCode::from(2)
 }
 
 /// Fail early, before long work, when the file `path` (given as `flag`) could not be written
@@ -117,4 +179,18 @@ fn is_stdout(path: &Path) -> bool {
 #[cfg(not(unix))]
 fn is_stdout(_: &Path) -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert!(matches!(printable("plain ü €"), Cow::Borrowed("plain ü €")));
+        assert_eq!(
+            printable("a\nb\tc\rd\x1b[31me\x07f\u{7f}g\u{9b}h"),
+            "a\\nb\\tc\\rd\\x1b[31me\\x07f\\x7fg\\u{9b}h"
+        );
+    }
 }

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::output::printable;
+
 /// Where progress goes.
 pub struct Progress {
     bar: Option<ProgressBar>,
@@ -55,7 +57,7 @@ impl Progress {
     /// `force` (e.g. train.log_every rows are always printed).
     pub fn line(&mut self, force: bool, text: impl FnOnce() -> String) {
         if self.plain && (force || self.last_line.elapsed() >= self.every) {
-            let _ = writeln!(std::io::stderr(), "{}", text());
+            let _ = writeln!(std::io::stderr(), "{}", printable(&text()));
             self.last_line = Instant::now();
         }
     }
@@ -65,6 +67,7 @@ impl Progress {
         if quiet {
             return;
         }
+        let text = printable(text);
         match &self.bar {
             Some(bar) => bar.println(text),
             None => {

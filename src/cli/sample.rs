@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
+use ddpm::budget;
 use ddpm::data::images;
 use ddpm::device::{self, DeviceSpec};
 use ddpm::generate::{self, Generator, Request, Start};
@@ -22,6 +23,7 @@ use super::points;
 use super::progress::Progress;
 use super::reproduce::ReproduceArgs;
 use super::signals::interrupt_flag;
+use super::sizes;
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -167,6 +169,18 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if let Some(r) = args.snr {
         opts.snr = r;
     }
+    if args
+        .first_index
+        .checked_add(args.n.saturating_sub(1) as u64)
+        .is_none()
+    {
+        anyhow::bail!(
+            "--first-index {} with -n {}: image indices would pass the last one, {}; lower --first-index",
+            args.first_index,
+            args.n,
+            u64::MAX
+        );
+    }
     opts.first_index = args.first_index;
     args.reproduce.apply(&mut opts);
     opts.validate(gen.schedule.len())?;
@@ -213,6 +227,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         check_out_folder("--out", out)?;
     }
     let per_image = format.and_then(|f| per_image_dir(&args, f));
+    check_memory(&args, &gen, batch, guidance, format, per_image.is_some())?;
     if let Some(dir) = &per_image {
         ddpm::atomic::create_dir(dir)?;
     }
@@ -220,7 +235,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let steps = gen.steps_per_batch(&opts, &start)?;
     let total_steps = (args.n.div_ceil(batch.max(1)) * steps) as u64;
     let progress = RefCell::new(Progress::new(total_steps, "steps", args.quiet));
-    if let Some(n) = notice {
+    for n in notice.iter().chain(&gen.notice) {
         progress.borrow().note(args.quiet, &format!("ddpm: {n}"));
     }
     let interrupt = interrupt_flag()?;
@@ -355,6 +370,44 @@ fn stopped_after(
             .to_string(),
     };
     e.context(msg)
+}
+
+/// Refuse, before any work, a run whose batches, samples or pictures would not fit the memory:
+/// the network's weights and a batch's activations (`budget::sampling`), and the output — a
+/// batch's tensors and upscaled PNGs per image, or all samples at once for one file (a grid
+/// PNG, a .npy array, or vector data's rows).
+fn check_memory(
+    args: &SampleArgs,
+    gen: &Generator,
+    batch: usize,
+    guidance: f64,
+    format: Option<Format>,
+    per_image: bool,
+) -> anyhow::Result<()> {
+    let guided = gen.num_classes().is_some() && guidance != 1.0 && guidance != 0.0;
+    let shape = sizes::Shape::of(&gen.sample_shape());
+    let n = args.n;
+    let need = budget::sampling(&gen.config, batch.min(n), guided);
+    let need = match format {
+        // Vector data: the tensor, the points in f64 and their CSV text.
+        None => need.with(sizes::tensors("the samples", n, shape, 10.0, "lower -n")),
+        Some(_) if per_image => need
+            .with(sizes::tensors(
+                "a batch of samples",
+                batch.min(n),
+                shape,
+                2.0,
+                "lower --batch-size",
+            ))
+            .with(sizes::picture(1, 1, shape, args.scale, "-n")?),
+        Some(Format::Png) => {
+            let cols = (n as f64).sqrt().ceil() as usize;
+            need.with(sizes::tensors("the samples", n, shape, 2.0, "lower -n"))
+                .with(sizes::picture(n, cols, shape, args.scale, "-n")?)
+        }
+        Some(_) => need.with(sizes::tensors("the samples", n, shape, 3.0, "lower -n")),
+    };
+    sizes::check(&need, "sampling", &gen.device)
 }
 
 /// The image format: --format, else .npy for an --out ending in .npy, else PNG. CSV is for

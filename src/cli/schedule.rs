@@ -1,13 +1,16 @@
 //! `ddpm schedule` (a config's schedule as CSV) and `ddpm info` (what a checkpoint holds).
 
+use std::io::Write;
 use std::path::PathBuf;
 
+use candle_core::Device;
 use clap::Args;
 
 use ddpm::checkpoint;
 use ddpm::config::Config;
+use ddpm::train;
 
-use super::output::stdout_line;
+use super::output::{printable, stdout_line};
 use super::InfoArgs;
 
 /// `ddpm schedule`
@@ -46,6 +49,12 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     let ckpt = checkpoint::load(path)?;
     let cfg = ckpt.stored_config()?;
     let step = ckpt.step()?;
+    // Every stored tensor must be one the stored config's network (and its EMA and optimizer)
+    // has, in its shape: what resuming would check.
+    train::TrainState::restore(&cfg, &Device::Cpu, &ckpt, path)?;
+    if let Some(n) = ckpt.notice() {
+        let _ = writeln!(std::io::stderr(), "ddpm: {}", printable(&n));
+    }
     let params: usize = ckpt
         .tensors
         .iter()
@@ -58,6 +67,14 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     stdout_line(&format!(
         "# format: {}",
         ckpt.meta(checkpoint::META_FORMAT)?
+    ))?;
+    stdout_line(&format!(
+        "# checksum: {}",
+        if ckpt.verified {
+            "verified"
+        } else {
+            "none (written by an older ddpm)"
+        }
     ))?;
     stdout_line(&cfg.to_toml()?)
 }

@@ -1,5 +1,6 @@
 //! SIGINT/SIGTERM as a flag that long commands poll, so they stop at a point where their
-//! finished work is on disk (train: a checkpoint; sample: the images of finished batches).
+//! finished work is on disk (train: a checkpoint; sample: the images of finished batches; eval
+//! and interpolate, whose output is written at the end: nothing, and they say so).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

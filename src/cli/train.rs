@@ -137,6 +137,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             }
             Event::Checkpoint(p) => progress.line(true, || format!("checkpoint {}", p.display())),
             Event::Samples(p) => progress.line(true, || format!("samples {}", p.display())),
+            Event::Notice(n) => progress.note(quiet, &format!("ddpm: {n}")),
         }
         Ok(())
     });

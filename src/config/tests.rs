@@ -107,3 +107,31 @@ fn class_conditioning_keys_are_checked_together() {
         .to_string();
     assert!(e.contains("sample.guidance"), "{e}");
 }
+
+/// T is bounded before the schedule's arrays are allocated: i64::MAX steps was a capacity
+/// overflow (a panic), 1e9 an allocation failure (an abort).
+#[test]
+fn timesteps_past_the_bound_are_refused_before_the_schedule_is_built() {
+    for t in ["1000000000", "9223372036854775807"] {
+        let e = load_str("", &[&format!("diffusion.timesteps={t}")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("diffusion.timesteps = {t}")), "{e}");
+    }
+    assert!(load_str("", &["diffusion.timesteps=100000"]).is_ok());
+}
+
+/// toml's multi-line errors become one line: where, then what, without the source excerpt.
+#[test]
+fn parse_errors_are_one_line_of_where_and_what() {
+    let e = toml::from_str::<toml::Table>("this is not TOML {{{\n").unwrap_err();
+    assert_eq!(
+        one_line(&e),
+        "TOML parse error at line 1, column 6: key with no value, expected `=`"
+    );
+    let e = toml::from_str::<toml::Table>("[train]\nsteps = 1\nsteps = 2\n").unwrap_err();
+    assert_eq!(
+        one_line(&e),
+        "TOML parse error at line 3, column 1: duplicate key"
+    );
+}

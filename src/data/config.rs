@@ -189,27 +189,42 @@ impl Default for DataConfig {
 
 /// Largest accepted side; beyond it a single batch no longer fits any reasonable memory.
 const MAX_SIDE: usize = 4096;
+/// The most loader threads (each decodes whole batches).
+const MAX_WORKERS: usize = 256;
+/// The most batches queued ahead of the training step.
+const MAX_PREFETCH: usize = 1024;
+/// The most points a generator draws (16 bytes each, and their standardised copy).
+const MAX_POINTS: usize = 100_000_000;
+/// The largest dimension of vector data.
+const MAX_DIM: usize = 1 << 16;
 
 impl DataConfig {
     /// Check every value; the error names the key and, where there is one, the fix.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::Config(msg));
+        self.validate_path()?;
+        self.validate_values()
+    }
+
+    /// A path for the datasets read from files, none for the others.
+    pub fn validate_path(&self) -> Result<()> {
         let needs_path = matches!(self.dataset, DatasetKind::Folder | DatasetKind::Points);
         match (needs_path, &self.path) {
-            (true, None) => {
-                return bad(format!(
-                    "data.path is required when data.dataset = \"{}\"",
-                    self.dataset.name()
-                ))
-            }
-            (false, Some(p)) => {
-                return bad(format!(
-                    "data.path = {:?} is only used with data.dataset = \"folder\" or \"points\"; remove it or set the dataset",
-                    p.display().to_string()
-                ))
-            }
-            _ => {}
+            (true, None) => Err(Error::Config(format!(
+                "data.path is required when data.dataset = \"{}\"",
+                self.dataset.name()
+            ))),
+            (false, Some(p)) => Err(Error::Config(format!(
+                "data.path = {:?} is only used with data.dataset = \"folder\" or \"points\"; remove it or set the dataset",
+                p.display().to_string()
+            ))),
+            _ => Ok(()),
         }
+    }
+
+    /// Every check but `validate_path`'s.
+    pub fn validate_values(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        self.validate_loader()?;
         if self.dataset.is_points() {
             return self.validate_points();
         }
@@ -225,11 +240,20 @@ impl DataConfig {
                 self.channels
             ));
         }
-        if self.workers == 0 {
-            return bad("data.workers must be at least 1".into());
-        }
-        if self.prefetch == 0 {
-            return bad("data.prefetch must be at least 1".into());
+        Ok(())
+    }
+
+    /// The loader's threads and queue: at least one each, and a bounded number.
+    fn validate_loader(&self) -> Result<()> {
+        for (key, v, max) in [
+            ("workers", self.workers, MAX_WORKERS),
+            ("prefetch", self.prefetch, MAX_PREFETCH),
+        ] {
+            if v == 0 || v > max {
+                return Err(Error::Config(format!(
+                    "data.{key} = {v} must be between 1 and {max}"
+                )));
+            }
         }
         Ok(())
     }
@@ -243,16 +267,13 @@ impl DataConfig {
                 "data.random_flip and data.class_labels are for images; data.dataset = \"{name}\" is vector data"
             ));
         }
-        if self.workers == 0 || self.prefetch == 0 {
-            return bad("data.workers and data.prefetch must be at least 1".into());
-        }
-        if self.dim == Some(0) {
-            return bad("data.dim must be at least 1".into());
+        if let Some(d) = self.dim.filter(|&d| d == 0 || d > MAX_DIM) {
+            return bad(format!("data.dim = {d} must be between 1 and {MAX_DIM}"));
         }
         if self.dataset.toy().is_some() {
-            if self.num_points < 2 {
+            if !(2..=MAX_POINTS).contains(&self.num_points) {
                 return bad(format!(
-                    "data.num_points = {} must be at least 2",
+                    "data.num_points = {} must be between 2 and {MAX_POINTS}",
                     self.num_points
                 ));
             }
@@ -369,6 +390,12 @@ mod tests {
             ("image_size = 5000", "data.image_size"),
             ("workers = 0", "data.workers"),
             ("prefetch = 0", "data.prefetch"),
+            ("workers = 1000000", "data.workers = 1000000"),
+            ("prefetch = 1000000000", "data.prefetch = 1000000000"),
+            (
+                "dataset = \"moons\"\nnum_points = 1000000000000",
+                "data.num_points",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(text).unwrap().validate().unwrap_err().to_string();

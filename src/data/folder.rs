@@ -153,7 +153,7 @@ fn is_image(path: &Path) -> bool {
 
 /// Image files under `root`, relative to it, sorted. Hidden entries (names starting with '.')
 /// are skipped; symlinked folders are not followed (no cycles), symlinked files are.
-fn discover(root: &Path) -> Result<Vec<PathBuf>> {
+pub fn discover(root: &Path) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(root).map_err(|e| {
         Error::Data(format!(
             "data.path {}: cannot open folder: {e}",

@@ -131,12 +131,22 @@ pub fn encode_npy(x: &Tensor) -> Result<Vec<u8>> {
         .to_device(&Device::Cpu)?
         .flatten_all()?
         .to_vec1()?;
-    let dims: Vec<String> = x.dims().iter().map(|d| d.to_string()).collect();
+    let mut out = npy_header("<f4", x.dims(), 4 * values.len())?;
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// The .npy v1.0 header for an array of `dims` in C order with numpy type `descr` (e.g.
+/// `<f8`), in a buffer with room for `payload` more bytes.
+pub fn npy_header(descr: &str, dims: &[usize], payload: usize) -> Result<Vec<u8>> {
+    let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
     let shape = match dims.len() {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // magic (6) + version (2) + header length (2) + header + '\n' is a multiple of 64.
     let unpadded = 10 + header.len() + 1;
     header.extend(std::iter::repeat_n(
@@ -146,13 +156,10 @@ pub fn encode_npy(x: &Tensor) -> Result<Vec<u8>> {
     header.push('\n');
     let len = u16::try_from(header.len())
         .map_err(|_| Error::Invalid(format!("npy header for shape {shape} is too long")))?;
-    let mut out = Vec::with_capacity(10 + header.len() + 4 * values.len());
+    let mut out = Vec::with_capacity(10 + header.len() + payload);
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
     Ok(out)
 }
 

@@ -132,7 +132,12 @@ impl Loader {
             let handle = std::thread::Builder::new()
                 .name(format!("ddpm-data-{w}"))
                 .spawn(move || job.run())
-                .map_err(|e| Error::Data(format!("cannot start data loader thread: {e}")))?;
+                .map_err(|e| {
+                    Error::Data(format!(
+                        "cannot start data loader thread {} of {workers} (data.workers): {e}; lower data.workers",
+                        w + 1
+                    ))
+                })?;
             loader.receivers.push(rx);
             loader.handles.push(handle);
         }

@@ -3,6 +3,8 @@
 //! scale u8 to [-1, 1] with an optional horizontal flip. Which files, in what order, is
 //! `folder`'s business; batching is `loader`'s.
 
+use std::fs::File;
+use std::io::BufReader;
 use std::path::Path;
 
 use image::imageops::{self, FilterType};
@@ -10,15 +12,21 @@ use image::{DynamicImage, ImageBuffer, ImageReader, Pixel};
 
 use super::config::ImageSize;
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// Downscaling filter for training images: bicubic (Catmull-Rom, PIL's BICUBIC), whose support
 /// the `image` crate widens with the scale factor, so downscaling is antialiased.
 pub const FILTER: FilterType = FilterType::CatmullRom;
 
+/// The image file at `path`, its format guessed from the content, not the extension; a pipe or
+/// device is refused (a FIFO would block the open).
+fn reader(path: &Path) -> std::io::Result<ImageReader<BufReader<File>>> {
+    ImageReader::new(BufReader::new(limits::open_file(path)?)).with_guessed_format()
+}
+
 /// The header's (width, height), read without decoding the pixels.
 pub fn dimensions(path: &Path) -> Result<(u32, u32)> {
-    ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
+    reader(path)
         .map_err(|e| Error::Data(format!("{}: cannot open image: {e}", path.display())))?
         .into_dimensions()
         .map_err(|e| Error::Data(format!("{}: cannot read image header: {e}", path.display())))
@@ -26,8 +34,7 @@ pub fn dimensions(path: &Path) -> Result<(u32, u32)> {
 
 /// Decode the whole image; the format is guessed from the content, not the extension.
 pub fn decode(path: &Path) -> Result<DynamicImage> {
-    ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
+    reader(path)
         .map_err(|e| Error::Data(format!("{}: cannot open image: {e}", path.display())))?
         .decode()
         .map_err(|e| Error::Data(format!("{}: cannot decode image: {e}", path.display())))

@@ -160,7 +160,7 @@ pub fn read(dir: &Path, scheduler: Option<&Path>) -> Result<Imported> {
             }
         )));
     }
-    cfg.validate_model().map_err(|e| {
+    cfg.validate_stored().map_err(|e| {
         Error::Config(format!(
             "{}: the model it describes is not one ddpm builds: {e}",
             dir.display()

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// The fields of one JSON object and which of them have been read.
 pub(crate) struct Fields {
@@ -22,7 +23,9 @@ pub(crate) struct Fields {
 impl Fields {
     /// Read the JSON object in `path`.
     pub fn read(path: &Path) -> Result<Fields> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = limits::read(path, limits::MAX_CONFIG_BYTES).map_err(|e| Error::io(path, e))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::Config(format!("{}: not JSON: not UTF-8 text", path.display())))?;
         Self::parse(&text, path)
     }
 

@@ -150,6 +150,15 @@ impl Arch {
     }
 }
 
+/// The most resolution levels (`model.channel_mult` entries): 16 levels halve a side 15 times.
+const MAX_LEVELS: usize = 16;
+/// The most residual blocks per level.
+const MAX_RES_BLOCKS: usize = 100;
+/// The most channels at any level (the DDPM paper's widest level has 256).
+pub const MAX_CHANNELS: usize = 1 << 16;
+/// The most classes of a class-conditional model.
+const MAX_CLASSES: usize = 1 << 20;
+
 impl UNetConfig {
     /// The time-embedding width: 4 * base_channels.
     pub fn temb_dim(&self) -> usize {
@@ -222,6 +231,38 @@ impl UNetConfig {
         if let Some(i) = self.channel_mult.iter().position(|&m| m == 0) {
             return bad(format!(
                 "model.channel_mult[{i}] = 0: multipliers must be at least 1"
+            ));
+        }
+        // Counts bounded before anything is sized by them (the plan, the 2^levels factor).
+        if self.channel_mult.len() > MAX_LEVELS {
+            return bad(format!(
+                "model.channel_mult has {} levels; at most {MAX_LEVELS} (each halves the image)",
+                self.channel_mult.len()
+            ));
+        }
+        if self.num_res_blocks > MAX_RES_BLOCKS {
+            return bad(format!(
+                "model.num_res_blocks = {} is more than {MAX_RES_BLOCKS} (the DDPM paper uses 2)",
+                self.num_res_blocks
+            ));
+        }
+        if self.base_channels > MAX_CHANNELS {
+            return bad(format!(
+                "model.base_channels = {} is more than {MAX_CHANNELS}",
+                self.base_channels
+            ));
+        }
+        for (i, &m) in self.channel_mult.iter().enumerate() {
+            let c = self.base_channels.saturating_mul(m);
+            if c > MAX_CHANNELS {
+                return bad(format!(
+                    "model.channel_mult[{i}] = {m} makes {c} channels (model.base_channels x {m}), more than {MAX_CHANNELS}"
+                ));
+            }
+        }
+        if let Some(n) = self.num_classes.filter(|&n| n > MAX_CLASSES) {
+            return bad(format!(
+                "model.num_classes = {n} is more than {MAX_CLASSES}"
             ));
         }
         if !(0.0..1.0).contains(&self.dropout) {

@@ -34,6 +34,11 @@ impl Default for MlpConfig {
     }
 }
 
+/// The widest hidden layer and timestep embedding of the MLP.
+const MAX_WIDTH: usize = 1 << 16;
+/// The most residual blocks of the MLP.
+const MAX_BLOCKS: usize = 1000;
+
 impl MlpConfig {
     /// Check the sizes; errors name the key.
     pub fn validate(&self) -> Result<()> {
@@ -41,6 +46,17 @@ impl MlpConfig {
             return Err(Error::Config(
                 "model.mlp.width and model.mlp.blocks must be at least 1".into(),
             ));
+        }
+        for (key, v, max) in [
+            ("width", self.width, MAX_WIDTH),
+            ("blocks", self.blocks, MAX_BLOCKS),
+            ("time_dim", self.time_dim, MAX_WIDTH),
+        ] {
+            if v > max {
+                return Err(Error::Config(format!(
+                    "model.mlp.{key} = {v} is more than {max}"
+                )));
+            }
         }
         if self.time_dim < 4 || self.time_dim % 2 != 0 {
             return Err(Error::Config(format!(

@@ -6,11 +6,14 @@ use std::path::Path;
 
 use super::Points;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::npy;
 
 /// Read `path` as .npy when its extension says so, else as CSV.
 pub fn read(path: &Path) -> Result<Points> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // Read whole, then parsed into f64s (at most 4 per byte of CSV, 2 per byte of float32 .npy)
+    // and standardised into f32s.
+    let bytes = limits::read_within_memory(path, 8).map_err(|e| Error::io(path, e))?;
     let is_npy = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
@@ -78,7 +81,8 @@ pub fn parse_npy(bytes: &[u8], origin: &str) -> Result<Points> {
         [n, d] => (n, d),
         _ => {
             return Err(bad(&format!(
-                "array of shape {shape:?} has rank {}; expected a 2-D array (N, D)",
+                "array of shape {} has rank {}; expected a 2-D array (N, D)",
+                npy::tuple(&shape),
                 shape.len()
             )))
         }

@@ -183,6 +183,17 @@ fn bad_npy_names_the_file_and_the_problem() {
     let e = err(npy("<f4", false, "(2, 2)", &[0; 12]));
     assert!(e.contains("12 data bytes"), "{e}");
     assert!(err(npy("<f4", false, "(0, 2)", &[])).contains("no points"));
+    // Parentheses the wrong way round once sliced the header backwards (a panic).
+    assert!(err(npy("<f4", false, ")2, 2(", &[0; 16])).contains("no readable 'shape'"));
+    // (2^62 + 2) rows of 2 float64s are 2^66 + 32 bytes, which wrapped to the 32 given: two
+    // points in C order, and a 2^63-element allocation in Fortran order.
+    for fortran in [false, true] {
+        let e = err(npy("<f8", fortran, "(4611686018427387906, 2)", &[0; 32]));
+        assert!(
+            e.contains("32 data bytes for shape (4611686018427387906, 2)"),
+            "{e}"
+        );
+    }
     assert!(err(b"hello world".to_vec()).contains("not a .npy"));
 }
 

@@ -35,6 +35,7 @@ pub fn training_grid(
         device: state.device.clone(),
         standardization: standardization.cloned(),
         evaluations: AtomicU64::new(0),
+        notice: None,
     };
     let classes: Vec<u32> = (0..cfg.model.num_classes.unwrap_or(0) as u32).collect();
     let req = Request {

@@ -18,10 +18,12 @@ pub use run_dir::{RunDir, METRICS_HEADER};
 pub use state::TrainState;
 pub use step::{train_step, StepStats};
 
+use crate::budget;
 use crate::checkpoint;
 use crate::config::Config;
 use crate::data::{self, Loader, LoaderOptions};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::points::Standardization;
 
 /// How to run: where, how far, and the flag that asks the loop to stop.
@@ -68,6 +70,8 @@ pub enum Event<'a> {
     Checkpoint(&'a Path),
     /// A sample grid was written.
     Samples(&'a Path),
+    /// Something the user should know (a resumed checkpoint had no checksum to verify).
+    Notice(String),
 }
 
 /// How a run ended.
@@ -93,6 +97,8 @@ pub fn train(
     on_event: &mut dyn FnMut(Event) -> Result<()>,
 ) -> Result<Summary> {
     cfg.train.precision.check(device)?;
+    // Before anything is allocated: a run too big for the machine fails now, not hours in.
+    budget::training(cfg, device).check("training", device, limits::available().as_ref())?;
     let schedule = cfg.diffusion.schedule()?;
     let dataset = data::open(&cfg.data)?;
     let resolved = with_data_dim(cfg, dataset.as_ref());
@@ -110,6 +116,9 @@ pub fn train(
             step: state.step,
             passed_over: &passed_over,
         })?;
+        if let Some(n) = ckpt.notice() {
+            on_event(Event::Notice(n))?;
+        }
         good_ckpt = Some(ckpt.path);
         state
     } else {

@@ -259,3 +259,68 @@ fn option_values_are_checked() {
     .validate((32, 32))
     .is_ok());
 }
+
+/// Counts are bounded before anything is sized by them: 70 levels once shifted 1 by 69 (an
+/// overflow), a million blocks per level built a plan of millions of entries.
+#[test]
+fn counts_past_their_bounds_are_refused_naming_the_key() {
+    let d = UNetConfig::default;
+    let err = |cfg: UNetConfig| cfg.validate((32, 32)).unwrap_err().to_string();
+    let cases = [
+        (
+            UNetConfig {
+                channel_mult: vec![1; 70],
+                ..d()
+            },
+            "model.channel_mult has 70 levels",
+        ),
+        (
+            UNetConfig {
+                num_res_blocks: 1_000_000,
+                ..d()
+            },
+            "model.num_res_blocks = 1000000",
+        ),
+        (
+            UNetConfig {
+                base_channels: 100_000,
+                ..d()
+            },
+            "model.base_channels = 100000",
+        ),
+        (
+            UNetConfig {
+                channel_mult: vec![1, 1_000_000],
+                ..d()
+            },
+            "model.channel_mult[1] = 1000000",
+        ),
+        (
+            UNetConfig {
+                channel_mult: vec![1, usize::MAX],
+                ..d()
+            },
+            "model.channel_mult[1]",
+        ),
+        (
+            UNetConfig {
+                num_classes: Some(usize::MAX),
+                ..d()
+            },
+            "model.num_classes",
+        ),
+    ];
+    for (cfg, want) in cases {
+        let e = err(cfg);
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let mlp = |width, blocks| MlpConfig {
+        width,
+        blocks,
+        ..MlpConfig::default()
+    };
+    let e = mlp(1_000_000, 3).validate().unwrap_err().to_string();
+    assert!(e.contains("model.mlp.width = 1000000"), "{e}");
+    let e = mlp(128, 1_000_000).validate().unwrap_err().to_string();
+    assert!(e.contains("model.mlp.blocks = 1000000"), "{e}");
+}

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side CPU comparison with the PyTorch reference (benches/compare.sh drives this).
 
-Runs PyTorch (ref_bench.py --impl torch-ref) and ours (the `workloads` bench binary, timed the
-same way) alternately, one process per (rep, workload, side), both pinned to the same thread
+Runs PyTorch (benches/reference/bench.py: the same UNet in PyTorch, benches/reference/unet.py)
+and ours (the `workloads` bench binary, timed the same way) alternately, one process per (rep, workload, side), both pinned to the same thread
 count, and appends every JSON line to a file; then prints, per workload, the median images/s of
 each side with every rep, the ratio of the medians and the median of the per-rep ratios, peak
 RSS (the maximum over reps), our fraction of the sgemm peak, and the other load the machine
@@ -11,7 +11,7 @@ carried during the timed region.
 On a shared Linux box each run goes into its own session and autogroup at nice -20 (needs
 root; otherwise it runs at normal priority and says so), as REFERENCE.md's "Reproduce" does.
 
-  compare.py run --ref-py PY --bench-dir DIR --ours EXE --reps N --threads T --out F W1 ...
+  compare.py run --ref-py PY --ours EXE --reps N --threads T --out F W1 ...
   compare.py summary F
 """
 
@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # REFERENCE.md: best recorded f32 GEMM on this machine, 2 threads.
 SGEMM_PEAK_GFLOPS = 167.0
 # REFERENCE.md: counted conv/matmul GFLOP per image (train = 3x forward; sampling = steps x forward).
@@ -69,11 +70,11 @@ def run(a):
         print(f"rep {rep}/{a.reps}", flush=True)
         for w in a.workloads:
             tag = {"rep": rep, "threads_requested": a.threads}
-            ref = [a.ref_py, "ref_bench.py", "--impl", "torch-ref", "--workload", w,
-                   "--no-flops", "--sample-reps", "1"]
+            ref = [a.ref_py, os.path.join(ROOT, "benches", "reference", "bench.py"),
+                   "--device", "cpu", "--workload", w]
             ours = [a.ours, w]
             # Alternate which side goes first, so a drift in machine load hits both alike.
-            pair = [(ref, a.bench_dir), (ours, None)]
+            pair = [(ref, ROOT), (ours, None)]
             for cmd, cwd in pair if rep % 2 else pair[::-1]:
                 run_one(cmd, cwd, env, tag, a.out)
     summary(a.out)
@@ -113,7 +114,6 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--ref-py", required=True)
-    r.add_argument("--bench-dir", required=True)
     r.add_argument("--ours", required=True)
     r.add_argument("--reps", type=int, default=5)
     r.add_argument("--threads", type=int, default=2)

@@ -5,14 +5,12 @@
 #
 #   REF_PY=/path/to/venv/bin/python benches/compare.sh [W1 W2 W3 W4]
 #
-# REF_PY     a python with torch (default python3)
-# BENCH_DIR  the folder with ref_bench.py (default ../shared/bench from the repository root)
+# REF_PY     a python with torch (default python3); the PyTorch side is benches/reference/
 # REPS       repetitions (default 5); THREADS (default 2); OUT the JSON lines file
 #            (default target/compare.jsonl, appended to: remove it for a fresh table)
 set -eu
 cd "$(dirname "$0")/.."
 REF_PY=${REF_PY:-python3}
-BENCH_DIR=$(cd "${BENCH_DIR:-../shared/bench}" && pwd)
 REPS=${REPS:-5}
 THREADS=${THREADS:-2}
 OUT=${OUT:-target/compare.jsonl}
@@ -23,5 +21,5 @@ if [ -z "$OURS" ] || [ ! -x "$OURS" ]; then
     exit 1
 fi
 case "$OURS" in /*) ;; *) OURS="$PWD/$OURS" ;; esac
-exec "$REF_PY" benches/compare.py run --ref-py "$REF_PY" --bench-dir "$BENCH_DIR" \
+exec "$REF_PY" benches/compare.py run --ref-py "$REF_PY" \
     --ours "$OURS" --reps "$REPS" --threads "$THREADS" --out "$OUT" "$@"

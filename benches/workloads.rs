@@ -1,5 +1,5 @@
-//! The reference workloads end to end, timed the way /work/shared/bench/ref_bench.py times
-//! PyTorch, so the two print comparable JSON lines: W1/W3 = warm-up steps, then the median of
+//! The reference workloads end to end, timed the way benches/reference/bench.py times PyTorch
+//! (as ../shared/bench/ref_bench.py did before it), so the two print comparable JSON lines: W1/W3 = warm-up steps, then the median of
 //! timed AdamW training steps (L_simple forward + backward + update); W2 = one whole 50-step
 //! DDIM sampling of 16 images; W4 = 100 ancestral steps of the 1000, scaled x10. Each workload
 //! runs in its own child process so peak RSS (VmHWM) is per workload.

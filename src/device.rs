@@ -5,6 +5,9 @@
 //!
 //! CUDA support is a build option (the `cuda` cargo feature): code that only a CUDA build can
 //! compile sits behind `#[cfg(feature = "cuda")]`, which `.ci/cuda-check` compiles and lints.
+//! cuDNN is found at run time (`cudnn`), not linked, so a CUDA build starts without it.
+
+pub mod cudnn;
 
 use std::fmt;
 use std::str::FromStr;
@@ -64,11 +67,30 @@ impl fmt::Display for DeviceSpec {
 ///
 /// `cpu` always succeeds. `cuda`/`cuda:N` is an error (never a panic) when this build has no
 /// CUDA support, when no driver or GPU answers, or when device N does not exist.
+///
+/// On a CUDA device cuDNN is looked for too (`cudnn`): not found, the notice says that
+/// convolutions fall back to candle's and what to install; a `DDPM_CUDNN` that names an unusable
+/// library is an error.
 pub fn resolve(spec: DeviceSpec) -> Result<(Device, Option<String>)> {
-    match spec {
-        DeviceSpec::Cpu => Ok((Device::Cpu, None)),
-        DeviceSpec::Cuda(ordinal) => open_cuda(ordinal).map(|device| (device, None)),
-        DeviceSpec::Auto => Ok(auto()),
+    let (device, notice) = match spec {
+        DeviceSpec::Cpu => (Device::Cpu, None),
+        DeviceSpec::Cuda(ordinal) => (open_cuda(ordinal)?, None),
+        DeviceSpec::Auto => auto(),
+    };
+    if !device.is_cuda() {
+        return Ok((device, notice));
+    }
+    let cudnn_notice = cudnn_verdict(cudnn::get().map(|_| ()))?;
+    Ok((device, notice.or(cudnn_notice)))
+}
+
+/// What cuDNN's state means for a CUDA run: found or turned off, nothing to say; not found, a
+/// notice (convolutions fall back to candle's); named by DDPM_CUDNN but unusable, an error.
+pub fn cudnn_verdict(state: std::result::Result<(), &cudnn::Missing>) -> Result<Option<String>> {
+    match state {
+        Ok(()) | Err(cudnn::Missing::Off) => Ok(None),
+        Err(m @ cudnn::Missing::NotFound(_)) => Ok(Some(m.message())),
+        Err(m @ cudnn::Missing::Unusable(_)) => Err(Error::Invalid(m.message())),
     }
 }
 
@@ -180,6 +202,21 @@ mod tests {
             assert!(msg.contains(&format!("`{bad}`")), "{bad:?}: {msg}");
             assert!(msg.contains(DEVICE_FORMS), "{bad:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn a_missing_cudnn_is_a_notice_and_a_bad_ddpm_cudnn_an_error() {
+        assert_eq!(cudnn_verdict(Ok(())).unwrap(), None);
+        assert_eq!(cudnn_verdict(Err(&cudnn::Missing::Off)).unwrap(), None);
+        let not_found = cudnn::Missing::NotFound("cuDNN 9 not found (...)".into());
+        let notice = cudnn_verdict(Err(&not_found)).unwrap().unwrap();
+        assert_eq!(notice, "cuDNN 9 not found (...)");
+        let bad = cudnn::open(&cudnn::Request::Path("/nonexistent/libcudnn.so.9".into()))
+            .err()
+            .unwrap();
+        let e = cudnn_verdict(Err(&bad)).unwrap_err().to_string();
+        assert!(e.contains("DDPM_CUDNN=/nonexistent/libcudnn.so.9"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

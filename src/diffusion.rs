@@ -66,7 +66,9 @@ impl Parameterization {
 }
 
 /// Gather coef[t_b] for each example b into a (B, 1, ..., 1) tensor of rank `rank`, dtype f32
-/// on `device`: improved-diffusion's `_extract_into_tensor`, done host-side in f64.
+/// on `device`: improved-diffusion's `_extract_into_tensor`, done host-side in f64. When every
+/// example has the same t (sampling) the value is filled in on the device, so a sampling step
+/// copies nothing from the host (a copy from pageable memory waits for the GPU's queue).
 pub fn extract(coef: &[f64], t: &[usize], rank: usize, device: &Device) -> Result<Tensor> {
     let values = t
         .iter()
@@ -81,7 +83,12 @@ pub fn extract(coef: &[f64], t: &[usize], rank: usize, device: &Device) -> Resul
         .collect::<Result<Vec<f32>>>()?;
     let mut dims = vec![1usize; rank.max(1)];
     dims[0] = t.len();
-    Ok(Tensor::from_vec(values, dims, device)?)
+    match values.split_first() {
+        Some((&v, rest)) if rest.iter().all(|&r| r.to_bits() == v.to_bits()) => {
+            Ok(Tensor::full(v, dims, device)?)
+        }
+        _ => Ok(Tensor::from_vec(values, dims, device)?),
+    }
 }
 
 /// Timestep indices of a (B,) integer tensor as host values.

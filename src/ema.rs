@@ -114,6 +114,10 @@ impl Ema {
             return Ok(None);
         }
         let decay = self.cfg.decay_at(step);
+        #[cfg(feature = "cuda")]
+        if self.update_cuda(decay)? {
+            return Ok(Some(decay));
+        }
         for ((_, var), (_, ema)) in self.vars.iter().zip(&mut self.weights) {
             *ema = if decay == 0.0 {
                 snapshot(var)?
@@ -123,6 +127,28 @@ impl Ema {
             };
         }
         Ok(Some(decay))
+    }
+
+    /// `update`'s arithmetic over every weight in a few launches (`optim::multi`), when all are
+    /// f32 on CUDA; false (nothing done) otherwise. The averages own their storage
+    /// (`snapshot`, `load_state` copies), so they are updated in place.
+    #[cfg(feature = "cuda")]
+    fn update_cuda(&mut self, decay: f64) -> Result<bool> {
+        let all_cuda = self
+            .vars
+            .iter()
+            .all(|(_, v)| v.device().is_cuda() && v.dtype() == DType::F32)
+            && self
+                .weights
+                .iter()
+                .all(|(_, w)| w.device().is_cuda() && w.is_contiguous());
+        if !all_cuda || self.vars.is_empty() {
+            return Ok(false);
+        }
+        let e: Vec<&Tensor> = self.weights.iter().map(|(_, w)| w).collect();
+        let p: Vec<&Tensor> = self.vars.iter().map(|(_, v)| v.as_tensor()).collect();
+        crate::nn::kernels::cuda::multi::ema(e, p, (1.0 - decay) as f32, decay == 0.0)?;
+        Ok(true)
     }
 
     /// The averaged weights (f32, on the variables' devices), sorted by name.
@@ -160,7 +186,8 @@ impl Ema {
         let mut loaded = Vec::with_capacity(self.vars.len());
         for (name, var) in &self.vars {
             let t = expect_tensor(tensors, &format!("ema.{name}"), var.dims(), "EMA state")?;
-            loaded.push(t.to_dtype(DType::F32)?.to_device(var.device())?);
+            // A copy of its own: the CUDA path updates the averages in place.
+            loaded.push(t.to_dtype(DType::F32)?.to_device(var.device())?.copy()?);
         }
         let known = |n: &str| {
             self.vars

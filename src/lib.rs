@@ -19,6 +19,7 @@ pub mod data;
 pub mod denoiser;
 pub mod device;
 pub mod diffusion;
+pub mod dist;
 pub mod ema;
 pub mod error;
 pub mod fault;

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // Process-wide CPU settings (allocator, candle's pool off so batches run in shards), before
-    // any tensor work or other thread.
+    // Process-wide CPU settings (allocator, candle's pool off so batches run in shards; a
+    // launcher's ranks on one machine share its cores), before any tensor work or other thread.
+    ddpm::dist::budget_cpu_threads();
     ddpm::nn::kernels::configure_cpu();
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,

@@ -5,6 +5,7 @@
 //! or gradients (that is `loss.backward()`) and does not own the EMA (`ema`).
 
 mod grad;
+mod multi;
 
 use std::collections::BTreeMap;
 
@@ -193,6 +194,10 @@ impl AdamW {
 
     /// Clip the global gradient norm of these parameters to `max_norm`; returns the norm before.
     pub fn clip_grad_norm(&self, grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+        #[cfg(feature = "cuda")]
+        if let Some(norm) = multi::clip(&self.slots, grads, max_norm)? {
+            return Ok(norm);
+        }
         clip_grad_norm(
             self.slots.iter().map(|s| s.var.as_tensor()),
             grads,
@@ -222,6 +227,10 @@ impl AdamW {
             weight_decay: wd,
             ..
         } = self.cfg;
+        #[cfg(feature = "cuda")]
+        if multi::step(&self.slots, grads, &self.cfg, lr, self.step)? {
+            return Ok(());
+        }
         let step_size = lr / (1.0 - b1.powf(k));
         let inv_bc2_sqrt = 1.0 / (1.0 - b2.powf(k)).sqrt();
         for slot in &mut self.slots {

@@ -1,7 +1,8 @@
 //! The arithmetic precision of the network's forward and backward passes (`train.precision`,
-//! `--precision`): f32, or bf16 mixed precision on CUDA. Owns the names, the compute dtype and
-//! the device check; it does not cast anything (training keeps f32 master weights, optimizer
-//! state and loss, and casts to [`Precision::dtype`] for the passes).
+//! `--precision`): f32, or bf16 mixed precision on CUDA. Owns the names, the compute dtype, the
+//! device check, and the autocast policy (`Autocast`: which op runs in which dtype, as
+//! PyTorch's `torch.autocast`); it does not cast anything itself (training keeps f32 master
+//! weights, optimizer state and loss, and casts to [`Precision::dtype`] for the passes).
 
 use std::fmt;
 use std::str::FromStr;
@@ -46,6 +47,41 @@ impl Precision {
                  slower than f32; use --precision f32, or --device cuda on a GPU build"
                     .to_string(),
             )),
+        }
+    }
+}
+
+/// The kinds of op whose dtype autocast decides, for the ops the networks have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Convolutions (cuDNN, im2col): autocast's lower-precision list.
+    Conv,
+    /// Matrix products, Linear layers included: lower-precision list.
+    Matmul,
+    /// GroupNorm's mean and variance: autocast's f32 list (`group_norm`).
+    NormStats,
+    /// GroupNorm's weight and bias: kept f32 (autocast never casts them down).
+    NormParams,
+    /// The attention softmax: f32 list (`softmax`).
+    Softmax,
+    /// The training loss: f32 list (`mse_loss`).
+    Loss,
+}
+
+/// PyTorch autocast's semantics for a compute dtype: convolutions and matmuls in the compute
+/// dtype; normalisation statistics and parameters, softmax and the loss in f32 when the
+/// compute dtype is a 16-bit one (and in the compute dtype otherwise). Master weights and the
+/// optimizer stay f32 regardless (`optim`, `ema`).
+pub struct Autocast;
+
+impl Autocast {
+    /// The dtype `op` runs in when the network computes in `compute`.
+    pub fn dtype(compute: DType, op: Op) -> DType {
+        let half = matches!(compute, DType::BF16 | DType::F16);
+        match op {
+            Op::Conv | Op::Matmul => compute,
+            Op::NormStats | Op::NormParams | Op::Softmax | Op::Loss if half => DType::F32,
+            _ => compute,
         }
     }
 }
@@ -113,6 +149,28 @@ mod tests {
         .unwrap();
         assert_eq!(text.trim(), "precision = \"f32\"");
         assert!(toml::from_str::<Train>("precision = \"fp16\"").is_err());
+    }
+
+    #[test]
+    fn autocast_runs_convs_and_matmuls_low_and_the_rest_in_f32() {
+        use Op::*;
+        for compute in [DType::BF16, DType::F16] {
+            assert_eq!(Autocast::dtype(compute, Conv), compute);
+            assert_eq!(Autocast::dtype(compute, Matmul), compute);
+            for op in [NormStats, NormParams, Softmax, Loss] {
+                assert_eq!(Autocast::dtype(compute, op), DType::F32, "{op:?}");
+            }
+        }
+        // f32 (and wider) runs everything as it is: the f32 path is untouched.
+        for compute in [DType::F32, DType::F64] {
+            for op in [Conv, Matmul, NormStats, NormParams, Softmax, Loss] {
+                assert_eq!(Autocast::dtype(compute, op), compute, "{op:?}");
+            }
+        }
+        assert_eq!(
+            Autocast::dtype(Precision::Bf16.dtype(), Softmax),
+            DType::F32
+        );
     }
 
     #[test]

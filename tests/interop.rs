@@ -347,6 +347,49 @@ fn given_noise_is_checked_and_replayed() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (_, e) = run(dir, &args, 1);
     assert!(e.contains("pass -n 2"), "{e}");
+    // Under torchrun each of two ranks takes its own row of x_T and of every later draw:
+    // together they write the PNGs one process writes, byte for byte (ranks write PNGs only).
+    let to_dir = |out: &str| {
+        let mut args = base("steps.npy");
+        args.truncate(11);
+        args.extend([
+            "--out-dir".into(),
+            out.into(),
+            "--device".into(),
+            "cpu".into(),
+        ]);
+        args
+    };
+    let (one, two) = (to_dir("one"), to_dir("two"));
+    let (one, two): (Vec<&str>, Vec<&str>) = (
+        one.iter().map(String::as_str).collect(),
+        two.iter().map(String::as_str).collect(),
+    );
+    run(dir, &one, 0);
+    for rank in ["0", "1"] {
+        let out = common::ddpm(dir, &two)
+            .env("RANK", rank)
+            .env("LOCAL_RANK", rank)
+            .env("WORLD_SIZE", "2")
+            .env("LOCAL_WORLD_SIZE", "2")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let files = |d: &str| {
+        let mut v: Vec<(PathBuf, Vec<u8>)> = walk(&dir.join(d))
+            .into_iter()
+            .map(|p| (p.file_name().unwrap().into(), std::fs::read(&p).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(files("one").len(), 2);
+    assert_eq!(files("one"), files("two"));
 }
 
 /// The import and export commands of README.md ("Using diffusers models") and of `ddpm import

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # On a GPU machine (CUDA 13 libraries, PyTorch, no Rust): unpack the binary that
-# benches/gpu/build-binary.sh built, run W1 (train) and W2 (DDIM-50 sample) of WORKLOADS.md in
-# f32 and bf16 with it and with the PyTorch reference (ref_cuda.py), and print the ratios.
+# benches/gpu/build-binary.sh built, run W1 (train) and W2 (DDIM-50 sample) of the reference
+# workloads in f32 and bf16 with it and with the PyTorch reference (benches/reference/bench.py:
+# the same UNet, eager, and W1 under torch.compile), and print the ratios with the peak GPU
+# memory of each run (nvidia-smi's per-process maximum, sampled every 100 ms, for both sides;
+# PyTorch's own max_memory_allocated too).
 #
-# Needs in the repo tree: benches/gpu/dist/ddpm.xz, and ref_unet.py from the shared bench folder
-# (REF_DIR, else benches/gpu/dist/bench, shared/bench or ../shared/bench).
 # Environment: CUDA_LIB_DIR (a folder with libcublas.so.13 etc., searched for otherwise),
 # REF_PY (python with torch, default python3), W1_STEPS (default 200), W2_REPS (default 3),
-# OUT (a folder to copy results.jsonl and the logs into), RUN_TIMEOUT (s per command, 300).
+# OUT (a folder to copy results.jsonl and the logs into), RUN_TIMEOUT (s per command, 300),
+# COMPILE (1: also W1 under torch.compile, the default; 0: skip).
 # Exit status: 0 when the table printed (failed runs show as "-" and "error:" lines), 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -48,36 +50,51 @@ missing=$(ldd "$BIN" | grep 'not found')
 [[ -z "$missing" ]] || die "the binary lacks libraries (set CUDA_LIB_DIR):"$'\n'"$missing"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2
 
-# --- the reference files ------------------------------------------------------------------
-ref_dirs=(${REF_DIR:+"$REF_DIR"} "$DIST/bench" shared/bench ../shared/bench)
-REF_DIR=
-for d in "${ref_dirs[@]}"; do
-    [[ -z "$REF_DIR" && -f "$d/ref_unet.py" ]] && REF_DIR=$d
-done
-[[ -n "$REF_DIR" ]] || say "warning: no ref_unet.py in ${ref_dirs[*]} (set REF_DIR); skipping PyTorch"
-
 # --- runs ---------------------------------------------------------------------------------
-# Appends one line to results.jsonl: the command's last JSON line plus who/what, or an error.
+# Appends one line to results.jsonl: the command's last JSON line plus who/what and the peak GPU
+# memory nvidia-smi saw for its process, or an error.
 record() {
-    local wl=$1 impl=$2 prec=$3 log=$4 rc=$5
-    "$PY" - "$wl" "$impl" "$prec" "$log" "$rc" >>"$RESULTS" <<'PY'
+    local wl=$1 impl=$2 prec=$3 log=$4 rc=$5 mem=$6
+    "$PY" - "$wl" "$impl" "$prec" "$log" "$rc" "$mem" >>"$RESULTS" <<'PY'
 import json, sys
-wl, impl, prec, log, rc = sys.argv[1:]
+wl, impl, prec, log, rc, mem = sys.argv[1:]
 lines = [l for l in open(log, errors="replace") if l.startswith("{")]
 row = json.loads(lines[-1]) if rc == "0" and lines else {"error": f"exit {rc}, see {log}"}
 row.update(workload=wl, impl=impl, precision=prec)
+if mem:
+    row["peak_gpu_smi_mb"] = float(mem)
 print(json.dumps(row))
 PY
+}
+
+# Runs a command with nvidia-smi sampling the GPU's compute processes; sets PEAK_MB, the largest
+# memory one of them held (the runs are one at a time, and the command's own pid is that of
+# `timeout`, not of the process on the GPU), or empty without nvidia-smi.
+watched() { # log command...
+    local log=$1 rc smi=""
+    shift
+    "$@" >"$log" 2>"$log.err" &
+    local pid=$!
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits -lms 100 \
+            >"$log.smi" 2>/dev/null &
+        smi=$!
+    fi
+    wait "$pid"
+    rc=$?
+    [[ -n "$smi" ]] && kill "$smi" 2>/dev/null && wait "$smi" 2>/dev/null
+    PEAK_MB=$([[ -f "$log.smi" ]] && awk -F', *' '$2 + 0 > m {m = $2 + 0} END {if (m) print m}' "$log.smi")
+    return "$rc"
 }
 
 ours() { # workload precision log command...
     local wl=$1 prec=$2 log=$3 rc
     shift 3
     say "$wl $prec: $*"
-    timeout "$TMO" "$@" >"$log" 2>"$log.err"
+    watched "$log" timeout "$TMO" "$@"
     rc=$?
     ((rc == 0)) || tail -n 5 "$log.err" >&2
-    record "$wl" ddpm "$prec" "$log" "$rc"
+    record "$wl" ddpm "$prec" "$log" "$rc" "$PEAK_MB"
     return "$rc"
 }
 
@@ -113,12 +130,22 @@ else
     say "no $ckpt: skipping W2"
 fi
 
-if [[ -n "$REF_DIR" ]]; then
-    say "PyTorch reference: $PY benches/gpu/ref_cuda.py --ref-dir $REF_DIR"
-    timeout "$TMO" "$PY" benches/gpu/ref_cuda.py --ref-dir "$REF_DIR" >"$WORK/ref.json" \
-        2>"$WORK/ref.err" || tail -n 5 "$WORK/ref.err" >&2
-    grep '^{' "$WORK/ref.json" >>"$RESULTS"
-fi
+# PyTorch: one process per (workload, precision, variant), so the memory peaks are per run.
+torch_run() { # workload precision [--compile]
+    local wl=$1 prec=$2 variant=${3:-} log="$WORK/torch-$1-$2${3:+-compile}.json" rc
+    say "PyTorch $wl $prec ${variant:-eager}"
+    watched "$log" timeout "$TMO" "$PY" benches/reference/bench.py --device cuda --workload "$wl" \
+        --precision "$prec" $variant
+    rc=$?
+    ((rc == 0)) || tail -n 5 "$log.err" >&2
+    record "$wl" "torch-ref${variant:++compile}" "$prec" "$log" "$rc" "$PEAK_MB"
+}
+for wl in W1 W2; do
+    for prec in f32 bf16; do
+        torch_run "$wl" "$prec"
+    done
+done
+[[ "${COMPILE:-1}" == 1 ]] && torch_run W1 f32 --compile
 
 # --- the table ----------------------------------------------------------------------------
 "$PY" - "$RESULTS" <<'PY'
@@ -129,13 +156,25 @@ def rate(impl, wl, prec):
          if r["impl"] == impl and r["workload"] == wl and r["precision"] == prec]
     v = [x for x in v if isinstance(x, (int, float))]
     return statistics.median(v) if v else None
+def mem(impl, wl, prec):
+    v = [r.get("peak_gpu_smi_mb") for r in rows
+         if r["impl"] == impl and r["workload"] == wl and r["precision"] == prec]
+    v = [x for x in v if isinstance(x, (int, float))]
+    return max(v) if v else None
 fmt = lambda x: f"{x:10.2f}" if x is not None else f"{'-':>10}"
+fmb = lambda x: f"{x:8.0f}" if x is not None else f"{'-':>8}"
 div = lambda a, b: a / b if a is not None and b else None
-print(f"{'workload':8} {'precision':9} {'ddpm img/s':>10} {'torch img/s':>11} {'ddpm/torch':>10}")
+print(f"{'workload':8} {'precision':9} {'ddpm img/s':>10} {'torch img/s':>11} {'ddpm/torch':>10}"
+      f" {'ddpm MiB':>8} {'torch MiB':>9}")
 for wl in ("W1", "W2"):
     for prec in ("f32", "bf16"):
         a, b = rate("ddpm", wl, prec), rate("torch-ref", wl, prec)
-        print(f"{wl:8} {prec:9} {fmt(a)} {fmt(b):>11} {fmt(div(a, b))}")
+        print(f"{wl:8} {prec:9} {fmt(a)} {fmt(b):>11} {fmt(div(a, b))}"
+              f" {fmb(mem('ddpm', wl, prec))} {fmb(mem('torch-ref', wl, prec)):>9}")
+c = rate("torch-ref+compile", "W1", "f32")
+print(f"{'W1':8} {'f32':9} {fmt(rate('ddpm', 'W1', 'f32'))} {fmt(c):>11} "
+      f"{fmt(div(rate('ddpm', 'W1', 'f32'), c))} {'':>8} {fmb(mem('torch-ref+compile', 'W1', 'f32')):>9}"
+      "  (torch.compile)")
 print()
 print(f"{'bf16/f32':8} {'':9} {'ddpm':>10} {'torch':>11}")
 for wl in ("W1", "W2"):

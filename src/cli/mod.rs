@@ -7,6 +7,7 @@ mod export;
 mod fid;
 mod import;
 mod interpolate;
+mod launch;
 mod output;
 mod points;
 mod progress;

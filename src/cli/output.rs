@@ -70,7 +70,7 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
         if let Some(ddpm::Error::Interrupted { .. } | ddpm::Error::Stopped) =
             cause.downcast_ref::<ddpm::Error>()
         {
-            let _ = writeln!(io::stderr(), "ddpm: {}", printable(&err.to_string()));
+            stderr_line(&format!("ddpm: {}", printable(&err.to_string())));
             return ExitCode::from(130);
         }
     }
@@ -84,7 +84,7 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
             msg.push_str(&c);
         }
     }
-    let _ = writeln!(io::stderr(), "ddpm: {}", printable(&msg));
+    stderr_line(&format!("ddpm: {}", printable(&msg)));
     ExitCode::from(1)
 }
 
@@ -119,8 +119,15 @@ pub fn usage_error(e: clap::Error) -> ExitCode {
             let _ = write!(msg, " {line}");
         }
     }
-    let _ = writeln!(io::stderr(), "ddpm: {}", printable(&msg));
+    stderr_line(&format!("ddpm: {}", printable(&msg)));
     ExitCode::from(2)
+}
+
+/// One line on stderr in one write: `writeln!` on unbuffered stderr writes each formatted
+/// piece separately, and a launcher collecting several processes' stderr (mpirun) can then
+/// put its own output in the middle of the line.
+fn stderr_line(line: &str) {
+    let _ = io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// Fail early, before long work, when the file `path` (given as `flag`) could not be written

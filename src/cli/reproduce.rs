@@ -3,6 +3,7 @@
 //! the spacing (`--steps-offset`, `--set-alpha-to-one`, `--use-clipped-model-output`), so that
 //! the same model and noise give the same images.
 
+use std::ops::Range;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -70,8 +71,9 @@ impl ReproduceArgs {
         }
     }
 
-    /// Read --noise for `n` images.
-    pub fn noise(&self, n: usize) -> anyhow::Result<Option<GivenNoise>> {
+    /// Read --noise for `n` images, of which this process samples `mine` (all of them but
+    /// under a launcher).
+    pub fn noise(&self, n: usize, mine: Range<usize>) -> anyhow::Result<Option<GivenNoise>> {
         let Some(path) = &self.noise else {
             return Ok(None);
         };
@@ -85,14 +87,26 @@ impl ReproduceArgs {
                 (x.get(0)?, Some(x.narrow(0, 1, s - 1)?.contiguous()?))
             }
             _ => anyhow::bail!(
-                "{}: an array of shape {dims:?}; expected (N, C, H, W) or (S, N, C, H, W)",
-                what()
+                "{}: an array of shape {}; expected (N, C, H, W) or (S, N, C, H, W)",
+                what(),
+                npy::tuple(&dims)
             ),
         };
         let rows = x_t.dim(0)?;
         if rows != n && (rows != 1 || draws.is_some()) {
             anyhow::bail!("{} holds {rows} images; pass -n {rows}", what());
         }
-        Ok(Some(GivenNoise { x_t, draws }))
+        if rows != n || mine.len() == n {
+            return Ok(Some(GivenNoise { x_t, draws }));
+        }
+        // This process's rows of x_T and of every later draw.
+        let (lo, len) = (mine.start, mine.len());
+        Ok(Some(GivenNoise {
+            x_t: x_t.narrow(0, lo, len)?,
+            draws: match draws {
+                Some(d) => Some(d.narrow(1, lo, len)?.contiguous()?),
+                None => None,
+            },
+        }))
     }
 }

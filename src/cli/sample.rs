@@ -11,13 +11,14 @@ use anyhow::Context;
 use clap::Args;
 
 use ddpm::budget;
-use ddpm::data::images;
-use ddpm::device::{self, DeviceSpec};
+use ddpm::data::{images, Part};
+use ddpm::device::DeviceSpec;
 use ddpm::generate::{self, Generator, Request, Start};
 use ddpm::precision::Precision;
 use ddpm::sampler::SamplerKind;
 
 use super::classes::ClassArgs;
+use super::launch::{rank_device, LaunchArgs};
 use super::output::{check_out_folder, stdout_line, write_out, Format};
 use super::points;
 use super::progress::Progress;
@@ -45,7 +46,11 @@ image is regenerated. A vector-data checkpoint (moons, swiss_roll, 8gaussians, p
 its samples as CSV with a header, in the units of its training data; --format png draws them
 as a scatter plot, beside fresh points of the true distribution for the built-in sets.
 stdout: the written paths, one per line, or the bytes with --out -. One PNG per image is
-written batch by batch: Ctrl-C keeps the finished ones and says how to sample the rest.";
+written batch by batch: Ctrl-C keeps the finished ones and says how to sample the rest.
+Under a launcher (mpirun, srun, torchrun) -n is split across the processes, rank r taking
+the images of its part as --first-index would: the same files one process writes, each rank
+writing its own (one PNG per image only).
+  mpirun -np 8 ddpm sample --checkpoint C -n 50000 --out-dir fid   # or torchrun --no-python";
 
 /// `ddpm sample`
 #[derive(Args, Debug)]
@@ -133,10 +138,33 @@ pub struct SampleArgs {
     /// stdout after the paths.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
 }
 
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
-    let (device, notice) = device::resolve(args.device)?;
+    let launch = args.launch.launch()?;
+    if args
+        .first_index
+        .checked_add(args.n.saturating_sub(1) as u64)
+        .is_none()
+    {
+        anyhow::bail!(
+            "--first-index {} with -n {}: image indices would pass the last one, {}; lower --first-index",
+            args.first_index,
+            args.n,
+            u64::MAX
+        );
+    }
+    // This process's images: its part of -n, from where --first-index puts them.
+    let mine = Part {
+        index: launch.rank,
+        count: launch.size,
+    }
+    .range(args.n);
+    let (first_index, n) = (args.first_index + mine.start as u64, mine.len());
+    let quiet = args.quiet || launch.rank != 0;
+    let (device, notice) = rank_device(&launch, args.device)?;
     args.precision.check(&device)?;
     if args.scale == 0 {
         anyhow::bail!("--scale must be at least 1");
@@ -169,19 +197,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if let Some(r) = args.snr {
         opts.snr = r;
     }
-    if args
-        .first_index
-        .checked_add(args.n.saturating_sub(1) as u64)
-        .is_none()
-    {
-        anyhow::bail!(
-            "--first-index {} with -n {}: image indices would pass the last one, {}; lower --first-index",
-            args.first_index,
-            args.n,
-            u64::MAX
-        );
-    }
-    opts.first_index = args.first_index;
+    opts.first_index = first_index;
     args.reproduce.apply(&mut opts);
     opts.validate(gen.schedule.len())?;
     let batch = args.batch_size.unwrap_or(cfg.sample.batch_size);
@@ -199,7 +215,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         Some(p) => Some(images::load_mask(p, size).context("--mask")?),
         None => None,
     };
-    let given = args.reproduce.noise(args.n)?;
+    let given = args.reproduce.noise(args.n, mine)?;
     let start = match (&init, &mask, args.strength, &given) {
         (Some(init), Some(mask), _, _) => Start::Inpaint {
             init,
@@ -211,7 +227,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         _ => Start::Noise,
     };
     let req = Request {
-        n: args.n,
+        n,
         batch_size: batch,
         classes: &classes,
         guidance,
@@ -228,15 +244,27 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     }
     let per_image = format.and_then(|f| per_image_dir(&args, f));
     check_memory(&args, &gen, batch, guidance, format, per_image.is_some())?;
+    if launch.size > 1 && per_image.is_none() {
+        anyhow::bail!(
+            "{}: with several processes each writes its own images, one PNG per image in \
+             --out-dir; --out, --grid, --format npy and vector-data CSV need one process \
+             (--launcher none)",
+            launch.describe()
+        );
+    }
+    if n == 0 {
+        // More processes than images: nothing for this one.
+        return Ok(());
+    }
     if let Some(dir) = &per_image {
         ddpm::atomic::create_dir(dir)?;
     }
 
     let steps = gen.steps_per_batch(&opts, &start)?;
-    let total_steps = (args.n.div_ceil(batch.max(1)) * steps) as u64;
-    let progress = RefCell::new(Progress::new(total_steps, "steps", args.quiet));
+    let total_steps = (n.div_ceil(batch.max(1)) * steps) as u64;
+    let progress = RefCell::new(Progress::new(total_steps, "steps", quiet));
     for n in notice.iter().chain(&gen.notice) {
-        progress.borrow().note(args.quiet, &format!("ddpm: {n}"));
+        progress.borrow().note(quiet, &format!("ddpm: {n}"));
     }
     let interrupt = interrupt_flag()?;
     let on_step = &mut |done: usize, n: usize, step: usize, steps: usize| {
@@ -266,7 +294,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
                 &mut |first, x| -> anyhow::Result<()> {
                     let started = Instant::now();
                     for (i, img) in images::to_images(&x)?.iter().enumerate() {
-                        let index = args.first_index as usize + first + i;
+                        let index = first_index as usize + first + i;
                         let p = dir.join(format!("sample-{index:05}.png"));
                         images::save_png(&images::upscale(img, args.scale), &p)?;
                         progress
@@ -285,7 +313,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
             .map_err(Into::into),
     };
     progress.borrow().finish();
-    let x = x.map_err(|e| stopped_after(e, &args, per_image.as_deref(), kept))?;
+    let x = x.map_err(|e| stopped_after(e, (first_index, n), per_image.as_deref(), kept))?;
     let seconds = clock.elapsed().saturating_sub(writing).as_secs_f64();
     let evaluated = gen.evaluations.load(Ordering::Relaxed) - evaluated_before;
 
@@ -308,15 +336,15 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if args.json {
         let json = serde_json::json!({
             "command": "sample",
-            "images": args.n,
+            "images": n,
             "classes": classes,
             "guidance": guidance,
             "batch_size": batch,
             "sampler": sampler.to_string(),
             "steps": opts.steps,
-            "network_evaluations_per_image": evaluated as f64 / args.n as f64,
+            "network_evaluations_per_image": evaluated as f64 / n as f64,
             "seconds": seconds,
-            "images_per_sec": args.n as f64 / seconds.max(1e-9),
+            "images_per_sec": n as f64 / seconds.max(1e-9),
             "device": format!("{device:?}"),
             "precision": args.precision.to_string(),
         });
@@ -344,26 +372,26 @@ fn refuse_image_options(args: &SampleArgs) -> anyhow::Result<()> {
 }
 
 /// An interruption, said with what it kept and how to go on from there: the PNGs of finished
-/// batches in `dir` (images `first_index..first_index + kept`), or nothing for output that is
-/// written at the end. Other errors pass through.
+/// batches in `dir` (images `first..first + kept` of this process's `first..first + n`), or
+/// nothing for output that is written at the end. Other errors pass through.
 fn stopped_after(
     e: anyhow::Error,
-    args: &SampleArgs,
+    (first, n): (u64, usize),
     dir: Option<&std::path::Path>,
     kept: usize,
 ) -> anyhow::Error {
     if !matches!(e.downcast_ref::<ddpm::Error>(), Some(ddpm::Error::Stopped)) {
         return e;
     }
-    let first = args.first_index as usize;
+    let first = first as usize;
     let msg = match dir {
         Some(dir) if kept > 0 => format!(
             "interrupted: images {first}..{} of {first}..{} are in {}; the rest: --first-index {} -n {}",
             first + kept,
-            first + args.n,
+            first + n,
             dir.display(),
             first + kept,
-            args.n - kept
+            n - kept
         ),
         Some(_) => "interrupted before the first batch was done; nothing written".to_string(),
         None => "interrupted; nothing written (this output is written when all images are done)"

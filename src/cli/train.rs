@@ -4,11 +4,13 @@ use clap::Args;
 use std::path::PathBuf;
 
 use ddpm::config::Config;
-use ddpm::device::{self, DeviceSpec};
+use ddpm::device::DeviceSpec;
+use ddpm::dist::{self, Comm};
 use ddpm::precision::Precision;
 use ddpm::train::{self, Event, TrainOptions};
 
-use super::output::stdout_line;
+use super::launch::{rank_device, LaunchArgs};
+use super::output::{report, stdout_line};
 use super::progress::Progress;
 use super::signals::interrupt_flag;
 
@@ -17,9 +19,15 @@ Examples:
   ddpm train --config configs/digits.toml
   ddpm train --config configs/digits.toml --out runs/d --max-steps 500 --set train.batch_size=64
   ddpm train --config configs/digits.toml --out runs/d --resume      # continue after Ctrl-C
+  mpirun -np 2 -x RAYON_NUM_THREADS=1 ddpm train --config configs/digits.toml --out runs/d2
+  torchrun --nproc-per-node 8 --no-python ddpm train --config configs/cifar10.toml --device cuda
 
 stdout: the last checkpoint's path (or a JSON summary with --json). Ctrl-C saves a checkpoint
-and exits with 130; run again with --resume to continue exactly where it stopped.";
+and exits with 130; run again with --resume to continue exactly where it stopped.
+Under a launcher each process trains on its part of every batch, the ranks' gradients summed
+in rank order: W ranks of one thread compute what one process of W threads computes, bit for
+bit. Rank 0 alone writes the run directory and stdout. CPU ranks need a build with
+--features mpi; GPU ranks --features nccl.";
 
 /// `ddpm train`
 #[derive(Args, Debug)]
@@ -54,6 +62,8 @@ pub struct TrainArgs {
     /// Print a JSON summary line on stdout (steps, images/s, final loss, checkpoint).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -65,7 +75,39 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         overrides.push(format!("train.precision=\"{p}\""));
     }
     let cfg = Config::load(&args.config, &overrides)?;
-    let (device, notice) = device::resolve(args.device)?;
+    let launch = args.launch.launch()?;
+    let (device, notice) = rank_device(&launch, args.device)?;
+    let world = dist::connect(&launch, &device)?;
+    // A rank that fails says why and ends the job, so no other rank waits for it.
+    match train_rank(&args, &cfg, &device, notice, world.as_ref()) {
+        Err(e) if world.size() > 1 && !interrupted(&e) => {
+            report(&e.context(launch.describe()));
+            world.abort(1)
+        }
+        // Interrupted: every rank exits 130 (`report` prints only the outer message here).
+        Err(e) if world.size() > 1 => {
+            let said = format!("{}: {e}", launch.describe());
+            Err(e.context(said))
+        }
+        done => done,
+    }
+}
+
+fn interrupted(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ddpm::Error>(),
+        Some(ddpm::Error::Interrupted { .. })
+    )
+}
+
+/// This process's part of the run: everything after it joined the others.
+fn train_rank(
+    args: &TrainArgs,
+    cfg: &Config,
+    device: &candle_core::Device,
+    notice: Option<String>,
+    world: &dyn Comm,
+) -> anyhow::Result<()> {
     let run_dir = args.out.clone().unwrap_or_else(|| {
         let stem = args
             .config
@@ -74,6 +116,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "run".into());
         PathBuf::from("runs").join(stem)
     });
+    // After the engine started: the handler is ours, whatever MPI installs.
     let interrupt = interrupt_flag()?;
     let opts = TrainOptions {
         run_dir: run_dir.clone(),
@@ -81,13 +124,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         max_steps: args.max_steps,
         interrupt,
     };
-    let quiet = args.quiet;
+    // Rank 0 speaks for the job; the others only report errors.
+    let root = world.rank() == 0;
+    let quiet = args.quiet || !root;
     let total = args.max_steps.unwrap_or(cfg.train.steps);
     let mut progress = Progress::new(total, "steps", quiet);
     if let Some(n) = notice {
         progress.note(quiet, &format!("ddpm: {n}"));
     }
-    let summary = train::train(&cfg, &device, &opts, &mut |event| {
+    let ranks = match world.size() {
+        1 => String::new(),
+        n => format!(" x {n} ranks ({})", world.engine()),
+    };
+    let summary = train::train_in(world, cfg, device, &opts, &mut |event| {
         match event {
             Event::Started {
                 step,
@@ -98,7 +147,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 progress.note(
                     quiet,
                     &format!(
-                        "ddpm: training {parameters} parameters on {device:?}, step {step} of {total}, run directory {}",
+                        "ddpm: training {parameters} parameters on {device:?}{ranks}, step {step} of {total}, run directory {}",
                         run_dir.display()
                     ),
                 );
@@ -143,6 +192,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     });
     progress.finish();
     let summary = summary?;
+    if !root {
+        return Ok(());
+    }
     if args.json {
         let json = serde_json::json!({
             "command": "train",
@@ -153,6 +205,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "checkpoint": summary.checkpoint,
             "device": format!("{device:?}"),
             "precision": cfg.train.precision.to_string(),
+            "ranks": world.size(),
+            "engine": world.engine(),
         });
         stdout_line(&json.to_string())?;
     } else {

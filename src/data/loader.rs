@@ -4,6 +4,7 @@
 //! so batches arrive in step order with about `prefetch` of them ready ahead. Errors travel
 //! through the channel; dropping the loader stops and joins the workers.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -43,9 +44,29 @@ impl Batch {
     }
 }
 
+/// The examples of every batch a loader builds: part `index` of `count` (rank r of a
+/// data-parallel run of W ranks builds part r of W of each global batch, and nothing else).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Part {
+    /// The whole batch.
+    pub const WHOLE: Part = Part { index: 0, count: 1 };
+
+    /// Examples index B / count .. (index + 1) B / count of a batch of B.
+    pub fn range(self, batch: usize) -> Range<usize> {
+        let count = self.count.max(1);
+        self.index * batch / count..(self.index + 1) * batch / count
+    }
+}
+
 /// How a `Loader` batches a dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoaderOptions {
+    /// The global batch size; each batch holds `part` of it.
     pub batch_size: usize,
     pub seed: u64,
     pub random_flip: bool,
@@ -55,6 +76,8 @@ pub struct LoaderOptions {
     pub workers: usize,
     /// Batches queued ahead, across all workers (at least one per worker).
     pub prefetch: usize,
+    /// Which examples of each batch to build.
+    pub part: Part,
 }
 
 impl LoaderOptions {
@@ -67,6 +90,7 @@ impl LoaderOptions {
             start_step: 0,
             workers: 2,
             prefetch: 4,
+            part: Part::WHOLE,
         }
     }
 
@@ -79,6 +103,7 @@ impl LoaderOptions {
             start_step,
             workers: cfg.workers,
             prefetch: cfg.prefetch,
+            part: Part::WHOLE,
         }
     }
 }
@@ -97,13 +122,17 @@ pub struct Loader {
 impl Loader {
     /// Start the workers; the first batch is step `opts.start_step`.
     pub fn new(dataset: Arc<dyn Dataset>, opts: LoaderOptions) -> Result<Self> {
-        if opts.batch_size == 0 {
-            return Err(Error::Invalid("batch size must be at least 1".into()));
+        let examples = opts.part.range(opts.batch_size);
+        if examples.is_empty() {
+            return Err(Error::Invalid(format!(
+                "batch size {} leaves part {} of {} empty; it must be at least 1 per part",
+                opts.batch_size, opts.part.index, opts.part.count
+            )));
         }
         if dataset.is_empty() {
             return Err(Error::Data("the dataset has no examples".into()));
         }
-        let mut dims = vec![opts.batch_size];
+        let mut dims = vec![examples.len()];
         dims.extend(dataset.example_shape());
         let workers = opts.workers.max(1);
         let depth = opts.prefetch.div_ceil(workers).max(1);
@@ -123,6 +152,7 @@ impl Loader {
                 dataset: dataset.clone(),
                 order: Order::new(dataset.len(), opts.batch_size, opts.seed, opts.random_flip),
                 dims: dims.clone(),
+                examples: examples.clone(),
                 step: opts.start_step + w as u64,
                 stride: workers as u64,
                 tx,
@@ -144,7 +174,7 @@ impl Loader {
         Ok(loader)
     }
 
-    /// (B, C, H, W) or (B, D) of every batch.
+    /// (B, C, H, W) or (B, D) of every batch (B: the examples of this loader's part).
     pub fn dims(&self) -> &[usize] {
         &self.dims
     }
@@ -194,6 +224,8 @@ struct Worker {
     dataset: Arc<dyn Dataset>,
     order: Order,
     dims: Vec<usize>,
+    /// The examples of each batch this worker builds (`Part::range`).
+    examples: Range<usize>,
     step: u64,
     stride: u64,
     tx: SyncSender<Result<Batch>>,
@@ -217,10 +249,9 @@ impl Worker {
         let per: usize = self.dims[1..].iter().product();
         let mut x = vec![0f32; b * per];
         let mut labels = self.dataset.num_classes().map(|_| Vec::with_capacity(b));
-        for ((i, flip), out) in self
-            .order
-            .batch(self.step)
-            .into_iter()
+        let plan = self.order.batch(self.step);
+        for (&(i, flip), out) in plan[self.examples.clone()]
+            .iter()
             .zip(x.chunks_exact_mut(per))
         {
             if self.stop.load(Ordering::Relaxed) {

@@ -63,6 +63,7 @@ fn opts(batch_size: usize, seed: u64, start_step: u64, workers: usize) -> Loader
         start_step,
         workers,
         prefetch: 3,
+        part: Part::WHOLE,
     }
 }
 
@@ -197,4 +198,43 @@ fn digits_batches_become_tensors() {
 #[test]
 fn zero_batch_size_is_refused() {
     assert!(Loader::new(Tagged::shared(3), opts(0, 1, 0, 1)).is_err());
+}
+
+/// The parts of a batch (one per rank of a data-parallel run) are its examples cut in order,
+/// the labels with them; an empty part is refused.
+#[test]
+fn parts_of_a_batch_put_together_are_the_batch() {
+    let ds = Tagged::shared(23);
+    let whole = take(&ds, opts(10, 4, 3, 2), 3);
+    let parts: Vec<Vec<Batch>> = (0..3)
+        .map(|index| {
+            let part = Part { index, count: 3 };
+            take(
+                &ds,
+                LoaderOptions {
+                    part,
+                    ..opts(10, 4, 3, 1)
+                },
+                3,
+            )
+        })
+        .collect();
+    for (s, batch) in whole.iter().enumerate() {
+        let x: Vec<f32> = parts.iter().flat_map(|p| p[s].x.clone()).collect();
+        let labels: Vec<u32> = parts
+            .iter()
+            .flat_map(|p| p[s].labels.clone().unwrap())
+            .collect();
+        assert_eq!(x, batch.x);
+        assert_eq!(Some(labels), batch.labels);
+        let sizes: Vec<usize> = parts.iter().map(|p| p[s].dims[0]).collect();
+        assert_eq!(sizes, [3, 3, 4]);
+        assert_eq!(parts[2][s].step, batch.step);
+    }
+    let empty = LoaderOptions {
+        part: Part { index: 0, count: 3 },
+        ..opts(2, 4, 0, 1)
+    };
+    let err = Loader::new(ds, empty).err().unwrap().to_string();
+    assert!(err.contains("leaves part 0 of 3 empty"), "{err}");
 }

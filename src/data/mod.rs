@@ -17,7 +17,7 @@ use std::sync::Arc;
 pub use config::{DataConfig, DatasetKind, ImageSize};
 pub use digits::Digits;
 pub use folder::ImageFolder;
-pub use loader::{Batch, Loader, LoaderOptions};
+pub use loader::{Batch, Loader, LoaderOptions, Part};
 pub use point_set::PointDataset;
 
 use crate::error::{Error, Result};

@@ -154,3 +154,22 @@ fn the_score_of_a_noised_gaussian_is_its_closed_form() {
         }
     }
 }
+
+/// A batch sharing one timestep (sampling) fills its coefficients in on the device instead of
+/// copying them from the host: the values are the very ones a mixed batch gets.
+#[test]
+fn a_shared_timestep_extracts_the_same_bits() {
+    let coef: Vec<f64> = (0..10).map(|i| (0.1 * i as f64).sqrt()).collect();
+    let shared: Vec<f32> = extract(&coef, &[7, 7, 7], 4, &Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mixed = extract(&coef, &[7, 3, 7], 4, &Device::Cpu).unwrap();
+    assert_eq!(mixed.dims(), [3, 1, 1, 1]);
+    let mixed: Vec<f32> = mixed.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(shared, vec![mixed[0]; 3]);
+    assert_eq!(mixed[0], coef[7] as f32);
+    assert!(extract(&coef, &[10, 10], 2, &Device::Cpu).is_err());
+}

@@ -1,11 +1,13 @@
 //! Self-attention over the H x W positions of a feature map, with a residual connection (the
 //! DDPM UNet's AttnBlock). Everything else about the UNet lives in `unet`.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
+use crate::nn::kernels;
 use crate::nn::layers::{Conv, Norm};
+use crate::precision::{Autocast, Op};
 // The naive-loop test below reads the epsilon through `super::*`.
 #[cfg(test)]
 use crate::nn::layers::GN_EPS;
@@ -74,11 +76,18 @@ impl Attention {
         };
         // (B, c, H, W) -> (B heads, d, N): a free reshape of the contiguous conv output.
         let split = |t: Tensor| t.reshape((b * self.heads, d, n));
-        let q = (split(self.q.forward(&h)?)? * (1.0 / (d as f64).sqrt()))?;
+        let scale = 1.0 / (d as f64).sqrt();
         let k = split(self.k.forward(&h)?)?;
         let v = split(self.v.forward(&h)?)?;
-        // w[i, j] = softmax_j(q_i . k_j / sqrt(d)): (B heads, N, N).
-        let w = softmax_last(&q.t()?.matmul(&k)?)?;
+        // w[i, j] = softmax_j(q_i . k_j / sqrt(d)): (B heads, N, N). On CUDA the scale rides in
+        // our one-kernel softmax; elsewhere q is scaled first.
+        let w = if kernels::cuda::enabled(&h) {
+            let q = split(self.q.forward(&h)?)?;
+            kernels::cuda::softmax_last(&q.t()?.matmul(&k)?, scale)?
+        } else {
+            let q = (split(self.q.forward(&h)?)? * scale)?;
+            softmax_last(&q.t()?.matmul(&k)?)?
+        };
         // out[:, i] = sum_j w[i, j] v_j, computed as v w^T: (B heads, d, N).
         let out = v.matmul(&w.t()?)?.reshape((b, c, hh, ww))?;
         let out = (x + self.proj.forward(&out)?)?;
@@ -94,10 +103,7 @@ impl Attention {
 /// stability is detached (the softmax does not depend on it, so neither does its gradient).
 fn softmax_last(s: &Tensor) -> Result<Tensor> {
     let dtype = s.dtype();
-    let s = match dtype {
-        DType::F16 | DType::BF16 => s.to_dtype(DType::F32)?,
-        _ => s.clone(),
-    };
+    let s = s.to_dtype(Autocast::dtype(dtype, Op::Softmax))?;
     let e = s
         .broadcast_sub(&s.max_keepdim(D::Minus1)?.detach())?
         .exp()?;
@@ -109,7 +115,7 @@ fn softmax_last(s: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::rng::{Purpose, Stream};
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use std::collections::HashMap;
 
     // Index loops on purpose: the reference reads like the formula, not like the code under test.

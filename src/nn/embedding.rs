@@ -114,8 +114,17 @@ impl TimeEmbedding {
         device: &Device,
         dtype: DType,
     ) -> Result<Tensor> {
-        let t_host: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-        let t_dev = Tensor::from_vec(t_host, t.len(), device)?;
+        // One timestep for the whole batch (sampling) is filled in on the device: no copy from
+        // the host, which would wait for the GPU's queue at every step.
+        let t_dev = match t.split_first() {
+            Some((&first, rest)) if rest.iter().all(|&v| v == first) => {
+                Tensor::full(first as f32, t.len(), device)?
+            }
+            _ => {
+                let t_host: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+                Tensor::from_vec(t_host, t.len(), device)?
+            }
+        };
         let emb = sinusoidal(&t_dev, &self.freqs, self.flip)?.to_dtype(dtype)?;
         let emb = self.lin2.forward(&self.lin1.forward(&emb)?.silu()?)?;
         match (&self.labels, labels) {
@@ -158,6 +167,32 @@ impl TimeEmbedding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One timestep for the whole batch (sampling) is filled in on the device rather than
+    /// uploaded: the embedding is bit for bit that of a batch given the timesteps one by one.
+    #[test]
+    fn a_shared_timestep_embeds_to_the_same_bits() {
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let ddpm = Sinusoid {
+            freq_shift: 1,
+            flip_sin_to_cos: false,
+        };
+        let emb = TimeEmbedding::new(vb, 8, ddpm, None).unwrap();
+        crate::nn::init_weights(&varmap, 3).unwrap();
+        let rows = |t: &[usize]| -> Vec<Vec<f32>> {
+            emb.forward(t, None, &Device::Cpu, DType::F32)
+                .unwrap()
+                .to_vec2()
+                .unwrap()
+        };
+        let shared = rows(&[417, 417, 417]);
+        let mixed = rows(&[417, 3, 417]);
+        assert_eq!(shared[0], mixed[0]);
+        assert_eq!(shared[2], mixed[2]);
+        assert_eq!(shared[1], mixed[0]);
+        assert_ne!(mixed[1], mixed[0]);
+    }
 
     #[test]
     fn sinusoidal_matches_closed_form() {

@@ -7,6 +7,7 @@ use candle_nn::{Conv2dConfig, Init, VarBuilder};
 
 use crate::error::{Error, Result};
 use crate::nn::kernels;
+use crate::precision::{Autocast, Op};
 
 /// PyTorch's GroupNorm epsilon (`model.norm_eps`'s default).
 #[cfg(test)]
@@ -163,9 +164,11 @@ impl Norm {
                 "GroupNorm: {groups} groups do not divide {c} channels"
             )));
         }
+        // Autocast keeps normalisation parameters in f32 whatever the compute dtype.
+        let dtype = Autocast::dtype(vb.dtype(), Op::NormParams);
         Ok(Norm {
-            weight: vb.get_with_hints(c, "weight", Init::Const(1.))?,
-            bias: vb.get_with_hints(c, "bias", Init::Const(0.))?,
+            weight: vb.get_with_hints_dtype(c, "weight", Init::Const(1.), dtype)?,
+            bias: vb.get_with_hints_dtype(c, "bias", Init::Const(0.), dtype)?,
             groups,
             eps,
         })
@@ -194,4 +197,55 @@ impl Norm {
 /// A candle_nn Linear over the same storage, recording no autograd graph.
 pub(crate) fn detached_linear(l: &candle_nn::Linear) -> candle_nn::Linear {
     candle_nn::Linear::new(l.weight().detach(), l.bias().map(Tensor::detach))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use std::collections::HashMap;
+
+    /// Autocast: a network built to compute in a 16-bit type keeps its GroupNorm parameters in
+    /// f32 (the convolution weights follow the compute type), and the norm still runs on a
+    /// 16-bit input, close to its f32 result.
+    #[test]
+    fn norm_parameters_stay_f32_under_half_precision() {
+        let dev = Device::Cpu;
+        let c = 8;
+        let gamma: Vec<f32> = (0..c).map(|i| 1.0 + 0.01 * i as f32).collect();
+        let map = HashMap::from([
+            (
+                "n.weight".to_string(),
+                Tensor::new(gamma.as_slice(), &dev).unwrap(),
+            ),
+            (
+                "n.bias".to_string(),
+                Tensor::zeros(c, DType::F32, &dev).unwrap(),
+            ),
+            (
+                "c.weight".to_string(),
+                Tensor::zeros((c, c, 1, 1), DType::F32, &dev).unwrap(),
+            ),
+            (
+                "c.bias".to_string(),
+                Tensor::zeros(c, DType::F32, &dev).unwrap(),
+            ),
+        ]);
+        let vb = VarBuilder::from_tensors(map, DType::F16, &dev);
+        let norm = Norm::new(4, c, GN_EPS, vb.pp("n")).unwrap();
+        let conv = Conv::k1(c, c, vb.pp("c")).unwrap();
+        assert_eq!(norm.weight.dtype(), DType::F32);
+        assert_eq!(norm.bias.dtype(), DType::F32);
+        assert_eq!(conv.weight.dtype(), DType::F16);
+        // 1.07 is not an f16 value: the f32 parameter kept it exactly.
+        assert_eq!(norm.weight.to_vec1::<f32>().unwrap()[7], 1.07);
+        let x = crate::rng::Stream::new(0, crate::rng::Purpose::Eval, 0)
+            .randn((2, c, 3, 3), &dev)
+            .unwrap();
+        let low = norm.forward_silu(&x.to_dtype(DType::F16).unwrap()).unwrap();
+        assert_eq!(low.dtype(), DType::F16);
+        let full = norm.forward_silu(&x).unwrap();
+        let diff = crate::testing::max_abs_diff(&low.to_dtype(DType::F32).unwrap(), &full);
+        assert!(diff < 1e-2, "{diff}");
+    }
 }

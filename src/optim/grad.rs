@@ -68,6 +68,11 @@ impl GradAccumulator {
         }
     }
 
+    /// The parameters whose gradients this accumulator adds, in its order.
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
     /// Micro-batches added since the last `finish` (the sum of the weights added).
     pub fn count(&self) -> f64 {
         self.weight
@@ -98,6 +103,29 @@ impl GradAccumulator {
             }
         }
         self.weight += weight;
+        Ok(())
+    }
+
+    /// The weighted sums added so far, one per parameter in `params` order (None where no
+    /// gradient was added), leaving the accumulator empty: what a rank of a data-parallel run
+    /// sends to the others.
+    pub fn take_sums(&mut self) -> Vec<Option<Tensor>> {
+        self.weight = 0.0;
+        self.sums.iter_mut().map(Option::take).collect()
+    }
+
+    /// Replace the contents by `sums` (one per parameter, in `params` order) of total weight
+    /// `weight`: the sums over all ranks, for `finish` to average.
+    pub fn set_sums(&mut self, sums: Vec<Tensor>, weight: f64) -> Result<()> {
+        if sums.len() != self.params.len() {
+            return Err(Error::Invalid(format!(
+                "{} gradient sums for {} parameters",
+                sums.len(),
+                self.params.len()
+            )));
+        }
+        self.sums = sums.into_iter().map(Some).collect();
+        self.weight = weight;
         Ok(())
     }
 

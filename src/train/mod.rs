@@ -1,8 +1,10 @@
 //! The training loop: data in, checkpoints, metrics and sample grids out. The step itself is in
-//! `step` (pure), the carried state in `state`, the files in `run_dir`. The loop never prints;
-//! it reports through `on_event`, and stops cleanly — checkpoint first — when `interrupt` is set.
+//! `step` (pure), the carried state in `state`, the files in `run_dir`, what differs on one rank
+//! of many in `ranks`. The loop never prints; it reports through `on_event`, and stops cleanly —
+//! checkpoint first — when `interrupt` is set.
 
 mod grid;
+mod ranks;
 mod run_dir;
 mod state;
 mod step;
@@ -21,7 +23,8 @@ pub use step::{train_step, StepStats};
 use crate::budget;
 use crate::checkpoint;
 use crate::config::Config;
-use crate::data::{self, Loader, LoaderOptions};
+use crate::data::{self, Loader, LoaderOptions, Part};
+use crate::dist::{self, Comm, Single};
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::points::Standardization;
@@ -96,52 +99,97 @@ pub fn train(
     opts: &TrainOptions,
     on_event: &mut dyn FnMut(Event) -> Result<()>,
 ) -> Result<Summary> {
+    train_in(&Single, cfg, device, opts, on_event)
+}
+
+/// `train` as one rank of `world`: every rank starts from rank 0's state and trains on its part
+/// of each batch; rank 0 alone reads and writes the run directory. Every rank returns the same
+/// summary, and `Error::Interrupted` when any rank was asked to stop (rank 0 saved first).
+pub fn train_in(
+    world: &dyn Comm,
+    cfg: &Config,
+    device: &Device,
+    opts: &TrainOptions,
+    on_event: &mut dyn FnMut(Event) -> Result<()>,
+) -> Result<Summary> {
     cfg.train.precision.check(device)?;
     // Before anything is allocated: a run too big for the machine fails now, not hours in.
     budget::training(cfg, device).check("training", device, limits::available().as_ref())?;
+    if cfg.train.micro_batch() < world.size() {
+        return Err(Error::Config(format!(
+            "train.batch_size = {} in micro-batches of {} cannot be split across {} ranks; \
+             give every rank at least one example",
+            cfg.train.batch_size,
+            cfg.train.micro_batch(),
+            world.size()
+        )));
+    }
     let schedule = cfg.diffusion.schedule()?;
     let dataset = data::open(&cfg.data)?;
     let resolved = with_data_dim(cfg, dataset.as_ref());
     let cfg = &resolved;
     check_classes(cfg, dataset.num_classes())?;
     let standardization = dataset.standardization().cloned();
-    let dir = RunDir::open(&opts.run_dir, opts.resume)?;
+    // Rank 0 alone opens (and locks) the run directory.
+    let dir = match world.rank() {
+        0 => Some(RunDir::open(&opts.run_dir, opts.resume)?),
+        _ => None,
+    };
     // The newest checkpoint on disk that is known good: what a NaN stop keeps.
     let mut good_ckpt = None;
-    let mut state = if opts.resume {
-        let (ckpt, passed_over) = dir.resume_checkpoint()?;
-        let state = resume_state(cfg, device, &ckpt)?;
-        on_event(Event::Resumed {
-            checkpoint: &ckpt.path,
-            step: state.step,
-            passed_over: &passed_over,
-        })?;
-        if let Some(n) = ckpt.notice() {
-            on_event(Event::Notice(n))?;
+    let mut state = match &dir {
+        Some(dir) if opts.resume => {
+            let (ckpt, passed_over) = dir.resume_checkpoint()?;
+            let state = resume_state(cfg, device, &ckpt)?;
+            on_event(Event::Resumed {
+                checkpoint: &ckpt.path,
+                step: state.step,
+                passed_over: &passed_over,
+            })?;
+            if let Some(n) = ckpt.notice() {
+                on_event(Event::Notice(n))?;
+            }
+            good_ckpt = Some(ckpt.path);
+            state
         }
-        good_ckpt = Some(ckpt.path);
-        state
-    } else {
-        if dir.has_checkpoints()? {
-            return Err(Error::Invalid(format!(
-                "{} already holds a run's checkpoints; pass --resume to continue it or choose another --out",
-                dir.root.display()
-            )));
+        Some(dir) => {
+            if dir.has_checkpoints()? {
+                return Err(Error::Invalid(format!(
+                    "{} already holds a run's checkpoints; pass --resume to continue it or choose another --out",
+                    dir.root.display()
+                )));
+            }
+            TrainState::fresh(cfg, device)?
         }
-        TrainState::fresh(cfg, device)?
+        None => TrainState::fresh(cfg, device)?,
     };
-    dir.write_config(&cfg.to_toml()?)?;
-    let mut metrics = dir.metrics(state.step)?;
+    state = ranks::sync_state(world, cfg, device, state)?;
+    if dir.is_none() && opts.resume {
+        good_ckpt = Some(rank0_checkpoint(opts, state.step));
+    }
+    let mut metrics = match &dir {
+        Some(dir) => {
+            dir.write_config(&cfg.to_toml()?)?;
+            Some(dir.metrics(state.step)?)
+        }
+        None => None,
+    };
     let total = opts.max_steps.unwrap_or(cfg.train.steps);
     let accum = cfg.train.grad_accum as u64;
     let mut loader = Loader::new(
         dataset,
-        LoaderOptions::from_config(
-            &cfg.data,
-            cfg.train.micro_batch(),
-            cfg.train.seed,
-            state.step * accum,
-        ),
+        LoaderOptions {
+            part: Part {
+                index: world.rank(),
+                count: world.size(),
+            },
+            ..LoaderOptions::from_config(
+                &cfg.data,
+                cfg.train.micro_batch(),
+                cfg.train.seed,
+                state.step * accum,
+            )
+        },
     )?;
     on_event(Event::Started {
         step: state.step,
@@ -158,11 +206,15 @@ pub fn train(
         grad_norm: 0.0,
         lr: 0.0,
     };
-    let mut last_ckpt = dir.latest();
+    let mut last_ckpt = opts.run_dir.join(checkpoint::run_dir::LATEST);
     while state.step < total {
-        if opts.interrupt.load(Ordering::SeqCst) {
-            let path = save(cfg, &dir, &state, standardization.as_ref())?;
-            on_event(Event::Checkpoint(&path))?;
+        // Every rank stops at the same step: when any of them was asked to.
+        if dist::any(world, opts.interrupt.load(Ordering::SeqCst), device)? {
+            if let Some(dir) = &dir {
+                let path = save(cfg, dir, &state, standardization.as_ref())?;
+                on_event(Event::Checkpoint(&path))?;
+            }
+            world.barrier()?;
             return Err(Error::Interrupted { step: state.step });
         }
         let batches = (0..accum)
@@ -172,7 +224,7 @@ pub fn train(
                     .unwrap_or_else(|| Err(Error::Data("the data loader stopped".into())))
             })
             .collect::<Result<Vec<_>>>()?;
-        last = train_step(cfg, &schedule, &mut state, batches).map_err(|e| match e {
+        last = train_step(cfg, &schedule, &mut state, batches, world).map_err(|e| match e {
             Error::NonFinite {
                 what, step, value, ..
             } => Error::NonFinite {
@@ -195,14 +247,16 @@ pub fn train(
             images_per_sec: ips,
         })?;
         if step % cfg.train.log_every == 0 || step == total {
-            metrics.row(
-                step,
-                last.loss,
-                last.lr,
-                last.grad_norm,
-                ips,
-                start.elapsed().as_secs_f64(),
-            )?;
+            if let Some(metrics) = metrics.as_mut() {
+                metrics.row(
+                    step,
+                    last.loss,
+                    last.lr,
+                    last.grad_norm,
+                    ips,
+                    start.elapsed().as_secs_f64(),
+                )?;
+            }
             on_event(Event::Logged {
                 step,
                 stats: last,
@@ -210,23 +264,35 @@ pub fn train(
             })?;
             last_log = (Instant::now(), step);
         }
-        if cfg.train.sample_every > 0 && (step % cfg.train.sample_every == 0 || step == total) {
+        let grid_due = step % cfg.train.sample_every.max(1) == 0 || step == total;
+        if let Some(dir) = dir
+            .as_ref()
+            .filter(|_| cfg.train.sample_every > 0 && grid_due)
+        {
             let path = dir.sample_path(step);
             grid::training_grid(cfg, &schedule, &state, standardization.as_ref(), &path)?;
             on_event(Event::Samples(&path))?;
         }
         if step % cfg.train.checkpoint_every == 0 || step == total {
-            last_ckpt = save(cfg, &dir, &state, standardization.as_ref())?;
-            on_event(Event::Checkpoint(&last_ckpt))?;
-            good_ckpt = Some(last_ckpt.clone());
+            match &dir {
+                Some(dir) => {
+                    last_ckpt = save(cfg, dir, &state, standardization.as_ref())?;
+                    on_event(Event::Checkpoint(&last_ckpt))?;
+                    good_ckpt = Some(last_ckpt.clone());
+                }
+                None => good_ckpt = Some(rank0_checkpoint(opts, step)),
+            }
         }
     }
     // A fresh run of zero steps (--max-steps 0) still leaves the checkpoint it reports: the
     // initial weights, an untrained baseline for `ddpm eval`.
-    if !last_ckpt.exists() {
-        last_ckpt = save(cfg, &dir, &state, standardization.as_ref())?;
+    if let Some(dir) = dir.as_ref().filter(|_| !last_ckpt.exists()) {
+        last_ckpt = save(cfg, dir, &state, standardization.as_ref())?;
         on_event(Event::Checkpoint(&last_ckpt))?;
     }
+    // The other ranks return once rank 0's last checkpoint is on disk: a launcher may end the
+    // job as soon as one rank exits.
+    world.barrier()?;
     let images_per_sec = match steady_start {
         Some((t0, s0)) if state.step > s0 => {
             (state.step - s0) as f64 * cfg.train.batch_size as f64
@@ -241,6 +307,12 @@ pub fn train(
         images_per_sec,
         checkpoint: last_ckpt,
     })
+}
+
+/// The checkpoint rank 0 writes at `step`, named on the other ranks (a NaN stop there says
+/// which checkpoint is kept).
+fn rank0_checkpoint(opts: &TrainOptions, step: u64) -> PathBuf {
+    opts.run_dir.join(checkpoint::run_dir::ckpt_name(step))
 }
 
 /// A labelled dataset must have exactly the model's model.num_classes classes: the label

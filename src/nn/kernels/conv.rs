@@ -237,6 +237,8 @@ pub fn conv2d(
             pad: padding,
         };
         Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &bias, op)?)
+    } else if super::cuda::conv_enabled(x) && w.dtype() == x.dtype() && bias.dtype() == x.dtype() {
+        super::cuda::conv2d(x, w, &bias, stride, padding)
     } else {
         let y = x.conv2d(w, padding, stride, 1, 1)?;
         Ok(y.broadcast_add(&bias.unsqueeze(2)?.unsqueeze(3)?)?)

@@ -108,6 +108,11 @@ pub fn conv2d_add(
         && residual.dtype() == DType::F32
         && residual.device().is_cpu();
     if !fused {
+        let same = |t: &Tensor| t.dtype() == x.dtype();
+        let cuda = super::cuda::conv_enabled(x) && [w, bias, residual].into_iter().all(same);
+        if cuda && bias.rank() == 1 {
+            return super::cuda::conv2d_add(x, w, bias, residual, stride, padding);
+        }
         return Ok((conv::conv2d(x, w, bias, stride, padding)? + residual)?);
     }
     let w_dims: [usize; 4] = w

@@ -2,7 +2,7 @@
 //! between `winograd` and `im2col` by it; `conv_add` and `norm_conv` build on `conv`).
 
 /// The shape of one convolution: x (b, cin, h, w), w (cout, cin, k, k), y (b, cout, ho, wo).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Geom {
     pub b: usize,
     pub cin: usize,
@@ -17,7 +17,7 @@ pub struct Geom {
 }
 
 impl Geom {
-    pub(super) fn new(
+    pub(crate) fn new(
         x: &[usize],
         w: &[usize],
         stride: usize,

@@ -9,10 +9,12 @@
 //! #3119), and its GroupNorm is a chain of full-tensor ops. Each public function takes the f32
 //! CPU path when `enabled` and falls back to candle's own ops on other devices and dtypes, so
 //! CUDA keeps working unchanged. A CPU process should also call `configure_cpu` once at startup
-//! (see `process`).
+//! (see `process`). On CUDA the same functions run the ops of `cuda` (cuDNN and our own kernels)
+//! where they apply.
 
 pub mod conv;
 mod conv_add;
+pub mod cuda;
 mod geom;
 mod im2col;
 pub mod norm;
@@ -45,6 +47,11 @@ thread_local! {
 /// Whether `x` takes our kernels: an f32 tensor on the CPU, outside `with_candle_ops`.
 pub fn enabled(x: &Tensor) -> bool {
     !CANDLE_ONLY.get() && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Whether this thread runs candle's own ops (`with_candle_ops`), on every device.
+pub(crate) fn candle_only() -> bool {
+    CANDLE_ONLY.get()
 }
 
 /// Run `f` with every layer on this thread using candle's own ops instead of our kernels, as

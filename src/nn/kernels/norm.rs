@@ -412,7 +412,13 @@ pub fn group_norm(
             .contiguous()?
             .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?);
     }
-    let norm = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), c, groups, eps)?;
+    if super::cuda::enabled(x) {
+        return super::cuda::group_norm(x, weight, bias, groups, eps, silu);
+    }
+    // Under bf16 the parameters stay f32 (`crate::precision`); candle's GroupNorm takes them
+    // in x's dtype.
+    let (weight, bias) = (weight.to_dtype(x.dtype())?, bias.to_dtype(x.dtype())?);
+    let norm = candle_nn::GroupNorm::new(weight, bias, c, groups, eps)?;
     let y = candle_core::Module::forward(&norm, x)?;
     Ok(if silu { y.silu()? } else { y })
 }

@@ -175,11 +175,14 @@ pub fn norm_silu_conv2d(
         && (residual.is_none() || bias.rank() == 1);
     if !fused {
         let act = norm::group_norm(x, gn.weight, gn.bias, gn.groups, gn.eps, true)?;
-        let y = conv::conv2d(&act, w, bias, stride, padding)?;
-        return Ok(match residual {
-            Some(r) => (y + r)?,
-            None => y,
-        });
+        // With a residual, conv2d_add (one op on CUDA) takes a (Cout) bias only.
+        return match residual {
+            Some(r) if bias.rank() == 1 => {
+                super::conv_add::conv2d_add(&act, w, bias, r, stride, padding)
+            }
+            Some(r) => Ok((conv::conv2d(&act, w, bias, stride, padding)? + r)?),
+            None => conv::conv2d(&act, w, bias, stride, padding),
+        };
     }
     let w_dims: [usize; 4] = w.dims().try_into().map_err(|_| {
         Error::Invalid(format!(

@@ -90,6 +90,8 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     if super::enabled(x) {
         Ok(x.contiguous()?.apply_op1(Upsample2x)?)
+    } else if super::cuda::enabled(x) {
+        super::cuda::upsample_nearest2x(x)
     } else {
         Ok(x.upsample_nearest2d(2 * h, 2 * w)?)
     }

@@ -51,6 +51,7 @@ fn main() {
         let opts = TrainOptions {
             run_dir: dir.path().to_path_buf(),
             resume: false,
+            init_from: None,
             max_steps: None,
             interrupt: Arc::new(AtomicBool::new(false)),
         };
@@ -74,7 +75,7 @@ fn main() {
              sample {ddpm_s:.1} s / {ddim_s:.1} s; final loss {:.3}",
             cfg.diffusion.timesteps, summary.step, summary.final_loss
         );
-        let img = scatter::scatter(&[&reference, &ddpm], 240).unwrap();
+        let img = scatter::scatter(&[("data", &reference), ("samples", &ddpm)], 240).unwrap();
         images::save_png(&img, &root.join(format!("configs/{name}.png"))).unwrap();
     }
 }

@@ -6,6 +6,8 @@
 //! `--set section.key=value` overrides and owns the sections that have no home below it
 //! (`[diffusion]`, `[sample]`, and `[train]` in `train`, since the training loop sits above the config).
 
+pub mod docs;
+mod presets;
 mod train;
 
 use std::path::Path;
@@ -23,6 +25,7 @@ use crate::optim::OptimConfig;
 use crate::sampler::SamplerKind;
 use crate::schedule::{rescale_zero_terminal_snr, BetaSchedule, Schedule, Spacing};
 
+pub use presets::Preset;
 pub use train::TrainConfig;
 
 /// The whole configuration of a run; also stored in every checkpoint.
@@ -262,9 +265,19 @@ impl SampleConfig {
 impl Config {
     /// Parse TOML text; `origin` (a path or "checkpoint") prefixes every error.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let cfg: Config = toml::from_str(text)
+        let mut cfg: Config = toml::from_str(text)
             .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
+        cfg.resolve();
         Ok(cfg)
+    }
+
+    /// Fill in the values whose defaults depend on other keys (the UNet's attention
+    /// resolutions, from the image height), so a written config states them. Reading a config
+    /// does this; a config built in code may call it.
+    pub fn resolve(&mut self) {
+        if !self.data.dataset.is_points() {
+            self.model.resolve(self.data.image_size.height);
+        }
     }
 
     /// Read a config file, apply `section.key=value` overrides, and validate.
@@ -274,14 +287,20 @@ impl Config {
         let text = String::from_utf8(bytes).map_err(|_| {
             Error::Config(format!("{origin}: not UTF-8 text (a TOML config expected)"))
         })?;
-        let mut table: toml::Table = toml::from_str(&text)
+        Self::parse(&text, &origin, overrides)
+    }
+
+    /// `load` for TOML text (a checkpoint's stored config, say); `origin` prefixes errors.
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(text)
             .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let cfg: Config = toml::Value::Table(table)
+        let mut cfg: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", one_line(&e))))?;
+        cfg.resolve();
         cfg.validate()?;
         Ok(cfg)
     }
@@ -376,7 +395,8 @@ impl Config {
     }
 
     /// The config as TOML text (what the run directory and checkpoints store), `[model]` with
-    /// the built network's keys only (`UNetConfig::written`).
+    /// the built network's keys only (`UNetConfig::written`), `[data]` with its kind's
+    /// (`DataConfig::written`).
     pub fn to_toml(&self) -> Result<String> {
         let fail =
             |e: &dyn std::fmt::Display| Error::Config(format!("cannot serialise the config: {e}"));
@@ -385,7 +405,25 @@ impl Config {
             other => return Err(fail(&format!("not a table: {other:?}"))),
         };
         table.insert("model".into(), toml::Value::Table(self.model.written()?));
+        table.insert("data".into(), toml::Value::Table(self.data.written()?));
         toml::to_string(&table).map_err(|e| fail(&e))
+    }
+
+    /// Every key of every section as (`section.key`, value), in declaration order, including
+    /// those `to_toml` leaves out as unused: `[model.mlp]`'s width is `model.mlp.width`.
+    /// Absent optional keys (an unset sample.steps) are not listed.
+    pub fn flat(&self) -> Result<Vec<(String, toml::Value)>> {
+        let table = match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(t)) => t,
+            other => {
+                return Err(Error::Config(format!(
+                    "cannot serialise the config: {other:?}"
+                )))
+            }
+        };
+        let mut out = Vec::new();
+        flatten("", &table, &mut out);
+        Ok(out)
     }
 
     /// Network output channels: C (or D for vectors), or twice that with a learned variance.
@@ -404,6 +442,16 @@ fn is_zero(v: &usize) -> bool {
 
 fn is_true(v: &bool) -> bool {
     *v
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+    for (key, value) in table {
+        let key = format!("{prefix}{key}");
+        match value {
+            toml::Value::Table(t) => flatten(&format!("{key}."), t, out),
+            v => out.push((key, v.clone())),
+        }
+    }
 }
 
 /// toml's errors span several lines: where, a source excerpt (`1 | text`, its `|` frame and a

@@ -36,6 +36,7 @@ pub mod nn;
 pub mod npy;
 pub mod optim;
 pub mod oracle;
+pub mod plot;
 pub mod points;
 pub mod precision;
 pub mod rng;

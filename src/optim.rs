@@ -1,10 +1,11 @@
-//! Our own AdamW, its learning-rate warm-up and the gradient helpers it is used with (clipping,
+//! Our own AdamW, its learning-rate schedule (`lr`) and the gradient helpers it is used with (clipping,
 //! accumulation over micro-batches). candle_nn's AdamW keeps its moments private, so a resumed
 //! run would silently restart them; here the moments and the step count are plain tensors that
 //! `state` / `load_state` move in and out of a checkpoint. This module does not compute losses
 //! or gradients (that is `loss.backward()`) and does not own the EMA (`ema`).
 
 mod grad;
+mod lr;
 mod multi;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::named::{expect_tensor, reject_unknown, sorted_unique};
 
 pub use grad::{clip_grad_norm, GradAccumulator};
+pub use lr::{lr_at, LrSchedule};
 
 /// Key of the optimizer's step count (an i64 scalar tensor) in a checkpoint.
 pub const STEP_KEY: &str = "optim.step";
@@ -37,6 +39,11 @@ pub struct OptimConfig {
     pub weight_decay: f64,
     /// Linear warm-up length in optimizer steps (DDPM: 5000).
     pub warmup_steps: u64,
+    /// The learning rate after warm-up (`lr::lr_at`): constant (DDPM), or a cosine or linear
+    /// decay to `min_lr` at the last of train.steps.
+    pub schedule: LrSchedule,
+    /// Where a decaying schedule ends; unused by the constant one.
+    pub min_lr: f64,
     /// Clip the global gradient norm to this value; `grad_clip = false` in TOML disables it.
     #[serde(with = "grad_clip_serde")]
     pub grad_clip: Option<f64>,
@@ -51,6 +58,8 @@ impl Default for OptimConfig {
             eps: 1e-8,
             weight_decay: 0.0,
             warmup_steps: 5000,
+            schedule: LrSchedule::Constant,
+            min_lr: 0.0,
             grad_clip: Some(1.0),
         }
     }
@@ -69,6 +78,9 @@ impl OptimConfig {
             if !(0.0..1.0).contains(&beta) {
                 return bad(key, beta, "must lie in [0, 1)");
             }
+        }
+        if !(self.min_lr.is_finite() && (0.0..=self.lr).contains(&self.min_lr)) {
+            return bad("min_lr", self.min_lr, "must lie in [0, optim.lr]");
         }
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return bad("eps", self.eps, "must be positive and finite");
@@ -117,16 +129,6 @@ mod grad_clip_serde {
                 "optim.grad_clip must be a positive number or false",
             )),
         }
-    }
-}
-
-/// Learning rate after `step` completed optimizer steps: lr min(1, step / warmup_steps), a linear
-/// warm-up from 0 that then stays constant (DDPM; its first update uses lr 0, as there).
-pub fn lr_at(cfg: &OptimConfig, step: u64) -> f64 {
-    if step >= cfg.warmup_steps {
-        cfg.lr
-    } else {
-        cfg.lr * step as f64 / cfg.warmup_steps as f64
     }
 }
 

@@ -205,6 +205,12 @@ fn resuming_under_the_launcher_is_a_straight_run() {
     assert_eq!(resumed.remove(0).0, "4");
     assert_eq!(losses(&straight), resumed);
     assert_same(&straight, &train(dir, "other", 0, 2, 8, &resume));
+    // Resumed once more, the finished run stops on every rank together (none is left waiting
+    // for rank 0's state) and succeeds without writing anything.
+    let before = std::fs::read(split.join("metrics.csv")).unwrap();
+    train(dir, "split", 2, 1, 8, &resume);
+    assert_eq!(std::fs::read(split.join("metrics.csv")).unwrap(), before);
+    assert_same(&straight, &split);
 }
 
 /// `mpirun -np 1` starts MPI and exchanges every gradient through it, and trains what no

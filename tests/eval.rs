@@ -213,6 +213,7 @@ fn the_digits_are_likelier_under_a_trained_model_than_an_untrained_one() {
     let opts = TrainOptions {
         run_dir: tmp.path().join("run"),
         resume: false,
+        init_from: None,
         max_steps: Some(100),
         interrupt: Arc::new(AtomicBool::new(false)),
     };

@@ -78,6 +78,7 @@ fn conditional_digits(dir: &Path, steps: u64) -> Generator {
     let opts = TrainOptions {
         run_dir: dir.join("run"),
         resume: false,
+        init_from: None,
         max_steps: Some(steps),
         interrupt: Arc::new(AtomicBool::new(false)),
     };

@@ -63,6 +63,7 @@ fn train_into(dir: &Path) -> Config {
     let opts = TrainOptions {
         run_dir: dir.to_path_buf(),
         resume: false,
+        init_from: None,
         max_steps: None,
         interrupt: Arc::new(AtomicBool::new(false)),
     };

@@ -34,7 +34,7 @@ pub fn w1(batch: usize) -> Workload {
             base_channels: 64,
             channel_mult: vec![1, 2, 2],
             num_res_blocks: 2,
-            attention_resolutions: vec![8],
+            attention_resolutions: Some(vec![8]),
             dropout: 0.0,
             ..UNetConfig::default()
         },
@@ -52,7 +52,7 @@ pub fn w3(batch: usize) -> Workload {
             base_channels: 32,
             channel_mult: vec![1, 2],
             num_res_blocks: 1,
-            attention_resolutions: vec![],
+            attention_resolutions: Some(vec![]),
             dropout: 0.0,
             ..UNetConfig::default()
         },

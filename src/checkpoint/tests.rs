@@ -317,7 +317,7 @@ fn train_step(opt: &mut crate::optim::AdamW, ema: &mut crate::ema::Ema) {
     let loss = (loss + b.powf(3.).unwrap().sum_all().unwrap()).unwrap();
     let mut grads = loss.backward().unwrap();
     opt.clip_grad_norm(&mut grads, 1.0).unwrap();
-    let lr = crate::optim::lr_at(opt.config(), opt.step_count());
+    let lr = crate::optim::lr_at(opt.config(), opt.step_count(), u64::MAX);
     opt.step(&grads, lr).unwrap();
     ema.update(opt.step_count()).unwrap();
 }

@@ -92,6 +92,10 @@ pub struct InterpolateArgs {
     /// No progress.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print a JSON summary line (frames, sampler, steps, seconds, device) on stdout after the
+    /// paths.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
@@ -153,6 +157,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     let batch = args.batch_size.unwrap_or(cfg.sample.batch_size);
     check_memory(&args, &gen, batch, guidance)?;
 
+    let clock = std::time::Instant::now();
     let inverting = args.from.is_some();
     let batches = args.frames.div_ceil(batch.max(1));
     let total = (batches + usize::from(inverting)) * opts.steps;
@@ -213,6 +218,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         Ok(())
     });
     progress.finish();
+    let seconds = clock.elapsed().as_secs_f64();
     let x = x.map_err(stopped)?;
 
     let frames = images::to_images(&x)?;
@@ -236,6 +242,19 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     }
     for p in &written {
         stdout_line(&p.display().to_string())?;
+    }
+    if args.json {
+        let json = serde_json::json!({
+            "command": "interpolate",
+            "frames": args.frames,
+            "ends": if inverting { "images" } else { "seeds" },
+            "sampler": sampler.to_string(),
+            "steps": opts.steps,
+            "seconds": seconds,
+            "device": format!("{device:?}"),
+            "precision": args.precision.to_string(),
+        });
+        stdout_line(&json.to_string())?;
     }
     Ok(())
 }

@@ -2,10 +2,12 @@
 //! in the config and the checkpoint; flags are for paths, counts, seeds and the device.
 
 mod classes;
+mod completions;
 mod eval;
 mod export;
 mod fid;
 mod import;
+mod init;
 mod interpolate;
 mod launch;
 mod output;
@@ -17,8 +19,6 @@ mod schedule;
 mod signals;
 mod sizes;
 mod train;
-
-use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +36,7 @@ Examples:
   ddpm fid samples/ cifar10-train.npz --inception pt_inception-2015-12-05-6726825d.pth
   ddpm schedule --config configs/digits.toml --steps 10
   ddpm info runs/digits/latest.safetensors
+  ddpm init --preset points > moons.toml
 
 Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted (a checkpoint was saved).";
 
@@ -69,23 +70,25 @@ pub enum Command {
     /// FID (and KID) between two image sets with pytorch-fid's Inception features.
     #[command(after_help = fid::EXAMPLES)]
     Fid(fid::FidArgs),
-    /// Print a config's noise schedule as CSV.
+    /// Print a config's or a checkpoint's noise schedule as CSV.
     Schedule(schedule::ScheduleArgs),
     /// Print a checkpoint's config, step and parameter count.
-    Info(InfoArgs),
+    Info(schedule::InfoArgs),
+    /// Print a complete, commented config to start from.
+    #[command(after_help = init::EXAMPLES)]
+    Init(init::InitArgs),
+    /// Print a shell completion script.
+    #[command(after_help = completions::COMPLETIONS_EXAMPLES)]
+    Completions(completions::CompletionsArgs),
+    /// Print a man page (roff), of ddpm or of one command.
+    #[command(after_help = completions::MAN_EXAMPLES)]
+    Man(completions::ManArgs),
     /// Read a diffusers pipeline or UNet2DModel folder into a checkpoint.
     #[command(after_help = import::EXAMPLES)]
     Import(import::ImportArgs),
     /// Write a checkpoint as a folder diffusers loads (DDPMPipeline, UNet2DModel).
     #[command(after_help = export::EXAMPLES)]
     Export(export::ExportArgs),
-}
-
-/// `ddpm info`
-#[derive(clap::Args, Debug)]
-pub struct InfoArgs {
-    /// The checkpoint (.safetensors) to describe.
-    pub checkpoint: PathBuf,
 }
 
 /// Run the parsed command.
@@ -103,5 +106,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => schedule::info(a),
         Command::Import(a) => import::run(a),
         Command::Export(a) => export::run(a),
+        Command::Init(a) => init::run(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(a),
     }
 }

@@ -52,8 +52,8 @@ pub fn write(
         }
         Format::Png => {
             let img = match truth(gen, points.len(), seed) {
-                Some(t) => scatter::scatter(&[&t, &points], PANEL)?,
-                None => scatter::scatter(&[&points], PANEL)?,
+                Some(t) => scatter::scatter(&[("data", &t), ("samples", &points)], PANEL)?,
+                None => scatter::scatter(&[("samples", &points)], PANEL)?,
             };
             images::encode_png(&img)?
         }

@@ -3,6 +3,7 @@
 use clap::Args;
 use std::path::PathBuf;
 
+use ddpm::checkpoint;
 use ddpm::config::Config;
 use ddpm::device::DeviceSpec;
 use ddpm::dist::{self, Comm};
@@ -18,12 +19,18 @@ pub const EXAMPLES: &str = "\
 Examples:
   ddpm train --config configs/digits.toml
   ddpm train --config configs/digits.toml --out runs/d --max-steps 500 --set train.batch_size=64
-  ddpm train --config configs/digits.toml --out runs/d --resume      # continue after Ctrl-C
+  ddpm train --out runs/d --resume                                  # continue after Ctrl-C
+  ddpm train --out runs/d --resume --set train.steps=3000 --set optim.lr=1e-4
+  ddpm train --init-from runs/d/latest.safetensors --out runs/d2 --set train.steps=500
   mpirun -np 2 -x RAYON_NUM_THREADS=1 ddpm train --config configs/digits.toml --out runs/d2
   torchrun --nproc-per-node 8 --no-python ddpm train --config configs/cifar10.toml --device cuda
 
 stdout: the last checkpoint's path (or a JSON summary with --json). Ctrl-C saves a checkpoint
-and exits with 130; run again with --resume to continue exactly where it stopped.
+and exits with 130; run again with --resume to continue exactly where it stopped. A resumed
+run reads its config from the run directory (or --config), and may change [optim], [ema],
+[sample] and train.steps, precision and the logging and checkpoint keys; each change is
+logged. --init-from starts a new run (step 0, fresh optimizer) from a checkpoint's weights and
+EMA; without --config it takes the checkpoint's config.
 Under a launcher each process trains on its part of every batch, the ranks' gradients summed
 in rank order: W ranks of one thread compute what one process of W threads computes, bit for
 bit. Rank 0 alone writes the run directory and stdout. CPU ranks need a build with
@@ -32,19 +39,25 @@ bit. Rank 0 alone writes the run directory and stdout. CPU ranks need a build wi
 /// `ddpm train`
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// The TOML config (see configs/).
-    #[arg(long, short)]
-    pub config: PathBuf,
+    /// The TOML config (see configs/) [default with --resume: the run directory's config.toml;
+    /// with --init-from: the checkpoint's config].
+    #[arg(long, short, required_unless_present_any = ["resume", "init_from"])]
+    pub config: Option<PathBuf>,
     /// Run directory [default: runs/<config name>].
-    #[arg(long, short)]
+    #[arg(long, short, required_unless_present = "config")]
     pub out: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
     /// Continue the run in --out from its latest checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "init_from")]
     pub resume: bool,
-    /// Stop after this many steps in total (overrides train.steps).
+    /// Start a new run from this checkpoint's weights and EMA, with a fresh optimizer at step 0
+    /// (fine-tuning); the config must describe the same network.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub init_from: Option<PathBuf>,
+    /// Stop after this many steps in total (instead of train.steps, which still sets the
+    /// learning-rate schedule's length).
     #[arg(long)]
     pub max_steps: Option<u64>,
     /// Seed for every random stream (overrides train.seed).
@@ -74,7 +87,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(p) = args.precision {
         overrides.push(format!("train.precision=\"{p}\""));
     }
-    let cfg = Config::load(&args.config, &overrides)?;
+    let cfg = match (&args.config, &args.out, &args.init_from) {
+        (Some(path), _, _) => Config::load(path, &overrides)?,
+        (None, Some(out), _) if args.resume => train::resume_config(out, &overrides)?,
+        (None, _, Some(ckpt)) => {
+            let text = checkpoint::load(ckpt)?.config()?.to_string();
+            Config::parse(
+                &text,
+                &format!("{} (stored config)", ckpt.display()),
+                &overrides,
+            )?
+        }
+        // clap requires --config unless --resume (which requires --out) or --init-from.
+        _ => anyhow::bail!("--config is required unless --resume --out R or --init-from C"),
+    };
     let launch = args.launch.launch()?;
     let (device, notice) = rank_device(&launch, args.device)?;
     let world = dist::connect(&launch, &device)?;
@@ -108,19 +134,23 @@ fn train_rank(
     notice: Option<String>,
     world: &dyn Comm,
 ) -> anyhow::Result<()> {
-    let run_dir = args.out.clone().unwrap_or_else(|| {
-        let stem = args
-            .config
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".into());
-        PathBuf::from("runs").join(stem)
-    });
+    let run_dir = match (&args.out, &args.config) {
+        (Some(out), _) => out.clone(),
+        (None, Some(config)) => {
+            let stem = config
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            PathBuf::from("runs").join(stem)
+        }
+        (None, None) => anyhow::bail!("--out is required without --config"),
+    };
     // After the engine started: the handler is ours, whatever MPI installs.
     let interrupt = interrupt_flag()?;
     let opts = TrainOptions {
         run_dir: run_dir.clone(),
         resume: args.resume,
+        init_from: args.init_from.clone(),
         max_steps: args.max_steps,
         interrupt,
     };
@@ -147,8 +177,12 @@ fn train_rank(
                 progress.note(
                     quiet,
                     &format!(
-                        "ddpm: training {parameters} parameters on {device:?}{ranks}, step {step} of {total}, run directory {}",
-                        run_dir.display()
+                        "ddpm: training {parameters} parameters on {device:?}{ranks}, step {step} of {total}, run directory {}{}",
+                        run_dir.display(),
+                        match &args.init_from {
+                            Some(c) => format!(", from the weights of {}", c.display()),
+                            None => String::new(),
+                        }
                     ),
                 );
             }
@@ -169,6 +203,7 @@ fn train_rank(
                     stats.loss, stats.lr, stats.grad_norm, images_per_sec
                 )
             }),
+            Event::Changed(c) => progress.note(quiet, &format!("ddpm: --resume: {c}")),
             Event::Resumed {
                 checkpoint,
                 step,
@@ -184,6 +219,7 @@ fn train_rank(
                     &format!("ddpm: resuming from {} (step {step})", checkpoint.display()),
                 );
             }
+            Event::Finished(note) => progress.note(quiet, &format!("ddpm: {note}")),
             Event::Checkpoint(p) => progress.line(true, || format!("checkpoint {}", p.display())),
             Event::Samples(p) => progress.line(true, || format!("samples {}", p.display())),
             Event::Notice(n) => progress.note(quiet, &format!("ddpm: {n}")),

@@ -1,5 +1,6 @@
 //! The `[data]` config section: which dataset, where it lives, the image geometry (or, for
-//! vector data, the point count, noise and dimension) and the loader's threads. Parsing and validation only; opening the data is `data::open`'s job.
+//! vector data, the point count, noise and dimension) and the loader's threads. Parsing and
+//! validation only; opening the data is `data::open`'s job.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -44,6 +45,19 @@ impl DatasetKind {
     /// True for vector data (generators and point files), whose examples have shape (D,).
     pub fn is_points(self) -> bool {
         self == DatasetKind::Points || self.toy().is_some()
+    }
+
+    /// Whether the `[data]` key `key` means anything for this kind of data. Written configs
+    /// (run directories, checkpoints, `ddpm info`) hold only these, and setting another is an
+    /// error, so leaving the others out loses nothing.
+    pub fn uses(self, key: &str) -> bool {
+        match key {
+            "path" => matches!(self, DatasetKind::Folder | DatasetKind::Points),
+            "image_size" | "channels" | "random_flip" | "class_labels" => !self.is_points(),
+            "num_points" | "noise" | "seed" => self.toy().is_some(),
+            "dim" => self.is_points(),
+            _ => true,
+        }
     }
 }
 
@@ -226,7 +240,8 @@ impl DataConfig {
         let bad = |msg: String| Err(Error::Config(msg));
         self.validate_loader()?;
         if self.dataset.is_points() {
-            return self.validate_points();
+            self.validate_points()?;
+            return self.check_unused();
         }
         let ImageSize { height, width } = self.image_size;
         if height == 0 || width == 0 || height > MAX_SIDE || width > MAX_SIDE {
@@ -240,7 +255,7 @@ impl DataConfig {
                 self.channels
             ));
         }
-        Ok(())
+        self.check_unused()
     }
 
     /// The loader's threads and queue: at least one each, and a bounded number.
@@ -256,6 +271,37 @@ impl DataConfig {
             }
         }
         Ok(())
+    }
+
+    /// The section as a TOML table: every key, in declaration order.
+    fn table(&self) -> Result<toml::Table> {
+        match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(t)) => Ok(t),
+            other => Err(Error::Config(format!("cannot serialise [data]: {other:?}"))),
+        }
+    }
+
+    /// The section as written: the keys this kind of data uses (`DatasetKind::uses`).
+    pub fn written(&self) -> Result<toml::Table> {
+        let mut t = self.table()?;
+        t.retain(|key, _| self.dataset.uses(key));
+        Ok(t)
+    }
+
+    /// A key this kind of data does not use, set to other than its default, is an error
+    /// naming it (it would be silently ignored, and dropped from the written config).
+    fn check_unused(&self) -> Result<()> {
+        let (set, default) = (self.table()?, DataConfig::default().table()?);
+        match set
+            .into_iter()
+            .find(|(key, value)| !self.dataset.uses(key) && default.get(key) != Some(value))
+        {
+            Some((key, _)) => Err(Error::Config(format!(
+                "data.{key} is not used with data.dataset = \"{}\"; remove it",
+                self.dataset.name()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The checks of vector data: no image-only options, sensible generator settings.
@@ -324,82 +370,4 @@ impl DatasetKind {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> std::result::Result<DataConfig, toml::de::Error> {
-        toml::from_str(text)
-    }
-
-    #[test]
-    fn image_size_reads_an_integer_or_a_pair_and_writes_back() {
-        let square = parse("image_size = 32").unwrap();
-        assert_eq!(square.image_size, ImageSize::square(32));
-        let rect = parse("image_size = [24, 40]").unwrap();
-        assert_eq!(
-            rect.image_size,
-            ImageSize {
-                height: 24,
-                width: 40
-            }
-        );
-        for cfg in [square, rect] {
-            let text = toml::to_string(&cfg).unwrap();
-            assert_eq!(parse(&text).unwrap(), cfg, "{text}");
-        }
-        assert!(toml::to_string(&parse("image_size = 32").unwrap())
-            .unwrap()
-            .contains("image_size = 32"));
-    }
-
-    #[test]
-    fn bad_image_sizes_are_rejected() {
-        for text in [
-            "image_size = 0",
-            "image_size = -3",
-            "image_size = [8]",
-            "image_size = [8, 8, 8]",
-            "image_size = \"32\"",
-        ] {
-            assert!(parse(text).is_err(), "{text} parsed");
-        }
-    }
-
-    #[test]
-    fn defaults_are_digits_8x8_luma_and_unknown_keys_fail() {
-        let cfg = parse("").unwrap();
-        assert_eq!(cfg, DataConfig::default());
-        assert_eq!(cfg.dataset, DatasetKind::Digits);
-        assert_eq!(cfg.image_size, ImageSize::square(8));
-        assert_eq!(cfg.channels, 1);
-        assert!(!cfg.random_flip);
-        cfg.validate().unwrap();
-        assert!(
-            parse("dataset = \"folder\"\npath = \"x\"").unwrap().dataset == DatasetKind::Folder
-        );
-        assert!(parse("flip = true").is_err());
-        assert!(parse("dataset = \"cifar\"").is_err());
-    }
-
-    #[test]
-    fn validate_names_the_key() {
-        let cases = [
-            ("dataset = \"folder\"", "data.path"),
-            ("path = \"imgs\"", "data.path"),
-            ("channels = 2", "data.channels"),
-            ("image_size = 5000", "data.image_size"),
-            ("workers = 0", "data.workers"),
-            ("prefetch = 0", "data.prefetch"),
-            ("workers = 1000000", "data.workers = 1000000"),
-            ("prefetch = 1000000000", "data.prefetch = 1000000000"),
-            (
-                "dataset = \"moons\"\nnum_points = 1000000000000",
-                "data.num_points",
-            ),
-        ];
-        for (text, key) in cases {
-            let err = parse(text).unwrap().validate().unwrap_err().to_string();
-            assert!(err.contains(key), "{text}: {err}");
-        }
-    }
-}
+mod tests;

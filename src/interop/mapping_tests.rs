@@ -23,7 +23,7 @@ fn small() -> UNetConfig {
         base_channels: 16,
         channel_mult: vec![1, 2, 2],
         num_res_blocks: 1,
-        attention_resolutions: vec![4],
+        attention_resolutions: Some(vec![4]),
         norm_groups: 8,
         dropout: 0.0,
         ..UNetConfig::default()
@@ -37,7 +37,7 @@ fn exported_unet_configs_import_as_the_same_model() {
         UNetConfig {
             num_classes: Some(10),
             dropout: 0.1,
-            attention_resolutions: vec![8, 2],
+            attention_resolutions: Some(vec![8, 2]),
             ..small()
         },
         UNetConfig {
@@ -151,7 +151,7 @@ fn models_diffusers_cannot_express_are_not_exported() {
     // Heads of 8 channels at the 16-channel level, 16 at the 32-channel middle.
     assert!(e(UNetConfig {
         num_heads: 2,
-        attention_resolutions: vec![8],
+        attention_resolutions: Some(vec![8]),
         ..small()
     })
     .contains("model.num_heads = 2"));

@@ -243,7 +243,7 @@ pub(crate) fn from_diffusers(f: &mut Fields) -> Result<UNetSpec> {
         base_channels: base,
         channel_mult,
         num_res_blocks: layers_per_block,
-        attention_resolutions,
+        attention_resolutions: Some(attention_resolutions),
         num_heads: 1,
         dropout,
         norm_groups,
@@ -322,7 +322,8 @@ pub fn to_diffusers(
             Value::from(dims[0])
         }
     };
-    let attends = |level: usize| model.attention_resolutions.contains(&(h >> level));
+    let attention = model.attention(h);
+    let attends = |level: usize| attention.contains(&(h >> level));
     let down: Vec<&str> = (0..levels)
         .map(|l| if attends(l) { ATTN_DOWN } else { DOWN })
         .collect();

@@ -38,7 +38,11 @@ pub struct UNetConfig {
     pub num_res_blocks: usize,
     /// Feature-map *heights* at which a self-attention block follows each residual block
     /// (compared with the height so that non-square images work; the middle always attends).
-    pub attention_resolutions: Vec<usize>,
+    /// Absent: `default_attention` for the image height (16, as in the DDPM paper, where a
+    /// level is 16 high); loading a config fills it in, so run directories and checkpoints
+    /// state it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_resolutions: Option<Vec<usize>>,
     /// Attention heads; must divide the channels of every attention block.
     pub num_heads: usize,
     /// Dropout probability inside the residual blocks, in [0, 1).
@@ -119,7 +123,7 @@ impl Default for UNetConfig {
             base_channels: 128,
             channel_mult: vec![1, 2, 2, 2],
             num_res_blocks: 2,
-            attention_resolutions: vec![16],
+            attention_resolutions: None,
             num_heads: 1,
             dropout: 0.1,
             norm_groups: 32,
@@ -168,6 +172,37 @@ impl UNetConfig {
     /// Number of downsamplings: levels - 1.
     pub fn downsamplings(&self) -> usize {
         self.channel_mult.len().saturating_sub(1)
+    }
+
+    /// The feature-map heights at each level for images `height` high.
+    fn heights(&self, height: usize) -> Vec<usize> {
+        (0..self.channel_mult.len()).map(|l| height >> l).collect()
+    }
+
+    /// The attention resolutions when none are given, for images `height` high: [16] where a
+    /// level is 16 high (the DDPM paper's CIFAR-10 and LSUN models), else the second level's
+    /// height (4 for 8x8 digits), else none (one level: the middle block still attends).
+    pub fn default_attention(&self, height: usize) -> Vec<usize> {
+        let heights = self.heights(height);
+        if heights.contains(&16) {
+            vec![16]
+        } else {
+            heights.get(1).map(|&h| vec![h]).unwrap_or_default()
+        }
+    }
+
+    /// The attention resolutions for images `height` high: the given ones or the default.
+    pub fn attention(&self, height: usize) -> Vec<usize> {
+        self.attention_resolutions
+            .clone()
+            .unwrap_or_else(|| self.default_attention(height))
+    }
+
+    /// Fill in absent attention resolutions for images `height` high (the UNet only).
+    pub fn resolve(&mut self, height: usize) {
+        if self.arch == Arch::Unet && self.attention_resolutions.is_none() {
+            self.attention_resolutions = Some(self.default_attention(height));
+        }
     }
 
     /// The section as a TOML table: every key, in declaration order.
@@ -286,12 +321,8 @@ impl UNetConfig {
                 up(w)
             ));
         }
-        let heights: Vec<usize> = (0..levels).map(|l| h >> l).collect();
-        if let Some(r) = self
-            .attention_resolutions
-            .iter()
-            .find(|r| !heights.contains(r))
-        {
+        let heights = self.heights(h);
+        if let Some(r) = self.attention(h).iter().find(|r| !heights.contains(r)) {
             return bad(format!(
                 "model.attention_resolutions contains {r}, but the feature-map heights for {h}x{w} images are {heights:?}; remove it or pick from these"
             ));
@@ -380,11 +411,12 @@ impl UNetConfig {
 
     /// The layer plan for images of height `height` (`plan`).
     pub(crate) fn plan(&self, height: usize) -> Plan {
+        let attention = self.attention(height);
         Shape {
             base_channels: self.base_channels,
             channel_mult: &self.channel_mult,
             num_res_blocks: self.num_res_blocks,
-            attention_resolutions: &self.attention_resolutions,
+            attention_resolutions: &attention,
         }
         .plan(height)
     }

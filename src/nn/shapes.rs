@@ -77,7 +77,7 @@ mod tests {
             base_channels: 16,
             channel_mult: vec![1, 2],
             num_res_blocks: 1,
-            attention_resolutions: vec![4],
+            attention_resolutions: Some(vec![4]),
             norm_groups: 8,
             num_classes: Some(3),
             scale_shift: true,

@@ -15,7 +15,7 @@ pub fn tiny_config(num_classes: Option<usize>) -> UNetConfig {
         base_channels: 16,
         channel_mult: vec![1, 2],
         num_res_blocks: 1,
-        attention_resolutions: vec![4],
+        attention_resolutions: Some(vec![4]),
         num_heads: 2,
         dropout: 0.0,
         norm_groups: 8,

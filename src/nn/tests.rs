@@ -16,7 +16,7 @@ fn w1() -> UNetConfig {
         base_channels: 64,
         channel_mult: vec![1, 2, 2],
         num_res_blocks: 2,
-        attention_resolutions: vec![8],
+        attention_resolutions: Some(vec![8]),
         dropout: 0.0,
         ..UNetConfig::default()
     }
@@ -28,7 +28,7 @@ fn tiny(attn: Vec<usize>) -> UNetConfig {
         base_channels: 16,
         channel_mult: vec![1, 2],
         num_res_blocks: 1,
-        attention_resolutions: attn,
+        attention_resolutions: Some(attn),
         num_heads: 2,
         dropout: 0.0,
         norm_groups: 8,
@@ -90,7 +90,7 @@ fn parameter_counts_match_the_pytorch_reference() {
         base_channels: 32,
         channel_mult: vec![1, 2],
         num_res_blocks: 1,
-        attention_resolutions: vec![],
+        attention_resolutions: Some(vec![]),
         dropout: 0.0,
         ..UNetConfig::default()
     };

@@ -8,6 +8,7 @@ use crate::data::images;
 use crate::error::Result;
 use crate::generate::{sample_options, Generator, Request};
 use crate::model;
+use crate::points::scatter::scatter;
 use crate::points::{Points, Standardization};
 use crate::schedule::Schedule;
 use crate::train::TrainState;
@@ -54,7 +55,8 @@ pub fn training_grid(
             })
             .collect();
         let plane = Points::new(2, plane)?;
-        return images::save_png(&crate::points::scatter::scatter(&[&plane], 256)?, path);
+        let title = "samples (EMA)";
+        return images::save_png(&scatter(&[(title, &plane)], 256)?, path);
     }
     let grid = images::grid(&images::to_images(&x)?, cfg.model.num_classes)?;
     // Tiny images (8x8 digits) are upscaled so each cell is at least 32 pixels on its short side.

@@ -5,6 +5,7 @@
 
 mod grid;
 mod ranks;
+mod resume;
 mod run_dir;
 mod state;
 mod step;
@@ -16,7 +17,8 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-pub use run_dir::{RunDir, METRICS_HEADER};
+pub use resume::{changes, resume_config, Change};
+pub use run_dir::{RunDir, CONFIG, LOSS_PLOT, METRICS_HEADER};
 pub use state::TrainState;
 pub use step::{train_step, StepStats};
 
@@ -35,6 +37,8 @@ pub struct TrainOptions {
     pub run_dir: PathBuf,
     /// Continue from the run directory's latest checkpoint.
     pub resume: bool,
+    /// Start a new run from this checkpoint's weights and EMA (fresh optimizer, step 0).
+    pub init_from: Option<PathBuf>,
     /// Stop after this many total steps instead of train.steps.
     pub max_steps: Option<u64>,
     /// Set (by a signal handler) to stop after the current step with a checkpoint.
@@ -44,6 +48,8 @@ pub struct TrainOptions {
 /// What the loop reports.
 #[derive(Debug)]
 pub enum Event<'a> {
+    /// A resumed run's config differs from its checkpoint's here (reported before `Started`).
+    Changed(&'a Change),
     /// Training starts (or resumes) at `step` of `total`.
     Started {
         step: u64,
@@ -69,6 +75,9 @@ pub enum Event<'a> {
         step: u64,
         passed_over: &'a [Error],
     },
+    /// `--resume` found the run already at its last step: nothing is trained or written, and
+    /// this says so (the run directory, its step, how to continue).
+    Finished(&'a str),
     /// A checkpoint was written.
     Checkpoint(&'a Path),
     /// A sample grid was written.
@@ -88,7 +97,8 @@ pub struct Summary {
     pub final_loss: f32,
     /// Examples per second over this invocation's steps after the first (warm-up) one.
     pub images_per_sec: f64,
-    /// The last checkpoint written.
+    /// The last checkpoint written (or, when a resumed run had nothing left to do, the one it
+    /// resumed from).
     pub checkpoint: PathBuf,
 }
 
@@ -135,12 +145,14 @@ pub fn train_in(
         0 => Some(RunDir::open(&opts.run_dir, opts.resume)?),
         _ => None,
     };
+    let total = opts.max_steps.unwrap_or(cfg.train.steps);
     // The newest checkpoint on disk that is known good: what a NaN stop keeps.
     let mut good_ckpt = None;
+    let mut changed = Vec::new();
     let mut state = match &dir {
         Some(dir) if opts.resume => {
             let (ckpt, passed_over) = dir.resume_checkpoint()?;
-            let state = resume_state(cfg, device, &ckpt)?;
+            let (state, changes) = resume::resume_state(cfg, device, &ckpt)?;
             on_event(Event::Resumed {
                 checkpoint: &ckpt.path,
                 step: state.step,
@@ -149,6 +161,7 @@ pub fn train_in(
             if let Some(n) = ckpt.notice() {
                 on_event(Event::Notice(n))?;
             }
+            changed = changes;
             good_ckpt = Some(ckpt.path);
             state
         }
@@ -159,13 +172,34 @@ pub fn train_in(
                     dir.root.display()
                 )));
             }
-            TrainState::fresh(cfg, device)?
+            match &opts.init_from {
+                Some(path) => resume::init_state(cfg, device, path)?,
+                None => TrainState::fresh(cfg, device)?,
+            }
         }
         None => TrainState::fresh(cfg, device)?,
     };
     state = ranks::sync_state(world, cfg, device, state)?;
     if dir.is_none() && opts.resume {
         good_ckpt = Some(rank0_checkpoint(opts, state.step));
+    }
+    // Every rank knows the step now, so all of them stop here together.
+    if opts.resume {
+        if let Some(note) = finished(opts, state.step, total)? {
+            // Nothing to do, and nothing is written: re-running a finished run (as recovery
+            // from a crash after its last save does) succeeds with the checkpoint it has.
+            on_event(Event::Finished(&note))?;
+            return Ok(Summary {
+                step: state.step,
+                steps_run: 0,
+                final_loss: f32::NAN,
+                images_per_sec: 0.0,
+                checkpoint: good_ckpt.unwrap_or_else(|| rank0_checkpoint(opts, state.step)),
+            });
+        }
+    }
+    for c in &changed {
+        on_event(Event::Changed(c))?;
     }
     let mut metrics = match &dir {
         Some(dir) => {
@@ -174,7 +208,6 @@ pub fn train_in(
         }
         None => None,
     };
-    let total = opts.max_steps.unwrap_or(cfg.train.steps);
     let accum = cfg.train.grad_accum as u64;
     let mut loader = Loader::new(
         dataset,
@@ -356,39 +389,32 @@ fn save(
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
 }
 
-/// The state of the run saved in `ckpt`, checking that `cfg` describes the same model and data.
-fn resume_state(
-    cfg: &Config,
-    device: &Device,
-    ckpt: &checkpoint::Checkpoint,
-) -> Result<TrainState> {
-    let path = &ckpt.path;
-    let stored = ckpt.stored_config()?;
-    let same = [
-        ("model", stored.model == cfg.model),
-        ("diffusion", stored.diffusion == cfg.diffusion),
-        ("data", stored.data == cfg.data),
-        ("optim", stored.optim == cfg.optim),
-        ("ema", stored.ema == cfg.ema),
-        ("train.seed", stored.train.seed == cfg.train.seed),
-        (
-            "train.batch_size",
-            stored.train.batch_size == cfg.train.batch_size,
-        ),
-        (
-            "train.grad_accum",
-            stored.train.grad_accum == cfg.train.grad_accum,
-        ),
-        (
-            "train.label_dropout",
-            stored.train.label_dropout == cfg.train.label_dropout,
-        ),
-    ];
-    if let Some((section, _)) = same.iter().find(|(_, eq)| !eq) {
-        return Err(Error::Config(format!(
-            "--resume: `{section}` differs from the config stored in {}; resume with the same settings",
-            path.display()
-        )));
+/// Whether a resumed run at `step` is done: None while steps are left before `total`
+/// (train.steps, or --max-steps when given), else what to tell the user; an error when
+/// the run is already past `total`.
+fn finished(opts: &TrainOptions, step: u64, total: u64) -> Result<Option<String>> {
+    let run = opts.run_dir.display();
+    let max_steps = opts.max_steps.is_some();
+    if step < total {
+        Ok(None)
+    } else if step == total && max_steps {
+        Ok(Some(format!(
+            "run {run} is at step {step}; --max-steps {total} leaves nothing to do"
+        )))
+    } else if step == total {
+        Ok(Some(format!(
+            "run {run} finished at step {step} of {total}; raise train.steps to continue \
+             (e.g. --set train.steps={})",
+            2 * total
+        )))
+    } else {
+        let what = if max_steps {
+            format!("--max-steps {total}")
+        } else {
+            format!("train.steps = {total}")
+        };
+        Err(Error::Invalid(format!(
+            "--resume: run {run} is at step {step}, past {what}; raise it to continue"
+        )))
     }
-    TrainState::restore(cfg, device, ckpt, path)
 }

@@ -1,7 +1,8 @@
-//! The run directory: `config.toml` (the resolved config), `metrics.csv`, `samples/`, the
-//! checkpoints (`ckpt-XXXXXXXX.safetensors`, the last `keep` of them, plus `latest.safetensors`)
-//! and `ddpm.lock`, which makes the directory one training's at a time. Which checkpoints to
-//! keep is decided by `checkpoint::to_delete`; this module does the I/O.
+//! The run directory: `config.toml` (the resolved config), `metrics.csv` and its plot
+//! `loss.png`, `samples/`, the checkpoints (`ckpt-XXXXXXXX.safetensors`, the last `keep` of
+//! them, plus `latest.safetensors`) and `ddpm.lock`, which makes the directory one training's at
+//! a time. Which checkpoints to keep is decided by `checkpoint::to_delete`; this module does the
+//! I/O.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -12,7 +13,12 @@ use candle_core::Tensor;
 
 use crate::atomic;
 use crate::checkpoint::{run_dir, Checkpoint};
+use crate::data::images;
 use crate::error::{Error, Result};
+use crate::plot::{self, Row};
+
+/// The training curves drawn from metrics.csv.
+pub const LOSS_PLOT: &str = "loss.png";
 
 /// Header of metrics.csv.
 pub const METRICS_HEADER: &str = "step,loss,lr,grad_norm,images_per_sec,elapsed_s";
@@ -22,7 +28,8 @@ pub const METRICS_HEADER: &str = "step,loss,lr,grad_norm,images_per_sec,elapsed_
 /// process ends, however it ends, so a crash leaves no stale lock (the file itself stays).
 pub const LOCK: &str = "ddpm.lock";
 
-const CONFIG: &str = "config.toml";
+/// The resolved config.
+pub const CONFIG: &str = "config.toml";
 const METRICS: &str = "metrics.csv";
 const SAMPLES: &str = "samples";
 
@@ -121,12 +128,14 @@ impl RunDir {
     pub fn metrics(&self, resume_step: u64) -> Result<Metrics> {
         let path = self.root.join(METRICS);
         let mut keep: Vec<String> = Vec::new();
+        let mut rows = Vec::new();
         if resume_step > 0 && path.exists() {
             let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
             for line in BufReader::new(f).lines() {
                 let line = line.map_err(|e| Error::io(&path, e))?;
                 let step = line.split(',').next().and_then(|s| s.parse::<u64>().ok());
                 if matches!(step, Some(s) if s <= resume_step) {
+                    rows.extend(parse_row(&line));
                     keep.push(line);
                 }
             }
@@ -141,7 +150,12 @@ impl RunDir {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Ok(Metrics { path, file })
+        Ok(Metrics {
+            path,
+            file,
+            rows,
+            plot: self.root.join(LOSS_PLOT),
+        })
     }
 }
 
@@ -194,13 +208,14 @@ fn try_lock(_: &File) -> io::Result<bool> {
 }
 
 /// Delete the temp files that crashed writes left: checkpoints and `latest`
-/// (`checkpoint::run_dir::remove_stale_temps`), config.toml, metrics.csv and sample grids.
+/// (`checkpoint::run_dir::remove_stale_temps`), config.toml, metrics.csv, loss.png and sample
+/// grids.
 /// Only with the lock held: a running training's temp files look just the same.
 fn remove_stale_temps(root: &Path) -> Result<()> {
     run_dir::remove_stale_temps(root)?;
     let ours = |dir: &Path, target: &str| {
         if dir == root {
-            target == CONFIG || target == METRICS
+            target == CONFIG || target == METRICS || target == LOSS_PLOT
         } else {
             target.starts_with("step-") && target.ends_with(".png")
         }
@@ -227,10 +242,25 @@ fn remove_stale_temps(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// metrics.csv, appended to row by row (each row is flushed, so a crash loses none).
+/// The (step, loss, lr, grad_norm) of a metrics.csv row; None for the header or a bad line.
+fn parse_row(line: &str) -> Option<Row> {
+    let cols: Vec<&str> = line.split(',').collect();
+    let num = |i: usize| cols.get(i).and_then(|c| c.parse::<f64>().ok());
+    Some(Row {
+        step: cols.first()?.parse().ok()?,
+        loss: num(1)?,
+        lr: num(2)?,
+        grad_norm: num(3)?,
+    })
+}
+
+/// metrics.csv, appended to row by row (each row is flushed, so a crash loses none), and
+/// loss.png, redrawn from all rows after each.
 pub struct Metrics {
     path: PathBuf,
     file: File,
+    rows: Vec<Row>,
+    plot: PathBuf,
 }
 
 impl Metrics {
@@ -249,7 +279,15 @@ impl Metrics {
             "{step},{loss:.6},{lr:.6e},{grad_norm:.4},{images_per_sec:.2},{elapsed_s:.2}"
         )
         .and_then(|_| self.file.flush())
-        .map_err(|e| Error::io(&self.path, e))
+        .map_err(|e| Error::io(&self.path, e))?;
+        self.rows.push(Row {
+            step,
+            loss: loss as f64,
+            lr,
+            grad_norm,
+        });
+        let img = plot::training_curves(&self.rows)?;
+        images::save_png(&image::DynamicImage::ImageRgb8(img), &self.plot)
     }
 }
 
@@ -272,6 +310,7 @@ mod tests {
             root.join(".latest.safetensors.4242.tmp"),
             root.join(".config.toml.4242.tmp"),
             root.join(".metrics.csv.4242.tmp"),
+            root.join(".loss.png.4242.tmp"),
             root.join("samples/.step-00000007.png.4242.tmp"),
         ];
         let notes = root.join(".notes.txt.4242.tmp");

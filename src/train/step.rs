@@ -206,7 +206,7 @@ pub fn train_step(
             kept: None,
         });
     }
-    let lr = lr_at(&cfg.optim, step);
+    let lr = lr_at(&cfg.optim, step, cfg.train.steps);
     state.optimizer.step(&grads, lr)?;
     state.step += 1;
     state.ema.update(state.step)?;

@@ -4,7 +4,7 @@ fn w1_like() -> UNetConfig {
     UNetConfig {
         base_channels: 64,
         channel_mult: vec![1, 2, 2],
-        attention_resolutions: vec![8],
+        attention_resolutions: Some(vec![8]),
         ..UNetConfig::default()
     }
 }
@@ -95,11 +95,44 @@ fn validation_names_the_key() {
         (32, 32)
     )
     .contains("model.num_classes"));
-    let e = err(d(), (8, 8));
+    let sixteen = || UNetConfig {
+        attention_resolutions: Some(vec![16]),
+        ..d()
+    };
+    let e = err(sixteen(), (8, 8));
     assert!(
         e.contains("model.attention_resolutions contains 16") && e.contains("[8, 4, 2, 1]"),
         "{e}"
     );
+}
+
+/// Absent attention resolutions fit the image: 16 where a level is 16 high (DDPM), else the
+/// second level's height, else none; the defaults validate at the default 8x8 (they did not:
+/// the paper's [16] was fixed whatever the image size).
+#[test]
+fn default_attention_fits_the_image_height() {
+    let d = UNetConfig::default();
+    assert_eq!(d.attention_resolutions, None);
+    assert_eq!(d.default_attention(32), [16]);
+    assert_eq!(d.default_attention(8), [4]);
+    assert_eq!(d.default_attention(16), [16]);
+    let six = UNetConfig {
+        channel_mult: vec![1, 1, 2, 2, 4, 4],
+        ..UNetConfig::default()
+    };
+    assert_eq!(six.default_attention(256), [16]);
+    let one = UNetConfig {
+        channel_mult: vec![1],
+        ..UNetConfig::default()
+    };
+    assert!(one.default_attention(8).is_empty());
+    for (cfg, size) in [(&d, 8), (&d, 32), (&six, 256), (&one, 8)] {
+        cfg.validate((size, size)).unwrap();
+    }
+    let mut resolved = d.clone();
+    resolved.resolve(8);
+    assert_eq!(resolved.attention_resolutions, Some(vec![4]));
+    assert_eq!(resolved.plan(8), d.plan(8));
 }
 
 #[test]
@@ -174,7 +207,6 @@ fn unused_options_are_not_written() {
         "base_channels",
         "channel_mult",
         "num_res_blocks",
-        "attention_resolutions",
         "num_heads",
         "dropout",
         "norm_groups",

@@ -4,13 +4,16 @@
 mod classes;
 mod completions;
 mod eval;
+mod export;
 mod fid;
+mod import;
 mod init;
 mod interpolate;
 mod launch;
 mod output;
 mod points;
 mod progress;
+mod reproduce;
 mod sample;
 mod schedule;
 mod signals;
@@ -80,6 +83,12 @@ pub enum Command {
     /// Print a man page (roff), of ddpm or of one command.
     #[command(after_help = completions::MAN_EXAMPLES)]
     Man(completions::ManArgs),
+    /// Read a diffusers pipeline or UNet2DModel folder into a checkpoint.
+    #[command(after_help = import::EXAMPLES)]
+    Import(import::ImportArgs),
+    /// Write a checkpoint as a folder diffusers loads (DDPMPipeline, UNet2DModel).
+    #[command(after_help = export::EXAMPLES)]
+    Export(export::ExportArgs),
 }
 
 /// Run the parsed command.
@@ -95,6 +104,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fid(a) => fid::run(a),
         Command::Schedule(a) => schedule::run(a),
         Command::Info(a) => schedule::info(a),
+        Command::Import(a) => import::run(a),
+        Command::Export(a) => export::run(a),
         Command::Init(a) => init::run(a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),

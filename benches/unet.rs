@@ -74,7 +74,7 @@ fn sampler_steps(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(5));
     let sched = schedule();
     let cases: [(Workload, Box<dyn Stepper>, usize); 2] = [
-        (w1(16), Box::new(Ddim { eta: 0.0 }), 50),
+        (w1(16), Box::new(Ddim::default()), 50),
         (w3(64), Box::new(Ancestral), 1000),
     ];
     for (w, mut stepper, steps) in cases {

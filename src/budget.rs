@@ -14,7 +14,7 @@ use candle_core::Device;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::limits::{Bytes, Memory};
-use crate::nn::config::Block;
+use crate::nn::plan::Block;
 use crate::nn::Arch;
 
 /// What the program takes before any model: code, thread stacks, buffers (measured: 23 MB for
@@ -167,7 +167,7 @@ fn parameter_count(cfg: &Config) -> f64 {
                     norm(i) + conv(i, o, 3.0) + linear(temb, o) + norm(o) + conv(o, o, 3.0) + skip
                 }
                 Block::Attn { c, .. } => norm(c as f64) + 4.0 * conv(c as f64, c as f64, 1.0),
-                Block::Down { c } | Block::Up { c } => conv(c as f64, c as f64, 3.0),
+                Block::Down { c, .. } | Block::Up { c, .. } => conv(c as f64, c as f64, 3.0),
             };
             let labels = u.num_classes.map_or(0.0, |n| (n as f64 + 1.0) * temb);
             let c_out = plan.out_channels as f64;
@@ -239,16 +239,17 @@ fn unet_counts(cfg: &Config) -> Counts {
             Block::Attn { c: k, .. } => {
                 let n = pixels(level);
                 c.a += k as f64 * n;
-                let q = u.num_heads as f64 * n * n;
+                // Heads of attention_head_dim channels each when it is set.
+                let q = u.heads(k).unwrap_or(u.num_heads) as f64 * n * n;
                 c.q += q;
                 c.q_max = c.q_max.max(q);
             }
-            Block::Down { c: k } => {
+            Block::Down { c: k, .. } => {
                 let v = k as f64 * pixels(level + 1);
                 c.a += v;
                 c.s += v;
             }
-            Block::Up { c: k } => c.a += k as f64 * pixels(level - level.min(1)),
+            Block::Up { c: k, .. } => c.a += k as f64 * pixels(level - level.min(1)),
         }
     }
     c

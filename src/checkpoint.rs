@@ -92,11 +92,12 @@ impl Checkpoint {
     }
 
     /// The config the checkpoint was trained with, validated like a config file (so a forged
-    /// or edited one cannot size anything past the limits); errors name its file.
+    /// or edited one cannot size anything past the limits) but for the data's path, which an
+    /// imported model's config lacks (`Config::validate_stored`); errors name its file.
     pub fn stored_config(&self) -> Result<Config> {
         let cfg = Config::from_toml(self.config()?, "its stored config")
             .map_err(|e| Error::checkpoint(&self.path, e.to_string()))?;
-        cfg.validate()
+        cfg.validate_stored()
             .map_err(|e| Error::checkpoint(&self.path, format!("its stored config: {e}")))?;
         Ok(cfg)
     }

@@ -23,7 +23,7 @@ use crate::loss::{LossKind, LossOptions};
 use crate::nn::{Arch, UNetConfig};
 use crate::optim::OptimConfig;
 use crate::sampler::SamplerKind;
-use crate::schedule::{BetaSchedule, Schedule, Spacing};
+use crate::schedule::{rescale_zero_terminal_snr, BetaSchedule, Schedule, Spacing};
 
 pub use presets::Preset;
 pub use train::TrainConfig;
@@ -56,6 +56,8 @@ pub struct DiffusionConfig {
     pub beta_start: f64,
     /// Linear schedule's last beta at T = 1000.
     pub beta_end: f64,
+    /// The betas of beta_schedule = "custom", one per timestep.
+    pub betas: Option<Vec<f64>>,
     /// Rescale the schedule so abar_T = 0 (Lin et al. 2023); needs v or x0 prediction.
     pub zero_terminal_snr: bool,
     pub prediction: Prediction,
@@ -75,6 +77,7 @@ impl Default for DiffusionConfig {
             beta_schedule: BetaSchedule::Linear,
             beta_start: 1e-4,
             beta_end: 0.02,
+            betas: None,
             zero_terminal_snr: false,
             prediction: Prediction::Eps,
             variance: VarianceType::FixedSmall,
@@ -88,13 +91,38 @@ impl Default for DiffusionConfig {
 impl DiffusionConfig {
     /// The training schedule.
     pub fn schedule(&self) -> Result<Schedule> {
-        Schedule::new(
-            self.beta_schedule,
-            self.timesteps,
-            self.beta_start,
-            self.beta_end,
-            self.zero_terminal_snr,
-        )
+        match (self.beta_schedule, &self.betas) {
+            (BetaSchedule::Custom, Some(betas)) => {
+                if betas.len() != self.timesteps {
+                    return Err(Error::Config(format!(
+                        "diffusion.betas has {} values but diffusion.timesteps = {}; give one beta per timestep",
+                        betas.len(),
+                        self.timesteps
+                    )));
+                }
+                let betas = match self.zero_terminal_snr {
+                    true => rescale_zero_terminal_snr(betas),
+                    false => betas.clone(),
+                };
+                Schedule::from_betas(betas)
+                    .map_err(|e| Error::Config(format!("diffusion.betas: {e}")))
+            }
+            (BetaSchedule::Custom, None) => Err(Error::Config(
+                "diffusion.beta_schedule = \"custom\" needs diffusion.betas, one per timestep"
+                    .into(),
+            )),
+            (_, Some(_)) => Err(Error::Config(
+                "diffusion.betas is only read with diffusion.beta_schedule = \"custom\"; remove it or set the schedule"
+                    .into(),
+            )),
+            (kind, None) => Schedule::new(
+                kind,
+                self.timesteps,
+                self.beta_start,
+                self.beta_end,
+                self.zero_terminal_snr,
+            ),
+        }
     }
 
     /// How the network output is read.
@@ -147,6 +175,16 @@ pub struct SampleConfig {
     pub spacing: Spacing,
     /// Clip the predicted x0 to [-1, 1] at every step.
     pub clip_x0: bool,
+    /// Added to every timestep of the leading spacing (diffusers' steps_offset).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub steps_offset: usize,
+    /// DDIM's last step goes to abar = 1; false: to abar_0 (diffusers' set_alpha_to_one).
+    #[serde(skip_serializing_if = "is_true")]
+    pub set_alpha_to_one: bool,
+    /// With clip_x0, DDIM's eps comes from the clipped x0; false keeps the model's eps
+    /// (diffusers' DDIMPipeline default).
+    #[serde(skip_serializing_if = "is_true")]
+    pub use_clipped_model_output: bool,
     /// Images per model batch.
     pub batch_size: usize,
     /// Sample with the EMA weights (false: the raw weights).
@@ -169,6 +207,9 @@ impl Default for SampleConfig {
             eta: 0.0,
             spacing: Spacing::Trailing,
             clip_x0: true,
+            steps_offset: 0,
+            set_alpha_to_one: true,
+            use_clipped_model_output: true,
             batch_size: 64,
             use_ema: true,
             corrector_steps: 1,
@@ -210,6 +251,12 @@ impl SampleConfig {
         }
         if self.batch_size == 0 {
             return Err(Error::Config("sample.batch_size must be at least 1".into()));
+        }
+        if self.steps_offset > 0 && self.spacing != Spacing::Leading {
+            return Err(Error::Config(format!(
+                "sample.steps_offset = {} shifts the leading spacing only (as in diffusers); set sample.spacing = \"leading\" or remove it",
+                self.steps_offset
+            )));
         }
         if !(self.snr.is_finite() && self.snr > 0.0) {
             return Err(Error::Config(format!(
@@ -306,12 +353,34 @@ impl Config {
 
     /// Check every section and the constraints between them.
     pub fn validate(&self) -> Result<()> {
+        self.data.validate_path()?;
+        self.validate_stored()
+    }
+
+    /// Every check of `validate` but that file datasets name their path: the checks of a
+    /// checkpoint's config. Generating never reads the data, and an imported model's config has
+    /// no path (what it was trained on is not in a diffusers folder).
+    pub fn validate_stored(&self) -> Result<()> {
         self.diffusion.validate()?;
-        self.data.validate()?;
-        self.validate_arch()?;
+        self.data.validate_values()?;
         self.optim.validate()?;
         self.ema.validate()?;
         self.train.validate()?;
+        if !self.model.null_class && self.train.label_dropout > 0.0 {
+            return Err(Error::Config(format!(
+                "train.label_dropout = {}: model.null_class = false leaves no \"no class\" label to drop to; set it to 0",
+                self.train.label_dropout
+            )));
+        }
+        self.validate_model()
+    }
+
+    /// The checks of what a generator needs — the diffusion process, the network against the
+    /// data's shape, the sampling defaults, the classes — but not where the data is or how to
+    /// train (an imported model's config knows neither).
+    fn validate_model(&self) -> Result<()> {
+        self.diffusion.validate()?;
+        self.validate_arch()?;
         self.sample.validate(self.diffusion.timesteps)?;
         match (self.data.class_labels, self.model.num_classes) {
             (true, None) => Err(Error::Config(
@@ -409,6 +478,16 @@ impl Config {
             .parameterization()
             .out_channels(self.data.example_shape()[0])
     }
+}
+
+/// For keys that are written only when they differ from their default (so that configs and
+/// checkpoints from before they existed read and write the same).
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {

@@ -60,8 +60,12 @@ pub enum Start<'a> {
         resample: usize,
     },
     /// A given latent, one row per image, at respaced index `from - 1` of opts.steps (x_T when
-    /// `from` = opts.steps; an inverted image's own `from`), `sampler::sample_from_latent`.
-    Latent { x: &'a Tensor, from: usize },
+    /// `from` is None or opts.steps; an inverted image's own `from`),
+    /// `sampler::sample_from_latent`.
+    Latent { x: &'a Tensor, from: Option<usize> },
+    /// A given x_T (n, C, H, W) and every later noise draw of the sampler, `draws`
+    /// (S, n, C, H, W), handed out in order (`sampler::sample_replaying`).
+    Replay { x_t: &'a Tensor, draws: &'a Tensor },
 }
 
 /// What to generate besides the sampler settings.
@@ -248,6 +252,27 @@ impl Generator {
         })
     }
 
+    /// A model without a "no class" label (model.null_class = false) needs a class for every
+    /// image and cannot be guided, which mixes in the unconditional prediction.
+    pub fn check_unconditional_use(&self, classes: &[u32], guidance: f64) -> Result<()> {
+        let m = &self.config.model;
+        if m.num_classes.is_none() || m.null_class {
+            return Ok(());
+        }
+        if classes.is_empty() {
+            return Err(Error::Invalid(
+                "this model has no \"no class\" label (model.null_class = false, as imported from diffusers): give a class for every image (--class)"
+                    .into(),
+            ));
+        }
+        if guidance != 1.0 {
+            return Err(Error::Invalid(format!(
+                "guidance {guidance} mixes in the unconditional prediction, which this model never learned (model.null_class = false); use guidance 1"
+            )));
+        }
+        Ok(())
+    }
+
     fn network(&self) -> Labelled<'_> {
         Labelled {
             net: &self.net,
@@ -262,10 +287,12 @@ impl Generator {
     pub fn steps_per_batch(&self, opts: &SampleOptions, start: &Start) -> Result<usize> {
         Ok(match start {
             Start::Edit { strength, .. } => {
-                let respaced = self.schedule.for_sampling(opts.steps, opts.spacing)?;
+                let respaced = opts.respace(&self.schedule)?;
                 sampler::steps_below(&respaced.timesteps, *strength, self.schedule.len())
             }
-            Start::Latent { from, .. } => *from,
+            Start::Latent {
+                from: Some(from), ..
+            } => *from,
             _ => opts.steps,
         })
     }
@@ -305,6 +332,7 @@ impl Generator {
             .into());
         }
         self.check_classes(req.classes)?;
+        self.check_unconditional_use(req.classes, req.guidance)?;
         let net = self.network();
         let null = net.num_classes() as u32;
         let param = self.config.diffusion.parameterization();
@@ -363,7 +391,16 @@ impl Generator {
                     param,
                     &batch_opts,
                     &rows(x, "latent")?,
-                    from,
+                    from.unwrap_or(batch_opts.steps),
+                    on_step,
+                ),
+                Start::Replay { x_t, draws } => sampler::sample_replaying(
+                    &model,
+                    &self.schedule,
+                    param,
+                    &batch_opts,
+                    &rows(x_t, "noise")?,
+                    &self.draw_rows(draws, done, b, n)?,
                     on_step,
                 ),
             }?;
@@ -399,6 +436,24 @@ impl Generator {
         })
     }
 
+    /// Images done..done + b of given noise draws (S, n, ...sample shape), on the device.
+    fn draw_rows(&self, draws: &Tensor, done: usize, b: usize, n: usize) -> Result<Tensor> {
+        let shape = self.sample_shape();
+        let dims = draws.dims();
+        if dims.len() != shape.len() + 2 || dims[1] != n || dims[2..] != shape[..] {
+            return Err(Error::Invalid(format!(
+                "noise draws of shape {dims:?}: expected (steps, {n}, {}) for {n} images of this model",
+                shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let d = draws.narrow(1, done, b)?.contiguous()?;
+        Ok(d.to_dtype(DType::F32)?.to_device(&self.device)?)
+    }
+
     /// Rows of an inpainting mask ((1 or n, 1 or C, H, W)); the channels broadcast later.
     fn mask_rows(&self, mask: &Tensor, done: usize, b: usize, n: usize) -> Result<Tensor> {
         let (c, (h, w)) = (self.config.data.channels, model::image_hw(&self.config));
@@ -430,6 +485,9 @@ pub fn sample_options(cfg: &Config, sampler: SamplerKind, seed: u64) -> SampleOp
         spacing: s.spacing,
         eta: s.eta,
         clip_x0: s.clip_x0,
+        steps_offset: s.steps_offset,
+        set_alpha_to_one: s.set_alpha_to_one,
+        use_clipped_model_output: s.use_clipped_model_output,
         seed,
         first_index: 0,
         corrector_steps: s.corrector_steps,

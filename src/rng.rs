@@ -8,7 +8,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 use rand_distr::StandardNormal;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// What a stream is for; each purpose gets its own key, so streams never overlap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,10 +116,19 @@ impl Stream {
 }
 
 /// Per-sample noise for a batch: sample `first + i` always draws from its own stream, so sample
-/// k is bit-identical whatever batch it is drawn in.
+/// k is bit-identical whatever batch it is drawn in. Tensor draws can instead replay given
+/// noise (`with_given`), to reproduce another program's sampler draw for draw.
 #[derive(Clone, Debug)]
 pub struct BatchNoise {
     streams: Vec<Stream>,
+    given: Option<Given>,
+}
+
+/// Noise handed out in order instead of drawn: (S, B, ...) draws, the next one `next`.
+#[derive(Clone, Debug)]
+struct Given {
+    draws: Tensor,
+    next: usize,
 }
 
 impl BatchNoise {
@@ -128,7 +137,20 @@ impl BatchNoise {
         let streams = (0..batch as u64)
             .map(|i| Stream::new(seed, purpose, first + i))
             .collect();
-        BatchNoise { streams }
+        BatchNoise {
+            streams,
+            given: None,
+        }
+    }
+
+    /// The same batch whose tensor draws (`randn`) are the rows of `draws` (S, B, ...), in
+    /// order; asking for more than S is an error. Draws that are not tensors still come from
+    /// the streams.
+    pub fn with_given(self, draws: Tensor) -> Self {
+        BatchNoise {
+            given: Some(Given { draws, next: 0 }),
+            ..self
+        }
     }
 
     /// Number of samples in the batch.
@@ -141,8 +163,29 @@ impl BatchNoise {
         self.streams.is_empty()
     }
 
-    /// A (B, ...) standard normal tensor: row i is the next `per_sample` draws of stream i.
+    /// A (B, ...) standard normal tensor: row i is the next `per_sample` draws of stream i
+    /// (or the next given draw).
     pub fn randn(&mut self, per_sample: &[usize], device: &Device) -> Result<Tensor> {
+        if let Some(g) = &mut self.given {
+            let total = g.draws.dim(0)?;
+            if g.next >= total {
+                return Err(Error::Invalid(format!(
+                    "the given noise holds {total} draws per image and the sampler asks for more"
+                )));
+            }
+            let draw = g.draws.get(g.next)?;
+            let mut want = vec![self.streams.len()];
+            want.extend_from_slice(per_sample);
+            if draw.dims() != want.as_slice() {
+                return Err(Error::Invalid(format!(
+                    "given noise draw {} has shape {:?}; the sampler draws {want:?}",
+                    g.next,
+                    draw.dims()
+                )));
+            }
+            g.next += 1;
+            return Ok(draw.to_device(device)?);
+        }
         let n: usize = per_sample.iter().product();
         let mut data = Vec::with_capacity(n * self.streams.len());
         for s in &mut self.streams {
@@ -156,6 +199,14 @@ impl BatchNoise {
     /// The stream of sample i, for draws that are not a tensor.
     pub fn stream(&mut self, i: usize) -> &mut Stream {
         &mut self.streams[i]
+    }
+
+    /// Given draws not handed out yet (0 without given noise).
+    pub fn given_left(&self) -> Result<usize> {
+        Ok(match &self.given {
+            Some(g) => g.draws.dim(0)? - g.next,
+            None => 0,
+        })
     }
 }
 

@@ -18,6 +18,10 @@ pub enum BetaSchedule {
     Cosine,
     /// Jabri et al. / Chen 2023: abar_t follows a rescaled sigmoid of t.
     Sigmoid,
+    /// Latent diffusion's: sqrt(beta_t) linear in t (diffusers' "scaled_linear").
+    ScaledLinear,
+    /// Given betas, one per step (diffusers' `trained_betas`): `diffusion.betas`.
+    Custom,
 }
 
 /// How K sampling steps are chosen among T training steps (the names diffusers uses).
@@ -63,6 +67,16 @@ impl std::str::FromStr for Spacing {
 pub fn linear_betas(num_timesteps: usize, start: f64, end: f64) -> Vec<f64> {
     let scale = 1000.0 / num_timesteps as f64;
     linspace(start * scale, end * scale, num_timesteps)
+}
+
+/// Scaled-linear betas: sqrt(beta_t) from sqrt(start) to sqrt(end) in T steps, both ends scaled
+/// by 1000/T as for `linear_betas` (diffusers' "scaled_linear" at T = 1000).
+pub fn scaled_linear_betas(num_timesteps: usize, start: f64, end: f64) -> Vec<f64> {
+    let scale = 1000.0 / num_timesteps as f64;
+    linspace((start * scale).sqrt(), (end * scale).sqrt(), num_timesteps)
+        .into_iter()
+        .map(|b| b * b)
+        .collect()
 }
 
 /// Cosine betas (Nichol & Dhariwal 2021, eq. 17):
@@ -209,6 +223,9 @@ pub struct Schedule {
     pub snr: Vec<f64>,
     /// The model (original) timestep of index i.
     pub timesteps: Vec<usize>,
+    /// The abar a DDIM step from index 0 goes to: 1 (x0 itself), or the training schedule's
+    /// abar at t = 0 where diffusers' `set_alpha_to_one` is off (`with_final_alpha_cumprod`).
+    pub final_alpha_cumprod: f64,
 }
 
 impl Schedule {
@@ -226,17 +243,32 @@ impl Schedule {
                 "diffusion.timesteps = {num_timesteps}: need at least 2"
             )));
         }
+        let check_ends = || {
+            if 0.0 < start && start < end && end * 1000.0 / (num_timesteps as f64) < 1.0 {
+                Ok(())
+            } else {
+                Err(Error::Config(format!(
+                    "diffusion.beta_start = {start}, beta_end = {end}: need 0 < start < end and end * 1000/T < 1"
+                )))
+            }
+        };
         let mut betas = match kind {
             BetaSchedule::Linear => {
-                if !(0.0 < start && start < end && end * 1000.0 / (num_timesteps as f64) < 1.0) {
-                    return Err(Error::Config(format!(
-                        "diffusion.beta_start = {start}, beta_end = {end}: need 0 < start < end and end * 1000/T < 1"
-                    )));
-                }
+                check_ends()?;
                 linear_betas(num_timesteps, start, end)
+            }
+            BetaSchedule::ScaledLinear => {
+                check_ends()?;
+                scaled_linear_betas(num_timesteps, start, end)
             }
             BetaSchedule::Cosine => cosine_betas(num_timesteps),
             BetaSchedule::Sigmoid => sigmoid_betas(num_timesteps),
+            BetaSchedule::Custom => {
+                return Err(Error::Config(
+                    "diffusion.beta_schedule = \"custom\" takes its betas from diffusion.betas"
+                        .into(),
+                ))
+            }
         };
         if zero_terminal_snr {
             betas = rescale_zero_terminal_snr(&betas);
@@ -301,7 +333,16 @@ impl Schedule {
             alphas,
             betas,
             timesteps,
+            final_alpha_cumprod: 1.0,
         })
+    }
+
+    /// The same schedule with DDIM's last step going to `abar` instead of 1.
+    pub fn with_final_alpha_cumprod(self, abar: f64) -> Schedule {
+        Schedule {
+            final_alpha_cumprod: abar,
+            ..self
+        }
     }
 
     /// Number of steps N (T for a base schedule, K once respaced).

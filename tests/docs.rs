@@ -17,13 +17,15 @@
 //! - every other subcommand runs as written.
 //!
 //! What a line reads but the docs never made is made on first use (`docs_run::sandbox`): a
-//! missing checkpoint (`--checkpoint P`, `info P`) is a model trained two steps
+//! missing checkpoint (`--checkpoint P`, `info P`, `export P`) is a model trained two steps
 //! (configs/tiny.toml, class-conditional with 10 classes; configs/moons.toml when the path
 //! names 8g, moons, swiss_roll or gaussians), an input image (`--init`, `--mask`, `--from`,
 //! `--to`) an 8x8 PNG, `--data DIR` a folder of ten class subfolders with one PNG each; for
 //! `fid`, Inception weights drawn from a seed (at `--inception P`, and `DDPM_INCEPTION` names
 //! them for every line), a missing image folder three PNGs, a missing `.npy` three samples,
-//! a missing `.npz` the statistics of three PNGs (`docs_run::fid`); configs/ is copied in.
+//! a missing `.npz` the statistics of three PNGs (`docs_run::fid`); `import DIR` a diffusers
+//! folder exported from an unconditional tiny model (`--scheduler P`: its scheduler config);
+//! configs/ is copied in.
 //! HOME is the scratch folder, and a `> ~/path` redirection gets its folders made there.
 //! Lines that pipe into python3 need numpy: without it they are skipped with a note, unless
 //! DDPM_DOCS_NUMPY=1 (set by .ci/run, which installs numpy) makes that a failure.

@@ -219,7 +219,10 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         batch_size: batch,
         classes: &classes,
         guidance,
-        start: Start::Latent { x: &latents, from },
+        start: Start::Latent {
+            x: &latents,
+            from: Some(from),
+        },
     };
     let x = gen.generate(&opts, &req, &mut |done, n, step, steps| {
         if interrupt.load(Ordering::Relaxed) {

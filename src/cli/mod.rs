@@ -4,14 +4,17 @@
 mod classes;
 mod completions;
 mod eval;
+mod export;
 mod fid;
 mod format;
+mod import;
 mod init;
 mod interpolate;
 mod launch;
 mod output;
 mod points;
 mod progress;
+mod reproduce;
 mod sample;
 mod schedule;
 mod signals;
@@ -51,6 +54,8 @@ pub struct Cli {
     pub max_memory: Option<u64>,
 }
 
+// One value, parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model from a TOML config; writes a run directory.
@@ -81,6 +86,12 @@ pub enum Command {
     /// Print a man page (roff), of ddpm or of one command.
     #[command(after_help = completions::MAN_EXAMPLES)]
     Man(completions::ManArgs),
+    /// Read a diffusers pipeline or UNet2DModel folder into a checkpoint.
+    #[command(after_help = import::EXAMPLES)]
+    Import(import::ImportArgs),
+    /// Write a checkpoint as a folder diffusers loads (DDPMPipeline, UNet2DModel).
+    #[command(after_help = export::EXAMPLES)]
+    Export(export::ExportArgs),
 }
 
 /// Run the parsed command.
@@ -96,6 +107,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fid(a) => fid::run(a),
         Command::Schedule(a) => schedule::run(a),
         Command::Info(a) => schedule::info(a),
+        Command::Import(a) => import::run(a),
+        Command::Export(a) => export::run(a),
         Command::Init(a) => init::run(a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),

@@ -24,6 +24,7 @@ use super::launch::{rank_device, LaunchArgs};
 use super::output::{check_out_dir, check_out_folder, stdout_line, write_out};
 use super::points;
 use super::progress::Progress;
+use super::reproduce::ReproduceArgs;
 use super::signals::interrupt_flag;
 use super::sizes;
 
@@ -124,6 +125,8 @@ pub struct SampleArgs {
     /// Inpainting: RePaint resampling, each step repeated R times (1 = plain replacement).
     #[arg(long, requires = "mask", default_value_t = 1)]
     pub resample: usize,
+    #[command(flatten)]
+    pub reproduce: ReproduceArgs,
     /// Write one file: a PNG (a grid if n > 1) or .npy; `-` writes it to stdout.
     #[arg(long, short, conflicts_with = "out_dir")]
     pub out: Option<PathBuf>,
@@ -235,6 +238,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         opts.clip_x0 = clip;
     }
     opts.first_index = first_index;
+    args.reproduce.apply(&mut opts);
     opts.validate(gen.schedule.len())?;
     let batch = args.batch_size.unwrap_or(cfg.sample.batch_size);
     let (classes, guidance) = args.classes.resolve(&gen)?;
@@ -251,13 +255,15 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         Some(p) => Some(images::load_mask(p, size).context("--mask")?),
         None => None,
     };
-    let start = match (&init, &mask, args.strength) {
-        (Some(init), Some(mask), _) => Start::Inpaint {
+    let given = args.reproduce.noise(args.n, mine)?;
+    let start = match (&init, &mask, args.strength, &given) {
+        (Some(init), Some(mask), _, _) => Start::Inpaint {
             init,
             mask,
             resample: args.resample,
         },
-        (Some(init), None, Some(strength)) => Start::Edit { init, strength },
+        (Some(init), None, Some(strength), _) => Start::Edit { init, strength },
+        (_, _, _, Some(noise)) => noise.start(),
         _ => Start::Noise,
     };
     let req = Request {

@@ -52,13 +52,50 @@ pub const KEYS: &[KeyDoc] = &[
         "a class-conditional model with this many classes (absent: unconditional)",
         "10",
     ),
+    optional("model.norm_eps", "GroupNorm epsilon (absent: 1e-5; the DDPM checkpoints use 1e-6)", "1e-6"),
+    optional(
+        "model.freq_shift",
+        "time-embedding frequencies exp(-ln(1e4) i / (C/2 - it)) (absent: 1; diffusers: 0)",
+        "0",
+    ),
+    optional("model.flip_sin_to_cos", "time embedding as [cos, sin], not [sin, cos] (absent: false)", "true"),
+    optional(
+        "model.scale_shift",
+        "residual blocks take the time embedding as GN(h)(1 + scale) + shift (absent: false)",
+        "true",
+    ),
+    optional(
+        "model.attention_head_dim",
+        "channels per attention head, instead of num_heads (absent: num_heads heads)",
+        "32",
+    ),
+    optional("model.mid_block_scale_factor", "the middle blocks divide their output by it (absent: 1)", "1.414"),
+    optional("model.center_input_sample", "the network maps its input x to 2x - 1 first (absent: false)", "true"),
+    optional(
+        "model.downsample_padding",
+        "1: pad every side; 0: one row and column after the image, TF-style (absent: 1)",
+        "0",
+    ),
+    optional(
+        "model.null_class",
+        "the label table has a \"no class\" row, for guidance (absent: true)",
+        "false",
+    ),
     key("model.mlp.width", "hidden width of the MLP"),
     key("model.mlp.blocks", "residual blocks of the MLP"),
     key("model.mlp.time_dim", "width of the MLP's timestep embedding (even, >= 4)"),
     key("diffusion.timesteps", "T, the number of diffusion steps"),
-    key("diffusion.beta_schedule", "\"linear\", \"cosine\" or \"sigmoid\""),
-    key("diffusion.beta_start", "the linear schedule's first beta at T = 1000 (scaled by 1000/T)"),
-    key("diffusion.beta_end", "the linear schedule's last beta at T = 1000"),
+    key(
+        "diffusion.beta_schedule",
+        "\"linear\", \"scaled_linear\", \"cosine\", \"sigmoid\" or \"custom\" (diffusion.betas)",
+    ),
+    key("diffusion.beta_start", "the linear schedules' first beta at T = 1000 (scaled by 1000/T)"),
+    key("diffusion.beta_end", "the linear schedules' last beta at T = 1000"),
+    optional(
+        "diffusion.betas",
+        "the betas of beta_schedule = \"custom\", one per timestep (absent: none)",
+        "[0.0001, 0.02]",
+    ),
     key("diffusion.zero_terminal_snr", "rescale so abar_T = 0 (needs v or x0 prediction)"),
     key("diffusion.prediction", "what the network predicts: \"eps\", \"x0\" or \"v\""),
     key("diffusion.variance", "\"fixed_small\" (beta~), \"fixed_large\" (beta) or \"learned\""),
@@ -126,6 +163,21 @@ pub const KEYS: &[KeyDoc] = &[
     key("sample.eta", "DDIM's eta: 0 deterministic, 1 ancestral-like"),
     key("sample.spacing", "timesteps for fewer steps: \"linspace\", \"leading\" or \"trailing\""),
     key("sample.clip_x0", "clip the predicted x0 to [-1, 1] (false for vector data)"),
+    optional(
+        "sample.steps_offset",
+        "added to every leading-spacing timestep, diffusers' steps_offset (absent: 0)",
+        "1",
+    ),
+    optional(
+        "sample.set_alpha_to_one",
+        "DDIM's last step ends at abar = 1; false: at abar_0 (absent: true)",
+        "false",
+    ),
+    optional(
+        "sample.use_clipped_model_output",
+        "with clip_x0, DDIM's eps from the clipped x0; false: the model's (absent: true)",
+        "false",
+    ),
     key("sample.batch_size", "images per model batch"),
     key("sample.use_ema", "sample with the EMA weights"),
     key("sample.corrector_steps", "Langevin corrector steps per step (sampler \"pc\")"),
@@ -196,11 +248,24 @@ mod tests {
         let mut c = Config::default();
         c.model.attention_resolutions = Some(vec![16]);
         c.model.num_classes = Some(10);
+        c.model.norm_eps = 1e-6;
+        c.model.freq_shift = 0;
+        c.model.flip_sin_to_cos = true;
+        c.model.scale_shift = true;
+        c.model.attention_head_dim = Some(32);
+        c.model.mid_block_scale_factor = 2.0;
+        c.model.center_input_sample = true;
+        c.model.downsample_padding = 0;
+        c.model.null_class = false;
+        c.diffusion.betas = Some(vec![0.01, 0.02]);
         c.diffusion.min_snr_gamma = Some(5.0);
         c.data.path = Some("x".into());
         c.data.noise = Some(0.1);
         c.data.dim = Some(2);
         c.sample.steps = Some(50);
+        c.sample.steps_offset = 1;
+        c.sample.set_alpha_to_one = false;
+        c.sample.use_clipped_model_output = false;
         c
     }
 

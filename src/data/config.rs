@@ -215,23 +215,29 @@ const MAX_DIM: usize = 1 << 16;
 impl DataConfig {
     /// Check every value; the error names the key and, where there is one, the fix.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::Config(msg));
+        self.validate_path()?;
+        self.validate_values()
+    }
+
+    /// A path for the datasets read from files, none for the others.
+    pub fn validate_path(&self) -> Result<()> {
         let needs_path = matches!(self.dataset, DatasetKind::Folder | DatasetKind::Points);
         match (needs_path, &self.path) {
-            (true, None) => {
-                return bad(format!(
-                    "data.path is required when data.dataset = \"{}\"",
-                    self.dataset.name()
-                ))
-            }
-            (false, Some(p)) => {
-                return bad(format!(
-                    "data.path = {:?} is only used with data.dataset = \"folder\" or \"points\"; remove it or set the dataset",
-                    p.display().to_string()
-                ))
-            }
-            _ => {}
+            (true, None) => Err(Error::Config(format!(
+                "data.path is required when data.dataset = \"{}\"",
+                self.dataset.name()
+            ))),
+            (false, Some(p)) => Err(Error::Config(format!(
+                "data.path = {:?} is only used with data.dataset = \"folder\" or \"points\"; remove it or set the dataset",
+                p.display().to_string()
+            ))),
+            _ => Ok(()),
         }
+    }
+
+    /// Every check but `validate_path`'s.
+    pub fn validate_values(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
         self.validate_loader()?;
         if self.dataset.is_points() {
             self.validate_points()?;

@@ -12,40 +12,57 @@ use crate::precision::{Autocast, Op};
 #[cfg(test)]
 use crate::nn::layers::GN_EPS;
 
-/// out = x + proj(softmax(q^T k / sqrt(d)) v), q, k, v = 1x1 convolutions of GN(x), per head
-/// of d = c / heads channels. x: (B, c, H, W). Keys: norm, q, k, v, proj.
+/// out = (x + proj(softmax(q^T k / sqrt(d)) v)) / output_scale, q, k, v = 1x1 convolutions
+/// of GN(x) (of x itself when the block has no norm), per head of d = c / heads channels.
+/// x: (B, c, H, W). Keys: norm, q, k, v, proj.
 #[derive(Clone, Debug)]
 pub struct Attention {
-    norm: Norm,
+    norm: Option<Norm>,
     q: Conv,
     k: Conv,
     v: Conv,
     proj: Conv,
     heads: usize,
+    output_scale: f64,
+}
+
+/// How an attention block is built besides its channels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnOptions {
+    pub heads: usize,
+    /// GroupNorm (groups, epsilon) before q, k, v; None: no norm (diffusers' middle attention
+    /// under scale-shift conditioning).
+    pub norm: Option<(usize, f64)>,
+    /// The output is divided by this.
+    pub output_scale: f64,
 }
 
 impl Attention {
-    /// Attention over `c` channels split into `heads` heads, with `groups` GroupNorm groups.
-    pub fn new(vb: VarBuilder, c: usize, heads: usize, groups: usize) -> Result<Self> {
+    /// Attention over `c` channels.
+    pub fn new(vb: VarBuilder, c: usize, opts: AttnOptions) -> Result<Self> {
         Ok(Attention {
-            norm: Norm::new(groups, c, vb.pp("norm"))?,
+            norm: match opts.norm {
+                Some((groups, eps)) => Some(Norm::new(groups, c, eps, vb.pp("norm"))?),
+                None => None,
+            },
             q: Conv::k1(c, c, vb.pp("q"))?,
             k: Conv::k1(c, c, vb.pp("k"))?,
             v: Conv::k1(c, c, vb.pp("v"))?,
             proj: Conv::k1(c, c, vb.pp("proj"))?,
-            heads,
+            heads: opts.heads,
+            output_scale: opts.output_scale,
         })
     }
 
     /// The same block over the same storage, recording no autograd graph.
     pub fn detached(&self) -> Self {
         Attention {
-            norm: self.norm.detached(),
+            norm: self.norm.as_ref().map(Norm::detached),
             q: self.q.detached(),
             k: self.k.detached(),
             v: self.v.detached(),
             proj: self.proj.detached(),
-            heads: self.heads,
+            ..*self
         }
     }
 
@@ -53,7 +70,10 @@ impl Attention {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, hh, ww) = x.dims4()?;
         let (n, d) = (hh * ww, c / self.heads);
-        let h = self.norm.forward(x)?;
+        let h = match &self.norm {
+            Some(norm) => norm.forward(x)?,
+            None => x.clone(),
+        };
         // (B, c, H, W) -> (B heads, d, N): a free reshape of the contiguous conv output.
         let split = |t: Tensor| t.reshape((b * self.heads, d, n));
         let scale = 1.0 / (d as f64).sqrt();
@@ -70,7 +90,12 @@ impl Attention {
         };
         // out[:, i] = sum_j w[i, j] v_j, computed as v w^T: (B heads, d, N).
         let out = v.matmul(&w.t()?)?.reshape((b, c, hh, ww))?;
-        Ok((x + self.proj.forward(&out)?)?)
+        let out = (x + self.proj.forward(&out)?)?;
+        if self.output_scale == 1.0 {
+            Ok(out)
+        } else {
+            Ok((out / self.output_scale)?)
+        }
     }
 }
 
@@ -127,7 +152,12 @@ mod tests {
         let xv = draw(b * c * n);
         let x = Tensor::from_vec(xv.clone(), (b, c, hh, ww), &Device::Cpu).unwrap();
         let vb = VarBuilder::from_tensors(ts, DType::F32, &Device::Cpu);
-        let got: Vec<f32> = Attention::new(vb, c, heads, groups)
+        let opts = AttnOptions {
+            heads,
+            norm: Some((groups, GN_EPS)),
+            output_scale: 1.0,
+        };
+        let got: Vec<f32> = Attention::new(vb, c, opts)
             .unwrap()
             .forward(&x)
             .unwrap()

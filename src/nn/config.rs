@@ -1,12 +1,15 @@
 //! The `[model]` section: which network (`arch`: the UNet for images, the MLP of `nn::mlp` for
-//! vectors, configured in `[model.mlp]`), the UNet's architecture as data, its defaults (the DDPM paper's
-//! CIFAR-10 model), its validation against an image size, and the layer plan both validation and
-//! the constructor walk, so the two can never disagree about what gets built.
+//! vectors, configured in `[model.mlp]`), the UNet's architecture as data, its defaults (the DDPM
+//! paper's CIFAR-10 model) and its validation against an image size. The options that diffusers'
+//! UNet2DModel has and the DDPM paper's model does not (`norm_eps` to `null_class`) default to
+//! the paper's behaviour and are written out only when set, so configs and checkpoints that do
+//! not use them read and write as before. The layer plan is `plan`'s.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::nn::mlp::MlpConfig;
+use crate::nn::plan::{Block, Plan, Shape};
 
 /// The network family.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -48,8 +51,69 @@ pub struct UNetConfig {
     pub norm_groups: usize,
     /// Number of classes for class conditioning; None = unconditional.
     pub num_classes: Option<usize>,
+    /// GroupNorm epsilon of every norm (PyTorch's 1e-5; the DDPM checkpoints use 1e-6).
+    #[serde(skip_serializing_if = "defaults::is_norm_eps")]
+    pub norm_eps: f64,
+    /// The sinusoidal timestep embedding's frequencies are exp(-ln(1e4) i / (half - freq_shift)),
+    /// i = 0..half: 1 is the DDPM paper's (the last frequency is 1e-4), 0 diffusers' default.
+    #[serde(skip_serializing_if = "defaults::is_freq_shift")]
+    pub freq_shift: usize,
+    /// The embedding is [cos, sin] instead of [sin, cos].
+    #[serde(skip_serializing_if = "defaults::is_false")]
+    pub flip_sin_to_cos: bool,
+    /// Residual blocks apply the time embedding as GN(h) (1 + scale) + shift (the adaptive
+    /// GroupNorm of Dhariwal & Nichol 2021) instead of adding it to h before GN; as in
+    /// diffusers, the middle attention then has no GroupNorm of its own.
+    #[serde(skip_serializing_if = "defaults::is_false")]
+    pub scale_shift: bool,
+    /// Channels per attention head: each attention block has c / attention_head_dim heads
+    /// (diffusers' convention); absent: model.num_heads heads everywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_head_dim: Option<usize>,
+    /// The middle residual blocks and attention divide their output (input + branch) by this.
+    #[serde(skip_serializing_if = "defaults::is_one")]
+    pub mid_block_scale_factor: f64,
+    /// The network first maps its input x to 2x - 1 (for a model of data in [0, 1]).
+    #[serde(skip_serializing_if = "defaults::is_false")]
+    pub center_input_sample: bool,
+    /// Padding of the stride-2 downsampling convolutions: 1 on every side, or 0: one row and
+    /// column of zeros after the image only (TensorFlow's SAME padding, which the original
+    /// DDPM checkpoints were trained with).
+    #[serde(skip_serializing_if = "defaults::is_downsample_padding")]
+    pub downsample_padding: usize,
+    /// With num_classes: the label table has a row for "no class" (label num_classes), which
+    /// unconditional sampling, guidance and label dropout use; false for a model that never
+    /// learned one (imported from diffusers), which must always be given a class.
+    #[serde(skip_serializing_if = "defaults::is_true")]
+    pub null_class: bool,
     /// The MLP's sizes, when arch = "mlp".
     pub mlp: MlpConfig,
+}
+
+/// The defaults of the UNet2DModel options, which are not written out when they hold.
+mod defaults {
+    pub const NORM_EPS: f64 = 1e-5;
+    pub const FREQ_SHIFT: usize = 1;
+    pub const DOWNSAMPLE_PADDING: usize = 1;
+
+    pub fn is_norm_eps(v: &f64) -> bool {
+        *v == NORM_EPS
+    }
+    pub fn is_freq_shift(v: &usize) -> bool {
+        *v == FREQ_SHIFT
+    }
+    pub fn is_downsample_padding(v: &usize) -> bool {
+        *v == DOWNSAMPLE_PADDING
+    }
+    pub fn is_one(v: &f64) -> bool {
+        *v == 1.0
+    }
+    pub fn is_false(v: &bool) -> bool {
+        !*v
+    }
+    pub fn is_true(v: &bool) -> bool {
+        *v
+    }
 }
 
 impl Default for UNetConfig {
@@ -64,6 +128,15 @@ impl Default for UNetConfig {
             dropout: 0.1,
             norm_groups: 32,
             num_classes: None,
+            norm_eps: defaults::NORM_EPS,
+            freq_shift: defaults::FREQ_SHIFT,
+            flip_sin_to_cos: false,
+            scale_shift: false,
+            attention_head_dim: None,
+            mid_block_scale_factor: 1.0,
+            center_input_sample: false,
+            downsample_padding: defaults::DOWNSAMPLE_PADDING,
+            null_class: true,
             arch: Arch::Unet,
             mlp: MlpConfig::default(),
         }
@@ -79,35 +152,6 @@ impl Arch {
             Arch::Mlp => matches!(key, "arch" | "mlp" | "num_classes"),
         }
     }
-}
-
-/// One layer of the plan, in forward order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Block {
-    /// A residual block `cin -> cout` at `level` (the number of downsamplings before it).
-    Res {
-        cin: usize,
-        cout: usize,
-        level: usize,
-    },
-    /// Self-attention over `c` channels at feature-map height `height`.
-    Attn { c: usize, height: usize },
-    /// Conv3x3 with stride 2 over `c` channels.
-    Down { c: usize },
-    /// Nearest x2 upsampling, then Conv3x3 over `c` channels.
-    Up { c: usize },
-}
-
-/// The layers the UNet is made of, in the order of ref_unet.py (flat lists, so checkpoint keys
-/// `down.{i}` / `up.{i}` match its state_dict).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Plan {
-    pub down: Vec<Block>,
-    /// [Res, Attn, Res] at the lowest resolution.
-    pub mid: [Block; 3],
-    pub up: Vec<Block>,
-    /// Channels entering the output GroupNorm.
-    pub out_channels: usize,
 }
 
 /// The most resolution levels (`model.channel_mult` entries): 16 levels halve a side 15 times.
@@ -265,6 +309,7 @@ impl UNetConfig {
         if self.num_classes == Some(0) {
             return bad("model.num_classes = 0: omit it for an unconditional model".into());
         }
+        self.validate_options()?;
         let (h, w) = image_size;
         let levels = self.channel_mult.len();
         let factor = 1usize << self.downsamplings();
@@ -289,19 +334,96 @@ impl UNetConfig {
                     self.check_groups(cin)?;
                     self.check_groups(cout)?;
                 }
-                Block::Attn { c, height } => {
+                Block::Attn { c, height, .. } => {
                     self.check_groups(c)?;
-                    if c % self.num_heads != 0 {
-                        return bad(format!(
-                            "model.num_heads = {} does not divide the {c} channels of the attention at height {height}",
-                            self.num_heads
-                        ));
-                    }
+                    self.heads(c).map_err(|e| {
+                        Error::Config(format!("{e} of the attention at height {height}"))
+                    })?;
                 }
                 Block::Down { .. } | Block::Up { .. } => {}
             }
         }
         self.check_groups(plan.out_channels)
+    }
+
+    /// The checks of the UNet2DModel options, each on its own.
+    fn validate_options(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return bad(format!(
+                "model.norm_eps = {}: must be a positive number (1e-5 is usual)",
+                self.norm_eps
+            ));
+        }
+        let half = self.base_channels / 2;
+        if self.freq_shift >= half {
+            return bad(format!(
+                "model.freq_shift = {}: must be below half the time embedding's width, {half}",
+                self.freq_shift
+            ));
+        }
+        if let Some(d) = self.attention_head_dim {
+            if d == 0 {
+                return bad("model.attention_head_dim = 0: must be at least 1".into());
+            }
+            if self.num_heads != 1 {
+                return bad(format!(
+                    "model.attention_head_dim = {d} and model.num_heads = {} both set the heads; keep one",
+                    self.num_heads
+                ));
+            }
+        }
+        if !(self.mid_block_scale_factor > 0.0 && self.mid_block_scale_factor.is_finite()) {
+            return bad(format!(
+                "model.mid_block_scale_factor = {}: must be a positive number",
+                self.mid_block_scale_factor
+            ));
+        }
+        if self.downsample_padding > 1 {
+            return bad(format!(
+                "model.downsample_padding = {}: must be 1 (every side) or 0 (after the image only)",
+                self.downsample_padding
+            ));
+        }
+        if !self.null_class && self.num_classes.is_none() {
+            return bad(
+                "model.null_class = false applies to class-conditional models; set model.num_classes or remove it"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The heads of an attention block over `c` channels: c / attention_head_dim when that is
+    /// set, else num_heads; it must divide c.
+    pub fn heads(&self, c: usize) -> Result<usize> {
+        let (heads, key, value) = match self.attention_head_dim {
+            Some(d) => (c / d.max(1), "attention_head_dim", d),
+            None => (self.num_heads, "num_heads", self.num_heads),
+        };
+        if heads == 0 || c % heads != 0 || self.attention_head_dim.is_some_and(|d| c % d != 0) {
+            return Err(Error::Config(format!(
+                "model.{key} = {value} does not divide the {c} channels"
+            )));
+        }
+        Ok(heads)
+    }
+
+    /// The layer plan for images of height `height` (`plan`).
+    pub(crate) fn plan(&self, height: usize) -> Plan {
+        let attention = self.attention(height);
+        Shape {
+            base_channels: self.base_channels,
+            channel_mult: &self.channel_mult,
+            num_res_blocks: self.num_res_blocks,
+            attention_resolutions: &attention,
+        }
+        .plan(height)
+    }
+
+    /// Rows of the label embedding: num_classes, plus one for "no class" when null_class.
+    pub fn label_rows(&self) -> Option<usize> {
+        self.num_classes.map(|n| n + usize::from(self.null_class))
     }
 
     fn check_groups(&self, c: usize) -> Result<()> {
@@ -313,83 +435,6 @@ impl UNetConfig {
             )));
         }
         Ok(())
-    }
-
-    /// The layer plan for images of height `height` (WORKLOADS.md / ref_unet.py): per level,
-    /// num_res_blocks residual blocks (each followed by attention at attention resolutions),
-    /// then a downsampling except at the last level; the middle; the mirror image upwards with
-    /// num_res_blocks + 1 blocks per level, each eating one skip.
-    pub(crate) fn plan(&self, height: usize) -> Plan {
-        let ch = self.base_channels;
-        let last = self.channel_mult.len().saturating_sub(1);
-        let attention = self.attention(height);
-        let attends = |level: usize| attention.contains(&(height >> level));
-        let (mut down, mut up) = (Vec::new(), Vec::new());
-        let mut skips = vec![ch];
-        let mut cur = ch;
-        for (level, &m) in self.channel_mult.iter().enumerate() {
-            for _ in 0..self.num_res_blocks {
-                down.push(Block::Res {
-                    cin: cur,
-                    cout: ch * m,
-                    level,
-                });
-                cur = ch * m;
-                if attends(level) {
-                    down.push(Block::Attn {
-                        c: cur,
-                        height: height >> level,
-                    });
-                }
-                skips.push(cur);
-            }
-            if level != last {
-                down.push(Block::Down { c: cur });
-                skips.push(cur);
-            }
-        }
-        let mid = [
-            Block::Res {
-                cin: cur,
-                cout: cur,
-                level: last,
-            },
-            Block::Attn {
-                c: cur,
-                height: height >> last,
-            },
-            Block::Res {
-                cin: cur,
-                cout: cur,
-                level: last,
-            },
-        ];
-        for (level, &m) in self.channel_mult.iter().enumerate().rev() {
-            for _ in 0..=self.num_res_blocks {
-                let skip = skips.pop().unwrap_or(0);
-                up.push(Block::Res {
-                    cin: cur + skip,
-                    cout: ch * m,
-                    level,
-                });
-                cur = ch * m;
-                if attends(level) {
-                    up.push(Block::Attn {
-                        c: cur,
-                        height: height >> level,
-                    });
-                }
-            }
-            if level != 0 {
-                up.push(Block::Up { c: cur });
-            }
-        }
-        Plan {
-            down,
-            mid,
-            up,
-            out_channels: cur,
-        }
     }
 }
 

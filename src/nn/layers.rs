@@ -9,8 +9,19 @@ use crate::error::{Error, Result};
 use crate::nn::kernels;
 use crate::precision::{Autocast, Op};
 
-/// PyTorch's GroupNorm epsilon.
+/// PyTorch's GroupNorm epsilon (`model.norm_eps`'s default).
+#[cfg(test)]
 pub(crate) const GN_EPS: f64 = 1e-5;
+
+/// How a convolution pads its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// `p` zeros on every side.
+    Same(usize),
+    /// One row and one column of zeros after the image (bottom, right) and none before:
+    /// TensorFlow's SAME padding for a 3x3 stride-2 convolution on an even size.
+    After,
+}
 
 /// A 2-D convolution with bias. Keys: `weight` (cout, cin, k, k), `bias` (cout).
 #[derive(Clone, Debug)]
@@ -19,6 +30,8 @@ pub struct Conv {
     bias: Tensor,
     stride: usize,
     padding: usize,
+    /// Zero rows and columns added after the image before the convolution (Padding::After).
+    pad_after: usize,
 }
 
 impl Conv {
@@ -45,12 +58,24 @@ impl Conv {
             bias,
             stride,
             padding,
+            pad_after: 0,
         })
     }
 
     /// A 3x3 convolution with padding 1 and the given stride.
     pub fn k3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
         Conv::new((cin, cout), 3, stride, 1, vb)
+    }
+
+    /// A 3x3 stride-2 convolution over `c` channels with the given padding.
+    pub fn down(c: usize, padding: Padding, vb: VarBuilder) -> Result<Self> {
+        Ok(match padding {
+            Padding::Same(p) => Conv::new((c, c), 3, 2, p, vb)?,
+            Padding::After => Conv {
+                pad_after: 1,
+                ..Conv::new((c, c), 3, 2, 0, vb)?
+            },
+        })
     }
 
     /// A 1x1 convolution.
@@ -60,6 +85,12 @@ impl Conv {
 
     /// x (B, cin, H, W) -> (B, cout, H', W').
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.pad_after > 0 {
+            let x = x
+                .pad_with_zeros(2, 0, self.pad_after)?
+                .pad_with_zeros(3, 0, self.pad_after)?;
+            return kernels::conv2d(&x, &self.weight, &self.bias, self.stride, self.padding);
+        }
         kernels::conv2d(x, &self.weight, &self.bias, self.stride, self.padding)
     }
 
@@ -93,7 +124,7 @@ impl Conv {
             weight: &norm.weight,
             bias: &norm.bias,
             groups: norm.groups,
-            eps: GN_EPS,
+            eps: norm.eps,
         };
         kernels::norm_silu_conv2d(
             x,
@@ -116,16 +147,18 @@ impl Conv {
     }
 }
 
-/// GroupNorm over `groups` groups, optionally followed by SiLU. Keys: `weight`, `bias` (c).
+/// GroupNorm over `groups` groups with epsilon `eps`, optionally followed by SiLU. Keys:
+/// `weight`, `bias` (c).
 #[derive(Clone, Debug)]
 pub struct Norm {
     weight: Tensor,
     bias: Tensor,
     groups: usize,
+    eps: f64,
 }
 
 impl Norm {
-    pub fn new(groups: usize, c: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(groups: usize, c: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         if groups == 0 || c % groups != 0 {
             return Err(Error::Invalid(format!(
                 "GroupNorm: {groups} groups do not divide {c} channels"
@@ -137,17 +170,18 @@ impl Norm {
             weight: vb.get_with_hints_dtype(c, "weight", Init::Const(1.), dtype)?,
             bias: vb.get_with_hints_dtype(c, "bias", Init::Const(0.), dtype)?,
             groups,
+            eps,
         })
     }
 
     /// GN(x): x (B, c, ...).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        kernels::group_norm(x, &self.weight, &self.bias, self.groups, GN_EPS, false)
+        kernels::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, false)
     }
 
     /// SiLU(GN(x)) in one pass.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        kernels::group_norm(x, &self.weight, &self.bias, self.groups, GN_EPS, true)
+        kernels::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, true)
     }
 
     /// The same layer over the same storage, recording no autograd graph.
@@ -155,7 +189,7 @@ impl Norm {
         Norm {
             weight: self.weight.detach(),
             bias: self.bias.detach(),
-            groups: self.groups,
+            ..*self
         }
     }
 }
@@ -198,7 +232,7 @@ mod tests {
             ),
         ]);
         let vb = VarBuilder::from_tensors(map, DType::F16, &dev);
-        let norm = Norm::new(4, c, vb.pp("n")).unwrap();
+        let norm = Norm::new(4, c, GN_EPS, vb.pp("n")).unwrap();
         let conv = Conv::k1(c, c, vb.pp("c")).unwrap();
         assert_eq!(norm.weight.dtype(), DType::F32);
         assert_eq!(norm.bias.dtype(), DType::F32);

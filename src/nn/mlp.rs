@@ -111,7 +111,7 @@ impl Mlp {
         cfg.validate()?;
         let w = cfg.width;
         let freqs = Tensor::from_vec(
-            frequencies(cfg.time_dim),
+            frequencies(cfg.time_dim, 1),
             (1, cfg.time_dim / 2),
             vb.device(),
         )?;
@@ -145,7 +145,11 @@ impl Mlp {
         }
         let (dev, dtype): (&Device, DType) = (x.device(), x.dtype());
         let tt: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-        let emb = sinusoidal(&Tensor::from_vec(tt, b, dev)?, &self.freqs.to_device(dev)?)?;
+        let emb = sinusoidal(
+            &Tensor::from_vec(tt, b, dev)?,
+            &self.freqs.to_device(dev)?,
+            false,
+        )?;
         let temb = self
             .time2
             .forward(&self.time1.forward(&emb.to_dtype(dtype)?)?.silu()?)?;

@@ -11,7 +11,9 @@ pub mod init;
 pub mod kernels;
 pub mod layers;
 pub mod mlp;
+pub(crate) mod plan;
 pub mod resblock;
+pub mod shapes;
 pub mod shard;
 pub mod unet;
 

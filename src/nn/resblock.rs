@@ -1,6 +1,8 @@
 //! The residual block of the DDPM UNet and its dropout. candle_nn's `Dropout` draws from the
 //! unseedable global generator, so masks here come from a `crate::rng::Stream`: drawn on the
-//! host for the whole forward pass at once, uploaded once, and sliced block by block.
+//! host for the whole forward pass at once, uploaded once, and sliced block by block. The
+//! block also takes diffusers' ResnetBlock2D options: the adaptive-GroupNorm time conditioning
+//! (`scale_shift`) and an output scale.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -11,7 +13,10 @@ use crate::rng::Stream;
 
 /// ResBlock(cin, cout) (Ho et al. 2020, appendix B):
 /// h = conv1(SiLU(GN(x))) + temb_proj(SiLU(temb))[:, :, None, None];
-/// out = conv2(Dropout(SiLU(GN(h)))) + (x if cin == cout else skip(x)).
+/// out = (conv2(Dropout(SiLU(GN(h)))) + (x if cin == cout else skip(x))) / output_scale.
+/// With scale_shift, temb_proj gives 2 cout values, (scale, shift), and
+/// h = conv1(SiLU(GN(x))), out = (conv2(Dropout(SiLU(GN(h) (1 + scale) + shift))) + ...) / output_scale
+/// (Dhariwal & Nichol 2021, section 3.3; diffusers' time_embedding_norm = "scale_shift").
 /// x: (B, cin, H, W) -> (B, cout, H, W). Keys: norm1, conv1, temb_proj, norm2, conv2, skip.
 #[derive(Clone, Debug)]
 pub struct ResBlock {
@@ -23,6 +28,21 @@ pub struct ResBlock {
     skip: Option<Conv>,
     cout: usize,
     level: usize,
+    scale_shift: bool,
+    output_scale: f64,
+}
+
+/// How a residual block is built besides its channels and level.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResOptions {
+    /// Width of the time embedding.
+    pub temb_dim: usize,
+    /// GroupNorm epsilon.
+    pub eps: f64,
+    /// The adaptive-GroupNorm time conditioning.
+    pub scale_shift: bool,
+    /// The output is divided by this.
+    pub output_scale: f64,
 }
 
 impl ResBlock {
@@ -31,15 +51,16 @@ impl ResBlock {
     pub fn new(
         vb: VarBuilder,
         (cin, cout): (usize, usize),
-        temb_dim: usize,
         level: usize,
         groups: impl Fn(usize) -> usize,
+        opts: ResOptions,
     ) -> Result<Self> {
+        let temb_out = if opts.scale_shift { 2 * cout } else { cout };
         Ok(ResBlock {
-            norm1: Norm::new(groups(cin), cin, vb.pp("norm1"))?,
+            norm1: Norm::new(groups(cin), cin, opts.eps, vb.pp("norm1"))?,
             conv1: Conv::k3(cin, cout, 1, vb.pp("conv1"))?,
-            temb_proj: candle_nn::linear(temb_dim, cout, vb.pp("temb_proj"))?,
-            norm2: Norm::new(groups(cout), cout, vb.pp("norm2"))?,
+            temb_proj: candle_nn::linear(opts.temb_dim, temb_out, vb.pp("temb_proj"))?,
+            norm2: Norm::new(groups(cout), cout, opts.eps, vb.pp("norm2"))?,
             conv2: Conv::k3(cout, cout, 1, vb.pp("conv2"))?,
             skip: if cin != cout {
                 Some(Conv::k1(cin, cout, vb.pp("skip"))?)
@@ -48,6 +69,8 @@ impl ResBlock {
             },
             cout,
             level,
+            scale_shift: opts.scale_shift,
+            output_scale: opts.output_scale,
         })
     }
 
@@ -66,22 +89,62 @@ impl ResBlock {
     /// projection (B, cout) rides in conv1's bias.
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let t = self.temb_proj.forward(temb_act)?;
-        let h = self
-            .conv1
-            .forward_after_norm(&self.norm1, x, Some(&t), None)?;
         let residual = match &self.skip {
             Some(skip) => skip.forward(x)?,
             None => x.clone(),
         };
-        match mask {
-            Some(mask) => {
-                let h = (self.norm2.forward_silu(&h)? * mask)?;
-                self.conv2.forward_add(&h, &residual)
+        let out = if self.scale_shift {
+            self.forward_scale_shift(x, &t, mask, &residual)?
+        } else {
+            let h = self
+                .conv1
+                .forward_after_norm(&self.norm1, x, Some(&t), None)?;
+            match mask {
+                Some(mask) => {
+                    let h = (self.norm2.forward_silu(&h)? * mask)?;
+                    self.conv2.forward_add(&h, &residual)?
+                }
+                None => self
+                    .conv2
+                    .forward_after_norm(&self.norm2, &h, None, Some(&residual))?,
             }
-            None => self
-                .conv2
-                .forward_after_norm(&self.norm2, &h, None, Some(&residual)),
+        };
+        if self.output_scale == 1.0 {
+            Ok(out)
+        } else {
+            Ok((out / self.output_scale)?)
         }
+    }
+
+    /// The scale-shift body, conv2(Dropout(SiLU(GN(h) (1 + scale) + shift))) + residual with
+    /// h = conv1(SiLU(GN(x))); `t` = temb_proj(SiLU(temb)): (B, 2 cout). The per-example affine
+    /// sits between the GroupNorm and its SiLU, which the fused norm-conv kernel does not
+    /// take, so the second norm runs on its own.
+    fn forward_scale_shift(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        mask: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let h = self.conv1.forward_after_norm(&self.norm1, x, None, None)?;
+        let per_channel = |i: usize| -> Result<Tensor> {
+            Ok(t.narrow(1, i * self.cout, self.cout)?
+                .unsqueeze(2)?
+                .unsqueeze(3)?)
+        };
+        let (scale, shift) = (per_channel(0)?, per_channel(1)?);
+        let h = self
+            .norm2
+            .forward(&h)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(&shift)?
+            .silu()?;
+        let h = match mask {
+            Some(mask) => (h * mask)?,
+            None => h,
+        };
+        self.conv2.forward_add(&h, residual)
     }
 
     /// The same block over the same storage, recording no autograd graph.

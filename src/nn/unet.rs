@@ -8,12 +8,13 @@ use candle_nn::VarBuilder;
 
 use crate::denoiser::Denoiser;
 use crate::error::{Error, Result};
-use crate::nn::attention::Attention;
-use crate::nn::config::{Block, UNetConfig};
-use crate::nn::embedding::TimeEmbedding;
+use crate::nn::attention::{Attention, AttnOptions};
+use crate::nn::config::UNetConfig;
+use crate::nn::embedding::{Sinusoid, TimeEmbedding};
 use crate::nn::kernels;
-use crate::nn::layers::{Conv, Norm};
-use crate::nn::resblock::{Masks, ResBlock};
+use crate::nn::layers::{Conv, Norm, Padding};
+use crate::nn::plan::Block;
+use crate::nn::resblock::{Masks, ResBlock, ResOptions};
 use crate::nn::shard;
 use crate::rng::Stream;
 
@@ -42,6 +43,7 @@ pub struct UNet {
     in_channels: usize,
     downsamplings: usize,
     dropout: f64,
+    center_input: bool,
 }
 
 impl UNet {
@@ -64,17 +66,34 @@ impl UNet {
         }
         let ch = cfg.base_channels;
         let plan = cfg.plan(image_size.0);
-        let temb_dim = cfg.temb_dim();
         let groups = |c| cfg.groups(c);
-        let res = |vb: VarBuilder, b: Block| match b {
+        let res_opts = |output_scale| ResOptions {
+            temb_dim: cfg.temb_dim(),
+            eps: cfg.norm_eps,
+            scale_shift: cfg.scale_shift,
+            output_scale,
+        };
+        let res = |vb: VarBuilder, b: Block, output_scale| match b {
             Block::Res { cin, cout, level } => {
-                ResBlock::new(vb, (cin, cout), temb_dim, level, groups)
+                ResBlock::new(vb, (cin, cout), level, groups, res_opts(output_scale))
             }
             _ => Err(Error::Invalid(format!(
                 "expected a residual block, planned {b:?}"
             ))),
         };
-        let attn = |vb: VarBuilder, c: usize| Attention::new(vb, c, cfg.num_heads, groups(c));
+        // diffusers' middle attention has a GroupNorm only under the default conditioning.
+        let attn = |vb: VarBuilder, c: usize, norm: bool, output_scale| -> Result<Attention> {
+            let opts = AttnOptions {
+                heads: cfg.heads(c)?,
+                norm: norm.then(|| (groups(c), cfg.norm_eps)),
+                output_scale,
+            };
+            Attention::new(vb, c, opts)
+        };
+        let down_padding = match cfg.downsample_padding {
+            0 => Padding::After,
+            p => Padding::Same(p),
+        };
         let layers = |vb: VarBuilder, blocks: &[Block]| -> Result<Vec<Layer>> {
             blocks
                 .iter()
@@ -82,10 +101,12 @@ impl UNet {
                 .map(|(i, &b)| {
                     let vb = vb.pp(i);
                     Ok(match b {
-                        Block::Res { .. } => Layer::Res(res(vb, b)?),
-                        Block::Attn { c, .. } => Layer::Attn(attn(vb, c)?),
-                        Block::Down { c } => Layer::Down(Conv::k3(c, c, 2, vb.pp("conv"))?),
-                        Block::Up { c } => Layer::Up(Conv::k3(c, c, 1, vb.pp("conv"))?),
+                        Block::Res { .. } => Layer::Res(res(vb, b, 1.0)?),
+                        Block::Attn { c, .. } => Layer::Attn(attn(vb, c, true, 1.0)?),
+                        Block::Down { c, .. } => {
+                            Layer::Down(Conv::down(c, down_padding, vb.pp("conv"))?)
+                        }
+                        Block::Up { c, .. } => Layer::Up(Conv::k3(c, c, 1, vb.pp("conv"))?),
                     })
                 })
                 .collect()
@@ -100,21 +121,28 @@ impl UNet {
             }
         };
         let c_out = plan.out_channels;
+        let sinusoid = Sinusoid {
+            freq_shift: cfg.freq_shift,
+            flip_sin_to_cos: cfg.flip_sin_to_cos,
+        };
+        let labels = cfg.num_classes.zip(cfg.label_rows());
+        let mid_scale = cfg.mid_block_scale_factor;
         Ok(UNet {
-            time_embed: TimeEmbedding::new(vb.clone(), ch, cfg.num_classes)?,
+            time_embed: TimeEmbedding::new(vb.clone(), ch, sinusoid, labels)?,
             conv_in: Conv::k3(in_channels, ch, 1, vb.pp("conv_in"))?,
             down: layers(vb.pp("down"), &plan.down)?,
             mid: (
-                res(mid_vb.pp(0), m0)?,
-                attn(mid_vb.pp(1), mid_c)?,
-                res(mid_vb.pp(2), m2)?,
+                res(mid_vb.pp(0), m0, mid_scale)?,
+                attn(mid_vb.pp(1), mid_c, !cfg.scale_shift, mid_scale)?,
+                res(mid_vb.pp(2), m2, mid_scale)?,
             ),
             up: layers(vb.pp("up"), &plan.up)?,
-            norm_out: Norm::new(groups(c_out), c_out, vb.pp("norm_out"))?,
+            norm_out: Norm::new(groups(c_out), c_out, cfg.norm_eps, vb.pp("norm_out"))?,
             conv_out: Conv::k3(c_out, out_channels, 1, vb.pp("conv_out"))?,
             in_channels,
             downsamplings: cfg.downsamplings(),
             dropout: cfg.dropout,
+            center_input: cfg.center_input_sample,
         })
     }
 
@@ -175,7 +203,12 @@ impl UNet {
             };
             r.forward(h, &temb_act, mask.as_ref())
         };
-        let mut h = self.conv_in.forward(x)?;
+        let mut h = if self.center_input {
+            // x -> 2x - 1, for a model of data in [0, 1].
+            self.conv_in.forward(&x.affine(2.0, -1.0)?)?
+        } else {
+            self.conv_in.forward(x)?
+        };
         let mut skips = vec![h.clone()];
         for layer in &self.down {
             match layer {

@@ -7,6 +7,7 @@ use std::path::Path;
 use super::Points;
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::npy;
 
 /// Read `path` as .npy when its extension says so, else as CSV.
 pub fn read(path: &Path) -> Result<Points> {
@@ -75,38 +76,13 @@ pub fn parse_csv(text: &str, origin: &str) -> Result<Points> {
 /// order. `origin` prefixes errors.
 pub fn parse_npy(bytes: &[u8], origin: &str) -> Result<Points> {
     let bad = |msg: &str| Error::Data(format!("{origin}: {msg}"));
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("not a .npy file (no \\x93NUMPY magic)"));
-    }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(bad(&format!("unsupported .npy format version {v}"))),
-    };
-    let header = bytes
-        .get(start..start + header_len)
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or_else(|| bad("truncated or unreadable header"))?;
-    let descr = quoted_value(header, "descr").ok_or_else(|| bad("header has no 'descr'"))?;
-    let width = match descr.as_str() {
-        "<f4" => 4,
-        "<f8" => 8,
-        other => {
-            return Err(bad(&format!(
-                "dtype `{other}` is not supported; save the array as float32 or float64 (<f4, <f8)"
-            )))
-        }
-    };
-    let fortran = header.contains("'fortran_order': True");
-    let shape = shape_of(header).ok_or_else(|| bad("header has no readable 'shape'"))?;
+    let (shape, values) = npy::decode(bytes, origin)?;
     let (n, d) = match shape[..] {
         [n, d] => (n, d),
         _ => {
             return Err(bad(&format!(
-                "array of shape {shape:?} has rank {}; expected a 2-D array (N, D)",
+                "array of shape {} has rank {}; expected a 2-D array (N, D)",
+                npy::tuple(&shape),
                 shape.len()
             )))
         }
@@ -114,57 +90,7 @@ pub fn parse_npy(bytes: &[u8], origin: &str) -> Result<Points> {
     if n == 0 || d == 0 {
         return Err(bad(&format!("array of shape ({n}, {d}) holds no points")));
     }
-    let data = &bytes[start + header_len..];
-    let want = n.checked_mul(d).and_then(|v| v.checked_mul(width));
-    if want != Some(data.len()) {
-        return Err(bad(&format!(
-            "{} data bytes for shape ({n}, {d}) of {width}-byte floats",
-            data.len()
-        )));
-    }
-    let flat: Vec<f64> = data
-        .chunks_exact(width)
-        .map(|c| {
-            let mut b = [0u8; 8];
-            b[..width].copy_from_slice(c);
-            if width == 4 {
-                f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64
-            } else {
-                f64::from_le_bytes(b)
-            }
-        })
-        .collect();
-    if let Some(k) = flat.iter().position(|v| !v.is_finite()) {
-        return Err(bad(&format!("value {k} (row-major) is not finite")));
-    }
-    let values = if fortran {
-        (0..n * d).map(|k| flat[(k % d) * n + k / d]).collect()
-    } else {
-        flat
-    };
     Points::new(d, values)
-}
-
-/// The value of `'key': '...'` in a .npy header dict.
-fn quoted_value(header: &str, key: &str) -> Option<String> {
-    let rest = &header[header.find(&format!("'{key}'"))? + key.len() + 2..];
-    let rest = &rest[rest.find(':')? + 1..];
-    let open = rest.find(['\'', '"'])?;
-    let quote = rest[open..].chars().next()?;
-    let body = &rest[open + 1..];
-    Some(body[..body.find(quote)?].to_string())
-}
-
-/// The `'shape': (a, b, ...)` tuple of a .npy header dict.
-fn shape_of(header: &str) -> Option<Vec<usize>> {
-    let rest = &header[header.find("'shape'")?..];
-    let rest = &rest[rest.find('(')? + 1..];
-    let body = &rest[..rest.find(')')?];
-    body.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().ok())
-        .collect()
 }
 
 /// Points as CSV: a header (`x,y` in 2-D, else `x0,x1,...`), then one row per point, each value

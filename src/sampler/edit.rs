@@ -47,7 +47,7 @@ pub fn sample_from(
         )));
     }
     let x0_init = x0_init.to_dtype(DType::F32)?;
-    let respaced = schedule.for_sampling(opts.steps, opts.spacing)?;
+    let respaced = opts.respace(schedule)?;
     let from = steps_below(&respaced.timesteps, strength, schedule.len());
     if from == 0 {
         return Ok(x0_init);

@@ -130,7 +130,7 @@ pub fn inpaint(
 ) -> Result<Tensor> {
     opts.validate(schedule.len())?;
     let mut stepper = Inpaint::new(opts.sampler.stepper(opts), spec)?;
-    let respaced = schedule.for_sampling(opts.steps, opts.spacing)?;
+    let respaced = opts.respace(schedule)?;
     let known = &stepper.known;
     let b = known.dim(0)?;
     let mut noise = BatchNoise::new(opts.seed, Purpose::SampleNoise, opts.first_index, b);

@@ -143,10 +143,64 @@ pub fn sample_from_latent(
     from: usize,
     on_step: &mut dyn FnMut(&StepInfo) -> Result<()>,
 ) -> Result<Tensor> {
-    opts.validate(schedule.len())?;
-    check_shape(x.dims())?;
-    let respaced = schedule.for_sampling(opts.steps, opts.spacing)?;
     let mut noise = BatchNoise::new(opts.seed, Purpose::SampleNoise, opts.first_index, x.dim(0)?);
+    run_from_latent(
+        model,
+        schedule,
+        param,
+        opts,
+        x,
+        Some(from),
+        &mut noise,
+        on_step,
+    )
+}
+
+/// `sample_from_latent` with every noise draw of the sampler given: `draws` (S, B, ...) are
+/// handed out in the order the steps ask for them (the ancestral sampler and DDIM with eta > 0
+/// draw once per step but the last, so S = steps - 1), to reproduce another program's run
+/// from its noise. Fewer draws than the sampler takes is an error, and so are more.
+pub fn sample_replaying(
+    model: &dyn Denoiser,
+    schedule: &Schedule,
+    param: Parameterization,
+    opts: &SampleOptions,
+    x_t: &Tensor,
+    draws: &Tensor,
+    on_step: &mut dyn FnMut(&StepInfo) -> Result<()>,
+) -> Result<Tensor> {
+    let mut noise = BatchNoise::new(
+        opts.seed,
+        Purpose::SampleNoise,
+        opts.first_index,
+        x_t.dim(0)?,
+    )
+    .with_given(draws.to_dtype(DType::F32)?);
+    let x = run_from_latent(model, schedule, param, opts, x_t, None, &mut noise, on_step)?;
+    let left = noise.given_left()?;
+    if left > 0 {
+        return Err(Error::Invalid(format!(
+            "the given noise holds {left} more draws per image than the sampler took; give x_T and one draw per step but the last"
+        )));
+    }
+    Ok(x)
+}
+
+/// The loop of `sample_from_latent` over `noise`.
+#[allow(clippy::too_many_arguments)]
+fn run_from_latent(
+    model: &dyn Denoiser,
+    schedule: &Schedule,
+    param: Parameterization,
+    opts: &SampleOptions,
+    x_t: &Tensor,
+    from: Option<usize>,
+    noise: &mut BatchNoise,
+    on_step: &mut dyn FnMut(&StepInfo) -> Result<()>,
+) -> Result<Tensor> {
+    opts.validate(schedule.len())?;
+    check_shape(x_t.dims())?;
+    let respaced = opts.respace(schedule)?;
     let ctx = Context {
         model,
         schedule: &respaced,
@@ -157,9 +211,9 @@ pub fn sample_from_latent(
     denoise(
         &ctx,
         stepper.as_mut(),
-        x.to_dtype(DType::F32)?,
-        from,
-        &mut noise,
+        x_t.to_dtype(DType::F32)?,
+        from.unwrap_or(respaced.len()),
+        noise,
         on_step,
     )
 }

@@ -1,7 +1,7 @@
 //! DDIM inversion on the exact Gaussian oracle (where inversion and sampling are exact affine
 //! maps) and slerp's geometry.
 
-use super::tests::{eps_fixed, flat, max_abs_diff, opts};
+use super::tests::{eps_fixed, flat, linear_schedule, max_abs_diff, opts};
 use super::*;
 use crate::diffusion::VarianceType;
 use crate::oracle::MixtureOracle;
@@ -268,4 +268,34 @@ fn slerp_degenerate_rows_and_bad_shapes() {
     assert_eq!(m, vec![1.5, 3.0, 3.0, 0.5, 0.0, 0.0]);
     let c = Tensor::zeros((2, 4), DType::F32, &dev).unwrap();
     assert!(slerp(&a, &c, 0.5).is_err());
+}
+
+/// Given noise replays a run draw for draw: x_T and the ancestral sampler's 9 later draws,
+/// taken from the same per-sample streams `sample` draws from, give `sample`'s images bit for
+/// bit; one draw too few or too many is an error.
+#[test]
+fn given_noise_reproduces_a_stochastic_run() {
+    let s = linear_schedule();
+    let oracle = MixtureOracle::gaussian(0.4, 0.3, s.alphas_cumprod.clone()).unwrap();
+    let p = eps_fixed(VarianceType::FixedLarge);
+    let o = SampleOptions {
+        first_index: 5,
+        ..opts(SamplerKind::Ddpm, 10, Spacing::Leading, 0.0)
+    };
+    let (b, per) = (3, [2usize, 2]);
+    let dev = Device::Cpu;
+    let want = sample(&oracle, &s, p, &o, &[b, 2, 2], &dev, &mut |_| Ok(())).unwrap();
+    let mut noise = BatchNoise::new(o.seed, Purpose::SampleNoise, o.first_index, b);
+    let x_t = noise.randn(&per, &dev).unwrap();
+    let draws: Vec<Tensor> = (0..10).map(|_| noise.randn(&per, &dev).unwrap()).collect();
+    let replay = |k: usize| {
+        let d = Tensor::stack(&draws[..k], 0).unwrap();
+        sample_replaying(&oracle, &s, p, &o, &x_t, &d, &mut |_| Ok(()))
+    };
+    assert_eq!(flat(&replay(9).unwrap()), flat(&want));
+    assert!(replay(8).unwrap_err().to_string().contains("asks for more"));
+    assert!(replay(10)
+        .unwrap_err()
+        .to_string()
+        .contains("1 more draws per image than"));
 }

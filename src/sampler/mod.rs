@@ -33,14 +33,17 @@ pub use edit::sample_from;
 pub(crate) use edit::steps_below;
 pub use heun::Heun;
 pub use inpaint::{inpaint, Inpaint, Inpainting};
-pub use latent::{ddim_invert, inversion_steps, sample_from_latent, slerp, InvertOptions, Latent};
+pub use latent::{
+    ddim_invert, inversion_steps, sample_from_latent, sample_replaying, slerp, InvertOptions,
+    Latent,
+};
 pub use pc::{Langevin, PredictorCorrector};
 
 use crate::denoiser::Denoiser;
 use crate::diffusion::{score_from_eps, x0_and_eps, Parameterization};
 use crate::error::{Error, Result};
 use crate::rng::{BatchNoise, Purpose};
-use crate::schedule::{Schedule, Spacing};
+use crate::schedule::{spaced_timesteps, Schedule, Spacing};
 
 /// EDM's sigma_max (Karras et al. 2022): the largest sigma = sqrt((1 - abar) / abar) that a
 /// step of the probability-flow ODE starts from with the model's slope. Above it x_t is noise
@@ -87,7 +90,10 @@ impl SamplerKind {
     pub fn stepper(self, opts: &SampleOptions) -> Box<dyn Stepper> {
         match self {
             SamplerKind::Ddpm => Box::new(Ancestral),
-            SamplerKind::Ddim => Box::new(Ddim { eta: opts.eta }),
+            SamplerKind::Ddim => Box::new(Ddim {
+                eta: opts.eta,
+                use_clipped_model_output: opts.use_clipped_model_output,
+            }),
             SamplerKind::Pc => Box::new(PredictorCorrector {
                 predictor: Box::new(Ancestral),
                 corrector: Langevin {
@@ -151,6 +157,14 @@ pub struct SampleOptions {
     pub snr: f64,
     /// Clamp each predicted x0 to [-1, 1] (data scaled to [-1, 1]).
     pub clip_x0: bool,
+    /// Added to every timestep of the leading spacing (diffusers' `steps_offset`).
+    pub steps_offset: usize,
+    /// DDIM's last step goes to abar = 1 (x0); false: to the training schedule's abar at
+    /// t = 0 (diffusers' `set_alpha_to_one`). Read by DDIM only.
+    pub set_alpha_to_one: bool,
+    /// With clip_x0, DDIM derives eps from the clipped x0; false keeps the model's eps
+    /// (diffusers' DDIMPipeline default, `use_clipped_model_output=False`). Read by DDIM only.
+    pub use_clipped_model_output: bool,
     pub seed: u64,
     /// Global index of the batch's first sample: sample `first_index + i` draws its noise from
     /// stream (seed, SampleNoise, first_index + i), whatever the batch.
@@ -169,6 +183,9 @@ impl Default for SampleOptions {
             corrector_steps: 1,
             snr: 0.16,
             clip_x0: true,
+            steps_offset: 0,
+            set_alpha_to_one: true,
+            use_clipped_model_output: true,
             seed: 0,
             first_index: 0,
         }
@@ -197,7 +214,43 @@ impl SampleOptions {
                 self.steps
             )));
         }
-        Ok(())
+        self.timesteps(num_timesteps).map(|_| ())
+    }
+
+    /// The model timesteps of the `steps` sampling steps over T = `num_timesteps`, ascending:
+    /// chosen by `spacing`, each shifted by `steps_offset` (which, as in diffusers, only the
+    /// leading spacing takes).
+    pub fn timesteps(&self, num_timesteps: usize) -> Result<Vec<usize>> {
+        let ts = spaced_timesteps(num_timesteps, self.steps, self.spacing)?;
+        if self.steps_offset == 0 {
+            return Ok(ts);
+        }
+        if self.spacing != Spacing::Leading {
+            return Err(Error::Invalid(format!(
+                "a steps offset ({}) shifts the leading spacing only; the spacing is {:?}",
+                self.steps_offset, self.spacing
+            )));
+        }
+        let last = ts.last().copied().unwrap_or(0) + self.steps_offset;
+        if last >= num_timesteps {
+            return Err(Error::Invalid(format!(
+                "steps offset {} moves the last of {} leading steps to t = {last}, past T - 1 = {}",
+                self.steps_offset,
+                self.steps,
+                num_timesteps - 1
+            )));
+        }
+        Ok(ts.into_iter().map(|t| t + self.steps_offset).collect())
+    }
+
+    /// The schedule the sampler walks: `schedule` respaced to `timesteps`, with DDIM's last
+    /// step going to 1 or, without `set_alpha_to_one`, to the training schedule's abar_0.
+    pub fn respace(&self, schedule: &Schedule) -> Result<Schedule> {
+        let respaced = schedule.respace(&self.timesteps(schedule.len())?)?;
+        Ok(match self.set_alpha_to_one {
+            true => respaced,
+            false => respaced.with_final_alpha_cumprod(schedule.alphas_cumprod[0]),
+        })
     }
 }
 
@@ -286,7 +339,7 @@ pub trait Stepper {
 
 /// Draw samples of `shape` ((B, C, H, W) or (B, D)) from `model`, trained with `schedule` and
 /// read through `param`: x_T ~ N(0, I) from each sample's stream, then `opts.steps` steps of
-/// `opts.sampler` over schedule.for_sampling(steps, spacing), `on_step` after each.
+/// `opts.sampler` over `opts.respace(schedule)`, `on_step` after each.
 pub fn sample(
     model: &dyn Denoiser,
     schedule: &Schedule,
@@ -298,7 +351,7 @@ pub fn sample(
 ) -> Result<Tensor> {
     opts.validate(schedule.len())?;
     check_shape(shape)?;
-    let respaced = schedule.for_sampling(opts.steps, opts.spacing)?;
+    let respaced = opts.respace(schedule)?;
     let mut noise = BatchNoise::new(opts.seed, Purpose::SampleNoise, opts.first_index, shape[0]);
     // x_T ~ N(0, I), row i from sample i's stream.
     let x_t = noise.randn(&shape[1..], device)?;

@@ -30,6 +30,7 @@ pub(super) fn opts(
         clip_x0: false,
         seed: 11,
         first_index: 0,
+        ..SampleOptions::default()
     }
 }
 
@@ -185,9 +186,14 @@ fn bad_shapes_and_start_points_are_errors() {
     };
     let mut noise = BatchNoise::new(0, Purpose::SampleNoise, 0, 1);
     let x = Tensor::zeros((1, 2), DType::F32, &Device::Cpu).unwrap();
-    let e = denoise(&ctx, &mut Ddim { eta: 0.0 }, x, 6, &mut noise, &mut |_| {
-        Ok(())
-    });
+    let e = denoise(
+        &ctx,
+        &mut Ddim::default(),
+        x,
+        6,
+        &mut noise,
+        &mut |_| Ok(()),
+    );
     assert!(e.is_err());
 }
 

@@ -34,7 +34,7 @@ impl Sandbox {
         let mut checkpoints: Vec<&str> = value_of(args, &["--checkpoint", "-c"])
             .into_iter()
             .collect();
-        if subcommand == Some("info") {
+        if matches!(subcommand, Some("info" | "export")) {
             checkpoints.extend(
                 args.get(2)
                     .map(String::as_str)
@@ -51,6 +51,18 @@ impl Sandbox {
         }
         if subcommand == Some("fid") {
             self.provide_fid(args);
+        }
+        if subcommand == Some("import") {
+            // A diffusers model to import: an unconditional one of ours, exported.
+            if let Some(from) = args.get(2).filter(|a| !at(a).exists()) {
+                let plain = self.plain_fixture();
+                let export = ["export", plain.to_str().unwrap(), "--out", from];
+                crate::common::run(self.dir(), &export, 0);
+            }
+            if let Some(p) = value_of(args, &["--scheduler"]).filter(|p| !at(p).exists()) {
+                let from = args[2].as_str();
+                std::fs::copy(at(from).join("scheduler/scheduler_config.json"), at(p)).unwrap();
+            }
         }
         if subcommand == Some("eval") {
             if let Some(d) = value_of(args, &["--data"]).filter(|d| *d != "digits") {
@@ -110,6 +122,23 @@ impl Sandbox {
                 fid::image_folder(&at);
             }
         }
+    }
+
+    /// An unconditional image model (configs/tiny.toml) trained one step, in .fixtures.
+    fn plain_fixture(&self) -> PathBuf {
+        let run = self.dir().join(".fixtures").join("plain");
+        let ckpt = run.join("latest.safetensors");
+        if !ckpt.exists() {
+            let config = repo().join("configs").join("tiny.toml");
+            let args = ["train", "--config", config.to_str().unwrap(), "--out"];
+            let more = ["--max-steps", "1", "--device", "cpu", "--quiet"];
+            crate::common::run(
+                self.dir(),
+                &[&args[..], &[run.to_str().unwrap()], &more[..]].concat(),
+                0,
+            );
+        }
+        ckpt
     }
 
     /// A checkpoint trained two steps in this sandbox's .fixtures: images (tiny.toml,

@@ -196,6 +196,102 @@ fn only_the_built_networks_keys_are_written() {
     assert_eq!(set(unet_with_mlp), Some("mlp".to_string()));
 }
 
+/// The UNet2DModel options are written only when set, so a config that does not use them
+/// writes (and checkpoints store) exactly what it did before they existed.
+#[test]
+fn unused_options_are_not_written() {
+    let keys =
+        |cfg: &UNetConfig| -> Vec<String> { cfg.written().unwrap().keys().cloned().collect() };
+    let before = [
+        "arch",
+        "base_channels",
+        "channel_mult",
+        "num_res_blocks",
+        "num_heads",
+        "dropout",
+        "norm_groups",
+    ];
+    assert_eq!(keys(&UNetConfig::default()), before);
+    let set = UNetConfig {
+        norm_eps: 1e-6,
+        freq_shift: 0,
+        flip_sin_to_cos: true,
+        scale_shift: true,
+        attention_head_dim: Some(8),
+        mid_block_scale_factor: 2.0,
+        center_input_sample: true,
+        downsample_padding: 0,
+        num_classes: Some(2),
+        null_class: false,
+        num_heads: 1,
+        ..UNetConfig::default()
+    };
+    let written = keys(&set);
+    for key in [
+        "norm_eps",
+        "freq_shift",
+        "flip_sin_to_cos",
+        "scale_shift",
+        "attention_head_dim",
+        "mid_block_scale_factor",
+        "center_input_sample",
+        "downsample_padding",
+        "null_class",
+    ] {
+        assert!(written.iter().any(|k| k == key), "{key} not written");
+    }
+    let text = toml::to_string(&set.written().unwrap()).unwrap();
+    assert_eq!(toml::from_str::<UNetConfig>(&text).unwrap(), set);
+}
+
+#[test]
+fn option_values_are_checked() {
+    let err = |cfg: UNetConfig| cfg.validate((32, 32)).unwrap_err().to_string();
+    let d = UNetConfig::default;
+    assert!(err(UNetConfig {
+        norm_eps: 0.0,
+        ..d()
+    })
+    .contains("model.norm_eps"));
+    assert!(err(UNetConfig {
+        freq_shift: 64,
+        ..d()
+    })
+    .contains("model.freq_shift = 64"));
+    assert!(err(UNetConfig {
+        downsample_padding: 2,
+        ..d()
+    })
+    .contains("model.downsample_padding = 2"));
+    assert!(err(UNetConfig {
+        mid_block_scale_factor: -1.0,
+        ..d()
+    })
+    .contains("model.mid_block_scale_factor"));
+    assert!(err(UNetConfig {
+        attention_head_dim: Some(48),
+        ..d()
+    })
+    .contains("model.attention_head_dim = 48"));
+    assert!(err(UNetConfig {
+        attention_head_dim: Some(8),
+        num_heads: 2,
+        ..d()
+    })
+    .contains("keep one"));
+    assert!(err(UNetConfig {
+        null_class: false,
+        ..d()
+    })
+    .contains("model.null_class"));
+    assert!(UNetConfig {
+        attention_head_dim: Some(32),
+        ..d()
+    }
+    .validate((32, 32))
+    .is_ok());
+}
+
 /// Counts are bounded before anything is sized by them: 70 levels once shifted 1 by 69 (an
 /// overflow), a million blocks per level built a plan of millions of entries.
 #[test]

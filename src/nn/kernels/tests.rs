@@ -344,6 +344,52 @@ mod unet {
         }
     }
 
+    /// The diffusers options take fallbacks where the fused kernels do not express them (the
+    /// scale-shift norm, the asymmetric downsampling pad): the same agreement with candle's
+    /// ops, forward and gradients, dropout masks and a class table without a null row included.
+    #[test]
+    fn unet_with_diffusers_options_matches_candle_ops() {
+        use crate::nn::UNetConfig;
+        use crate::rng::{Purpose, Stream};
+        let cfg = UNetConfig {
+            num_heads: 1,
+            attention_head_dim: Some(8),
+            scale_shift: true,
+            downsample_padding: 0,
+            norm_eps: 1e-6,
+            freq_shift: 0,
+            flip_sin_to_cos: true,
+            mid_block_scale_factor: 2f64.sqrt(),
+            center_input_sample: true,
+            dropout: 0.2,
+            null_class: false,
+            ..crate::nn::testing::tiny_config(Some(3))
+        };
+        let (varmap, unet) = crate::nn::testing::seeded_unet(&cfg);
+        let x = randn(4, &[3, 1, 8, 8]);
+        let t = [3, 500, 999];
+        let r = randn(5, &[3, 1, 8, 8]);
+        let streams: Vec<Stream> = (0..3)
+            .map(|i| Stream::new(9, Purpose::Dropout, i))
+            .collect();
+        let run = || {
+            let mut s = streams.clone();
+            let out = unet
+                .forward(&x, &t, Some(&[0, 1, 2]), Some(&mut s))
+                .unwrap();
+            let grads = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            (out, grads)
+        };
+        let (ours, g_ours) = run();
+        let (want, g_want) = with_candle_ops(run);
+        let e = rel_err(&ours, &want);
+        assert!(e < 1e-4, "output error {e}");
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let e = rel_err(g_ours.get(var).unwrap(), g_want.get(var).unwrap());
+            assert!(e < 1e-4, "gradient of {name}: error {e}");
+        }
+    }
+
     #[test]
     fn sampling_forward_records_no_graph_and_matches_training_forward() {
         let (_varmap, unet) = model();

@@ -16,6 +16,7 @@ The real data are read from src/data/digits.csv.gz and scaled like training data
   quality.py mask KIND OUT.png         an 8x8 mask, white = regenerate (KIND: bottom, right)
   quality.py sdedit OUT.png SCALE INIT.npy S1.npy...    one row per file: input, then samples
   quality.py inpaint OUT.png SCALE INIT.npy MASK.png-kind S.npy
+  quality.py pngdiff A.png B.png       max and mean |A - B| in grey levels of two 8-bit grey PNGs
   quality.py fid DIR REAL [ARGS...]    markdown table: `ddpm fid` (and KID) of each DIR/*.npy of
                                        samples against REAL (a folder or a pytorch-fid .npz);
                                        ARGS go to ddpm (e.g. --inception F); $DDPM: the binary
@@ -220,6 +221,54 @@ def write_png(path, img):
     Path(path).write_bytes(png)
 
 
+def read_png(path):
+    """2-D uint8 array of an 8-bit greyscale, non-interlaced PNG (what ddpm writes for 1 channel)."""
+    data = Path(path).read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise SystemExit(f"{path}: not a PNG")
+    pos, idat = 8, b""
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        if tag == b"IHDR":
+            w, h, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            if (depth, color, interlace) != (8, 0, 0):
+                raise SystemExit(f"{path}: not an 8-bit grey non-interlaced PNG")
+        elif tag == b"IDAT":
+            idat += body
+        pos += 12 + n
+    raw = zlib.decompress(idat)
+    out = np.zeros((h, w), np.int64)
+    prev = np.zeros(w, np.int64)
+    for y in range(h):
+        f = raw[y * (w + 1)]
+        row = np.frombuffer(raw, np.uint8, w, y * (w + 1) + 1).astype(np.int64)
+        cur = np.zeros(w, np.int64)
+        for x in range(w):  # the five filters of the PNG spec, bpp = 1
+            a = cur[x - 1] if x else 0
+            b, c = prev[x], (prev[x - 1] if x else 0)
+            if f == 0:
+                pred = 0
+            elif f == 1:
+                pred = a
+            elif f == 2:
+                pred = b
+            elif f == 3:
+                pred = (a + b) // 2
+            else:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+            cur[x] = (row[x] + pred) % 256
+        out[y], prev = cur, cur
+    return out.astype(np.uint8)
+
+
+def cmd_pngdiff(a, b):
+    d = np.abs(read_png(a).astype(np.int64) - read_png(b).astype(np.int64))
+    print(f"max {d.max()} mean {d.mean():.2f}")
+
+
 def to_u8(x):
     """[-1, 1] -> 0..255, as ddpm writes PNGs."""
     return np.clip(np.round((np.asarray(x) + 1) * 127.5), 0, 255).astype(np.uint8)
@@ -313,6 +362,8 @@ def main(argv):
         cmd_sdedit(args[0], args[1], args[2], args[3:])
     elif cmd == "inpaint":
         cmd_inpaint(*args)
+    elif cmd == "pngdiff":
+        cmd_pngdiff(*args)
     elif cmd == "fid":
         cmd_fid(args[0], args[1], args[2:])
     else:

@@ -10,6 +10,7 @@
 #   eval.jsonl, eval.md   `ddpm eval --method both` of the trained and an untrained (step 0) model
 #   guidance/, guidance.md  nearest-centroid rate of --class k samples labelled k, per w
 #   pictures/             the README pictures (copy them to configs/ by hand)
+#   inversion.txt         how far interpolate --from/--to's end frames are from five real digits
 # The README's guidance picture and first row come from configs/digits_cond.toml as shipped;
 # its second row from a smaller conditional model (its command is in the README).
 #
@@ -152,5 +153,18 @@ done
 "$PYTHON" "${Q[@]}" inpaint "$P/inpaint.png" 6 "$P/init3.npy" bottom "$P/inpaint.npy"
 "${NICE[@]}" "$DDPM" interpolate --checkpoint "$DIGITS" --seeds 3,4 --frames 10 --scale 6 --quiet \
     --out "$P/interpolation.png" >/dev/null
+# Interpolation between real digits: each pair inverted and sampled back (2 frames, the ends);
+# how far each end frame is from its digit, in grey levels.
+for pair in "0 3" "1 7" "2 5" "4 9" "6 8"; do
+    read -r i j <<<"$pair"
+    for d in "$i" "$j"; do "$PYTHON" "${Q[@]}" digit "$d" "$P/digit$d.png"; done
+    "${NICE[@]}" "$DDPM" interpolate --checkpoint "$DIGITS" --from "$P/digit$i.png" \
+        --to "$P/digit$j.png" --frames 2 --quiet --out-dir "$P/ends-$i-$j" >/dev/null
+    printf '%s -> %s: first frame %s, last frame %s\n' "$i" "$j" \
+        "$("$PYTHON" "${Q[@]}" pngdiff "$P/digit$i.png" "$P/ends-$i-$j/frame-000.png")" \
+        "$("$PYTHON" "${Q[@]}" pngdiff "$P/digit$j.png" "$P/ends-$i-$j/frame-001.png")"
+done | tee "$OUT/inversion.txt"
+"${NICE[@]}" "$DDPM" interpolate --checkpoint "$DIGITS" --from "$P/digit0.png" \
+    --to "$P/digit3.png" --frames 10 --scale 6 --quiet --out "$P/interpolation-images.png" >/dev/null
 ls -l "$P"/*.png >&2
 say "done"

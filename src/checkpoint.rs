@@ -37,6 +37,9 @@ pub const META_STEP: &str = "step";
 pub const META_SEED: &str = "seed";
 /// Metadata key of vector data's standardisation (`points::Standardization`, JSON).
 pub const META_STANDARDIZATION: &str = "standardization";
+/// Metadata key of the class names in label order (a JSON list of strings), stored when the
+/// training data had labels: an image folder's subfolder names, the digits' "0".."9".
+pub const META_CLASS_NAMES: &str = "class_names";
 /// Metadata key of the checksum of everything else in the file (`digest`), `crc32:` and 8 hex
 /// digits. Files written before it existed load unverified.
 pub const META_CHECKSUM: &str = "checksum";
@@ -44,6 +47,12 @@ pub const META_CHECKSUM: &str = "checksum";
 pub const MODEL_PREFIX: &str = "model.";
 /// Prefix of the EMA weights in a checkpoint.
 pub const EMA_PREFIX: &str = "ema.";
+
+/// The metadata value of `names` for `META_CLASS_NAMES`.
+pub fn class_names_meta(names: &[String]) -> Result<String> {
+    serde_json::to_string(names)
+        .map_err(|e| Error::Invalid(format!("cannot store the class names: {e}")))
+}
 
 /// A checkpoint read back from disk: tensors on the CPU in their stored dtype, and metadata.
 #[derive(Debug)]
@@ -91,6 +100,22 @@ impl Checkpoint {
         cfg.validate_stored()
             .map_err(|e| Error::checkpoint(&self.path, format!("its stored config: {e}")))?;
         Ok(cfg)
+    }
+
+    /// The class names in label order; None when the checkpoint stores none (an unconditional
+    /// model, or one written before names were stored).
+    pub fn class_names(&self) -> Result<Option<Vec<String>>> {
+        self.metadata
+            .get(META_CLASS_NAMES)
+            .map(|text| {
+                serde_json::from_str(text).map_err(|e| {
+                    Error::checkpoint(
+                        &self.path,
+                        format!("metadata `{META_CLASS_NAMES}` is not a list of names: {e}"),
+                    )
+                })
+            })
+            .transpose()
     }
 
     /// The weights under `prefix` (`MODEL_PREFIX` or `EMA_PREFIX`) with the prefix removed.

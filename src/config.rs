@@ -167,7 +167,8 @@ impl DiffusionConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct SampleConfig {
     pub sampler: SamplerKind,
-    /// Sampling steps; absent = all T for ddpm and pc, 50 for ddim, 20 for dpm++2m and heun.
+    /// Sampling steps of `sampler`; absent = all T for ddpm and pc, 50 for ddim, 20 for
+    /// dpm++2m and heun. Another sampler (`--sampler`) takes its own default.
     pub steps: Option<usize>,
     /// DDIM's eta (0 = deterministic).
     pub eta: f64,
@@ -219,13 +220,19 @@ impl Default for SampleConfig {
 }
 
 impl SampleConfig {
-    /// The number of steps for `sampler` over a T-step schedule.
+    /// The number of steps for `sampler` over a T-step schedule: `steps` when this section's
+    /// sampler is `sampler` (the steps were chosen for it: 50 DDIM steps are no count for the
+    /// ancestral sampler), else the sampler's own default, all T for ddpm and pc, 50 for ddim,
+    /// 20 for dpm++2m and heun.
     pub fn steps_for(&self, sampler: SamplerKind, timesteps: usize) -> usize {
-        self.steps.unwrap_or(match sampler {
-            SamplerKind::Ddpm | SamplerKind::Pc => timesteps,
-            SamplerKind::Ddim => 50.min(timesteps),
-            SamplerKind::DpmSolver2M | SamplerKind::Heun => 20.min(timesteps),
-        })
+        match self.steps {
+            Some(k) if sampler == self.sampler => k,
+            _ => match sampler {
+                SamplerKind::Ddpm | SamplerKind::Pc => timesteps,
+                SamplerKind::Ddim => 50.min(timesteps),
+                SamplerKind::DpmSolver2M | SamplerKind::Heun => 20.min(timesteps),
+            },
+        }
     }
 
     fn validate(&self, timesteps: usize) -> Result<()> {
@@ -280,7 +287,9 @@ impl Config {
         }
     }
 
-    /// Read a config file, apply `section.key=value` overrides, and validate.
+    /// Read a config file, apply `section.key=value` overrides, and validate. An error in the
+    /// file names it with toml's line and column (one line, as every error); an error an
+    /// override brings names that `--set` argument.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let bytes = limits::read(path, limits::MAX_CONFIG_BYTES).map_err(|e| Error::io(path, e))?;
         let origin = path.display().to_string();
@@ -292,16 +301,53 @@ impl Config {
 
     /// `load` for TOML text (a checkpoint's stored config, say); `origin` prefixes errors.
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
+        // The file on its own, from its text: only there does toml know lines and columns.
+        toml::from_str::<Config>(text)
+            .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
         let mut table: toml::Table = toml::from_str(text)
             .map_err(|e| Error::Config(format!("{origin}: {}", one_line(&e))))?;
+        let mut cfg = Config::from_table(&table, origin)?;
         for o in overrides {
             apply_override(&mut table, o)?;
+            // Each override is checked as it lands, so its error names it, not the file.
+            cfg = Config::from_table(&table, &format!("--set {o}"))?;
         }
-        let mut cfg: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", one_line(&e))))?;
         cfg.resolve();
         cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_table(table: &toml::Table, origin: &str) -> Result<Self> {
+        toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {}", one_line(&e))))
+    }
+
+    /// This config with `section.key=value` overrides of its `[sample]` section, validated: a
+    /// checkpoint's sampling settings are defaults, not locks. Keys of other sections describe
+    /// the trained model and are refused; every error names the `--set` argument.
+    pub fn with_sample_overrides(&self, overrides: &[String]) -> Result<Config> {
+        let mut cfg = self.clone();
+        for o in overrides {
+            let named = |e: &dyn std::fmt::Display| Error::Config(format!("--set {o}: {e}"));
+            let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+            if !key.starts_with("sample.") {
+                return Err(named(
+                    &"only sample.* keys change at sampling time; the other sections are the trained model's",
+                ));
+            }
+            let mut table = toml::Table::new();
+            let section = toml::Value::try_from(&cfg.sample).map_err(|e| named(&e))?;
+            table.insert("sample".into(), section);
+            apply_override(&mut table, o)?;
+            cfg.sample = table
+                .remove("sample")
+                .map(toml::Value::try_into)
+                .transpose()
+                .map_err(|e: toml::de::Error| named(&one_line(&e)))?
+                .unwrap_or_default();
+            cfg.validate().map_err(|e| named(&e))?;
+        }
         Ok(cfg)
     }
 

@@ -1,7 +1,8 @@
 //! Where tensors live: the `--device` value (`auto`, `cpu`, `cuda`, `cuda:N`) and its resolution
 //! to a candle [`Device`]. Owns the rules for falling back to the CPU and the wording of the
 //! errors when CUDA is asked for but unavailable; it does not print (the notice for `auto`'s
-//! fallback is returned for the binary to show) and does not pick dtypes (see `precision`).
+//! fallback on a CUDA build is returned for the binary to show) and does not pick dtypes (see
+//! `precision`).
 //!
 //! CUDA support is a build option (the `cuda` cargo feature): code that only a CUDA build can
 //! compile sits behind `#[cfg(feature = "cuda")]`, which `.ci/cuda-check` compiles and lints.
@@ -22,7 +23,8 @@ pub const DEVICE_FORMS: &str = "auto, cpu, cuda or cuda:N (N = 0, 1, ...)";
 /// A device as the user names it, before it is opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceSpec {
-    /// CUDA device 0 when this build has CUDA and a GPU answers, else the CPU (with a notice).
+    /// CUDA device 0 when this build has CUDA and a GPU answers, else the CPU (with a notice on
+    /// a CUDA build, where the CPU is not what the user built for).
     #[default]
     Auto,
     /// The CPU.
@@ -62,8 +64,19 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+/// How a device is named on the command line and in JSON: `cpu`, `cuda:N` (`metal:N`).
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 /// Opens the device `spec` names. The `String`, when present, is a one-line notice for the user
-/// (the library never prints): `auto` fell back to the CPU, and why.
+/// (the library never prints): `auto` on a CUDA build fell back to the CPU, and why. A build
+/// without CUDA says nothing for `auto`: the CPU is all it has, and a notice on every command
+/// (eight in a loop over seeds) would be noise; `cuda` is an error there.
 ///
 /// `cpu` always succeeds. `cuda`/`cuda:N` is an error (never a panic) when this build has no
 /// CUDA support, when no driver or GPU answers, or when device N does not exist.
@@ -96,8 +109,7 @@ pub fn cudnn_verdict(state: std::result::Result<(), &cudnn::Missing>) -> Result<
 
 #[cfg(not(feature = "cuda"))]
 fn auto() -> (Device, Option<String>) {
-    let notice = "this ddpm was built without CUDA support; using the CPU";
-    (Device::Cpu, Some(notice.to_string()))
+    (Device::Cpu, None)
 }
 
 #[cfg(feature = "cuda")]
@@ -205,6 +217,15 @@ mod tests {
     }
 
     #[test]
+    fn devices_are_named_as_on_the_command_line() {
+        assert_eq!(name(&Device::Cpu), "cpu");
+        assert_eq!(
+            name(&Device::Cpu).parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Cpu
+        );
+    }
+
+    #[test]
     fn a_missing_cudnn_is_a_notice_and_a_bad_ddpm_cudnn_an_error() {
         assert_eq!(cudnn_verdict(Ok(())).unwrap(), None);
         assert_eq!(cudnn_verdict(Err(&cudnn::Missing::Off)).unwrap(), None);
@@ -226,16 +247,21 @@ mod tests {
         assert_eq!(notice, None);
     }
 
+    /// A CUDA build that finds no GPU says so in one line; a CPU-only build uses the CPU
+    /// without a word (it used to print "built without CUDA support" on every command).
     #[test]
-    fn auto_falls_back_to_the_cpu_with_a_notice() {
+    fn auto_falls_back_to_the_cpu_with_a_notice_only_on_a_cuda_build() {
         let (device, notice) = resolve(DeviceSpec::Auto).unwrap();
-        if cfg!(feature = "cuda") && device.is_cuda() {
+        if device.is_cuda() {
             assert_eq!(notice, None);
-        } else {
+        } else if cfg!(feature = "cuda") {
             assert!(device.is_cpu());
-            let notice = notice.expect("a CPU fallback explains itself");
+            let notice = notice.expect("a CUDA build's CPU fallback explains itself");
             assert!(notice.ends_with("using the CPU"), "{notice}");
             assert!(!notice.contains('\n'), "{notice}");
+        } else {
+            assert!(device.is_cpu());
+            assert_eq!(notice, None);
         }
     }
 

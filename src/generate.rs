@@ -33,6 +33,9 @@ pub struct Generator {
     pub device: Device,
     /// For vector data: the standardisation the network was trained in, undone on the way out.
     pub standardization: Option<Standardization>,
+    /// The class names of a class-conditional model, in label order, when its checkpoint
+    /// stores them.
+    pub class_names: Option<Vec<String>>,
     /// Examples passed through the network so far (a guided batch counts its conditional and
     /// unconditional halves): divided by the images made, the network evaluations per image,
     /// which `ddpm sample --json` reports.
@@ -56,8 +59,10 @@ pub enum Start<'a> {
         mask: &'a Tensor,
         resample: usize,
     },
-    /// A given x_T, one row per image (`sampler::sample_from_latent`).
-    Latent(&'a Tensor),
+    /// A given latent, one row per image, at respaced index `from - 1` of opts.steps (x_T when
+    /// `from` is None or opts.steps; an inverted image's own `from`),
+    /// `sampler::sample_from_latent`.
+    Latent { x: &'a Tensor, from: Option<usize> },
     /// A given x_T (n, C, H, W) and every later noise draw of the sampler, `draws`
     /// (S, n, C, H, W), handed out in order (`sampler::sample_replaying`).
     Replay { x_t: &'a Tensor, draws: &'a Tensor },
@@ -124,10 +129,26 @@ impl Conditional for Labelled<'_> {
 impl Generator {
     /// Load `path`: its config, and its EMA weights (`use_ema`) or raw weights, in `dtype`.
     pub fn load(path: &Path, use_ema: bool, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_with(path, dtype, device, &mut |cfg| {
+            cfg.sample.use_ema = use_ema;
+            Ok(())
+        })
+    }
+
+    /// Load `path` in `dtype`, its stored config first passed through `settle` (sampling-time
+    /// settings, e.g. `--set sample.key=value`); the weights are the EMA's when the settled
+    /// `sample.use_ema` says so, else the raw ones.
+    pub fn load_with(
+        path: &Path,
+        dtype: DType,
+        device: &Device,
+        settle: &mut dyn FnMut(&mut Config) -> Result<()>,
+    ) -> Result<Self> {
         let ckpt = checkpoint::load(path)?;
-        let config = ckpt.stored_config()?;
+        let mut config = ckpt.stored_config()?;
+        settle(&mut config)?;
         let step = ckpt.step()?;
-        let prefix = if use_ema {
+        let prefix = if config.sample.use_ema {
             checkpoint::EMA_PREFIX
         } else {
             checkpoint::MODEL_PREFIX
@@ -155,12 +176,14 @@ impl Generator {
             }
             None => None,
         };
+        let class_names = ckpt.class_names()?;
         Ok(Generator {
             config,
             schedule,
             net,
             dtype,
             step,
+            class_names,
             device: device.clone(),
             standardization,
             evaluations: AtomicU64::new(0),
@@ -192,19 +215,23 @@ impl Generator {
         self.config.model.num_classes
     }
 
+    /// The label of class `value`: the class of that name when the checkpoint stores names,
+    /// else (or when no name matches) `value` read as a class number. Checked against the
+    /// model's classes.
+    pub fn class_label(&self, value: &str) -> Result<u32> {
+        self.conditional()?;
+        let label = guidance::class_label(value, self.class_names.as_deref())?;
+        self.check_classes(&[label])?;
+        Ok(label)
+    }
+
     /// Check that the model can be asked for `classes`: it is conditional and each is below
     /// its model.num_classes.
     pub fn check_classes(&self, classes: &[u32]) -> Result<()> {
         if classes.is_empty() {
             return Ok(());
         }
-        let n = self.num_classes().ok_or_else(|| {
-            Error::Invalid(
-                "the model is unconditional (its config has no model.num_classes); \
-                 train with data.class_labels = true and model.num_classes to sample classes"
-                    .into(),
-            )
-        })?;
+        let n = self.conditional()?;
         match classes.iter().find(|&&c| c as usize >= n) {
             Some(c) => Err(Error::Invalid(format!(
                 "class {c} does not exist: the model has {n} classes, 0..={}",
@@ -212,6 +239,17 @@ impl Generator {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// The number of classes, or the error that the model is unconditional.
+    fn conditional(&self) -> Result<usize> {
+        self.num_classes().ok_or_else(|| {
+            Error::Invalid(
+                "the model is unconditional (its config has no model.num_classes); \
+                 train with data.class_labels = true and model.num_classes to sample classes"
+                    .into(),
+            )
+        })
     }
 
     /// A model without a "no class" label (model.null_class = false) needs a class for every
@@ -244,13 +282,17 @@ impl Generator {
         }
     }
 
-    /// The denoising steps each batch of `start` runs (fewer than opts.steps for SDEdit).
+    /// The denoising steps each batch of `start` runs (fewer than opts.steps for SDEdit and
+    /// from an inverted latent).
     pub fn steps_per_batch(&self, opts: &SampleOptions, start: &Start) -> Result<usize> {
         Ok(match start {
             Start::Edit { strength, .. } => {
                 let respaced = opts.respace(&self.schedule)?;
                 sampler::steps_below(&respaced.timesteps, *strength, self.schedule.len())
             }
+            Start::Latent {
+                from: Some(from), ..
+            } => *from,
             _ => opts.steps,
         })
     }
@@ -343,12 +385,13 @@ impl Generator {
                     };
                     sampler::inpaint(&model, &self.schedule, param, &batch_opts, &spec, on_step)
                 }
-                Start::Latent(x_t) => sampler::sample_from_latent(
+                Start::Latent { x, from } => sampler::sample_from_latent(
                     &model,
                     &self.schedule,
                     param,
                     &batch_opts,
-                    &rows(x_t, "latent")?,
+                    &rows(x, "latent")?,
+                    from.unwrap_or(batch_opts.steps),
                     on_step,
                 ),
                 Start::Replay { x_t, draws } => sampler::sample_replaying(

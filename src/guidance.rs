@@ -56,11 +56,13 @@ impl<'a> Guided<'a> {
     }
 }
 
-/// A guidance scale is a finite w >= 0.
+/// A guidance scale is a finite w. Negative w is legal: it steers away from the class
+/// (eps_u - |w| (eps_c - eps_u)), as negative prompts do.
 pub fn check_scale(scale: f64) -> Result<()> {
-    if !(scale.is_finite() && scale >= 0.0) {
+    if !scale.is_finite() {
         return Err(Error::Invalid(format!(
-            "guidance = {scale} must be a number >= 0 (0 unconditional, 1 conditional, > 1 guided)"
+            "guidance = {scale} must be a finite number (0 unconditional, 1 conditional, > 1 \
+             guided, < 0 away from the class)"
         )));
     }
     Ok(())
@@ -118,6 +120,26 @@ pub fn drop_labels(labels: &mut [u32], null: u32, p: f64, stream: &mut Stream) {
             *y = null;
         }
     }
+}
+
+/// The label a user's class `value` means: the position of the class named `value` in
+/// `names` (a checkpoint's class names, label order), else `value` as a class number. A name
+/// wins over a number, so folders named "10" and "2" (sorted: "10" is label 0) are found by
+/// name.
+pub fn class_label(value: &str, names: Option<&[String]>) -> Result<u32> {
+    if let Some(i) = names.and_then(|n| n.iter().position(|name| name == value)) {
+        return Ok(i as u32);
+    }
+    value.trim().parse::<u32>().map_err(|_| {
+        Error::Invalid(match names {
+            Some(names) => format!(
+                "no class is named {value:?}; the classes are {} (or their numbers, 0..={})",
+                names.join(", "),
+                names.len().saturating_sub(1)
+            ),
+            None => format!("{value:?} is not a class number (the checkpoint has no class names)"),
+        })
+    })
 }
 
 /// The labels of images `first .. first + n` when the classes `classes` are cycled over the

@@ -37,6 +37,31 @@ pub enum Spacing {
     Trailing,
 }
 
+impl Spacing {
+    /// Every spacing, by the name configs and `--spacing` use.
+    pub const ALL: [(Spacing, &'static str); 3] = [
+        (Spacing::Linspace, "linspace"),
+        (Spacing::Leading, "leading"),
+        (Spacing::Trailing, "trailing"),
+    ];
+}
+
+impl std::str::FromStr for Spacing {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Spacing::ALL
+            .into_iter()
+            .find(|(_, name)| *name == s)
+            .map(|(spacing, _)| spacing)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown spacing {s:?}; expected linspace, leading or trailing"
+                ))
+            })
+    }
+}
+
 /// Linear betas: beta_t from `start` to `end` in T steps, both ends scaled by 1000/T
 /// (improved-diffusion), so other T keep the same overall noise level as T = 1000.
 pub fn linear_betas(num_timesteps: usize, start: f64, end: f64) -> Vec<f64> {
@@ -371,6 +396,17 @@ mod golden;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--spacing` parses the names configs use (serde's), and nothing else.
+    #[test]
+    fn spacing_names_are_the_config_names() {
+        for (spacing, name) in Spacing::ALL {
+            assert_eq!(name.parse::<Spacing>().unwrap(), spacing);
+            let value = toml::Value::try_from(spacing).unwrap();
+            assert_eq!(value.as_str(), Some(name));
+        }
+        assert!("Trailing".parse::<Spacing>().is_err());
+    }
 
     #[test]
     fn respacing_every_step_is_the_identity() {

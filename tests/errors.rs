@@ -48,6 +48,38 @@ fn write_png(path: &Path, w: u32, h: u32) {
         .unwrap();
 }
 
+/// The error of training with a config file that toml rejects: one line, `ddpm: FILE: ` and
+/// toml's message with the line and column of the fault. Asserts the line is that of `line`.
+fn toml_error(dir: &Path, cfg: &Path, line: &str) -> String {
+    let (_, e) = run(
+        dir,
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "run",
+            "--device",
+            "cpu",
+            "--max-steps",
+            "2",
+            "--quiet",
+        ],
+        1,
+    );
+    assert!(e.starts_with(&format!("ddpm: {}: ", cfg.display())), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let number = text.lines().position(|l| l.contains(line)).unwrap() + 1;
+    assert!(
+        e.contains(&format!("line {number}, column")),
+        "line {number} in {e}"
+    );
+    e
+}
+
+/// Mistakes in a config file are named with the file, line and column; a mistake in a --set is
+/// named with that --set argument (it named the config file, which has no such key).
 #[test]
 fn unknown_and_mistyped_config_keys_are_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -55,31 +87,71 @@ fn unknown_and_mistyped_config_keys_are_named() {
     let tiny = std::fs::read_to_string(config("tiny.toml")).unwrap();
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, tiny.replace("log_every = 5", "log_evry = 5")).unwrap();
-    let e = train_with(dir, bad.to_str().unwrap());
-    assert!(e.contains("log_evry") && e.contains("bad.toml"), "{e}");
-    std::fs::write(
-        &bad,
-        tiny.replace("batch_size = 16", "batch_size = \"sixteen\""),
-    )
-    .unwrap();
-    let e = train_with(dir, bad.to_str().unwrap());
+    let e = toml_error(dir, &bad, "log_evry = 5");
+    assert!(e.contains("log_evry"), "{e}");
+    let sixteen = "batch_size = \"sixteen\"";
+    std::fs::write(&bad, tiny.replace("batch_size = 16", sixteen)).unwrap();
+    let e = toml_error(dir, &bad, sixteen);
     assert!(e.contains("batch_size") || e.contains("sixteen"), "{e}");
-    let (_, e) = run(
+    std::fs::write(&bad, tiny.replace("steps = 20", "steps = = 20")).unwrap();
+    toml_error(dir, &bad, "steps = = 20");
+
+    let tiny = config("tiny.toml");
+    for (set, named) in [("train.nope=1", "nope"), ("train.steps=many", "steps")] {
+        let (_, e) = run(
+            dir,
+            &[
+                "train",
+                "--config",
+                tiny.to_str().unwrap(),
+                "--set",
+                set,
+                "--device",
+                "cpu",
+            ],
+            1,
+        );
+        assert!(
+            e.contains(&format!("--set {set}")) && e.contains(named),
+            "{e}"
+        );
+        assert!(!e.contains("tiny.toml"), "{e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    }
+    let (_, e) = run(dir, &["train", "--config", "missing.toml"], 1);
+    assert!(e.contains("missing.toml"), "{e}");
+}
+
+/// Training on 2-D points reports points/s, not img/s (stderr lines when it is not a
+/// terminal); --json says the device as the command line does ("cpu", not "Cpu").
+#[test]
+fn point_training_logs_points_per_second_and_json_names_the_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let moons = config("moons.toml");
+    let (out, e) = run(
         dir,
         &[
             "train",
             "--config",
-            config("tiny.toml").to_str().unwrap(),
-            "--set",
-            "train.nope=1",
+            moons.to_str().unwrap(),
+            "--out",
+            "run",
             "--device",
             "cpu",
+            "--max-steps",
+            "2",
+            "--set",
+            "train.log_every=1",
+            "--set",
+            "train.batch_size=8",
+            "--json",
         ],
-        1,
+        0,
     );
-    assert!(e.contains("nope"), "{e}");
-    let (_, e) = run(dir, &["train", "--config", "missing.toml"], 1);
-    assert!(e.contains("missing.toml"), "{e}");
+    assert!(e.contains("points/s") && !e.contains("img/s"), "{e}");
+    let json = common::json_summary(&out);
+    assert_eq!(json["device"], "cpu", "{json}");
 }
 
 #[test]

@@ -21,10 +21,10 @@ use super::sizes;
 
 pub const EXAMPLES: &str = "\
 Examples:
-  ddpm eval --checkpoint runs/digits/latest.safetensors
+  ddpm eval --checkpoint runs/digits/latest.safetensors -n 64
   ddpm eval --checkpoint C -n 256 --method both --json
-  ddpm eval --checkpoint C --per-timestep terms.csv --quiet
-  ddpm eval --checkpoint C --method ode --hutchinson 4 --ode-steps 200 --data photos/
+  ddpm eval --checkpoint C -n 64 --per-timestep terms.csv --quiet
+  ddpm eval --checkpoint C -n 16 --method ode --hutchinson 4 --ode-steps 200 --data photos/
 
 The data are the checkpoint's [data] unless --data names `digits` or an image folder (resized
 to the checkpoint's size and channels); the first -n examples, in order. Example i's noise is
@@ -132,7 +132,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             }
             evaluated = done;
             progress.update(done, || format!("{n} examples"));
-            progress.line(false, || format!("eval: {done}/{total} model evaluations"));
+            let eta = progress.eta(done, total);
+            progress.line(false, || {
+                format!("eval: {done}/{total} model evaluations, {eta}")
+            });
             Ok(())
         },
     );

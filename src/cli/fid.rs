@@ -221,7 +221,7 @@ pub fn run(args: FidArgs) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
             "save_stats": args.save_stats.as_ref().map(|p| p.display().to_string()),
             "seconds": clock.elapsed().as_secs_f64(),
-            "device": format!("{device:?}"),
+            "device": device::name(&device),
         });
         stdout_line(&json.to_string())?;
     } else {

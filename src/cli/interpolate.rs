@@ -18,7 +18,8 @@ use ddpm::precision::Precision;
 use ddpm::sampler::{InvertOptions, SamplerKind};
 
 use super::classes::ClassArgs;
-use super::output::{check_out_folder, stdout_line, write_out};
+use super::format::{self, Format};
+use super::output::{check_out_dir, check_out_folder, stdout_line, write_out};
 use super::progress::Progress;
 use super::signals::interrupt_flag;
 use super::sizes;
@@ -30,10 +31,12 @@ Examples:
   ddpm interpolate --checkpoint C --from a.png --to b.png --frames 8 --out strip.png
 
 With --seeds A,B the end frames are exactly `ddpm sample --seed A -n 1` and `--seed B` with the
-same --sampler and --steps (DDIM at eta 0). With --from/--to the images are DDIM-inverted to
-their x_T and sampled back without x0 clipping (which inversion cannot undo), so the end frames
-reconstruct them; --refine sets how closely (plain inversion, 0, is first-order accurate). stdout: the written paths, one per
-line (nothing with --out -).";
+same --sampler and --steps (DDIM at eta 0). With --from/--to the images are DDIM-inverted up to
+the last step below sigma = 80 (above it x_t is noise to 1/80, and the step from a cosine
+schedule's x_T would read the network's eps error times 2e4) and sampled back from there
+without x0 clipping (which inversion cannot undo), so the end frames reconstruct them; --refine
+sets how closely (plain inversion, 0, is first-order accurate). --out's extension picks the
+strip's format. stdout: the written paths, one per line (nothing with --out -).";
 
 /// `ddpm interpolate`
 #[derive(Args, Debug)]
@@ -58,7 +61,8 @@ pub struct InterpolateArgs {
     /// [default: ddim].
     #[arg(long)]
     pub sampler: Option<SamplerKind>,
-    /// Denoising (and inversion) steps [default: sample.steps, else 50 for ddim, 20 otherwise].
+    /// Denoising (and inversion) steps [default: sample.steps when sample.sampler is this one,
+    /// else 50 for ddim, 20 otherwise].
     #[arg(long)]
     pub steps: Option<usize>,
     /// Fixed-point refinements per DDIM inversion step (--from/--to): each costs one more model
@@ -73,8 +77,8 @@ pub struct InterpolateArgs {
     /// Sample with the raw weights instead of the EMA.
     #[arg(long)]
     pub no_ema: bool,
-    /// Write the frames as one strip PNG, left to right; `-` writes it to stdout
-    /// [default: interpolation.png].
+    /// Write the frames as one strip, left to right, in the format the extension names (png,
+    /// jpg, webp, bmp); `-` writes a PNG to stdout [default: interpolation.png].
     #[arg(long, short, conflicts_with = "out_dir")]
     pub out: Option<PathBuf>,
     /// Write frame-000.png, frame-001.png, ... here instead.
@@ -109,6 +113,13 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         check_out_folder("--out", out)?;
     }
+    if let Some(dir) = &args.out_dir {
+        check_out_dir(dir)?;
+    }
+    let strip_format = format::for_path("--out", args.out.as_deref(), None, Format::Png)?;
+    let encoding = strip_format.image().ok_or_else(|| {
+        anyhow::anyhow!("--out: `ddpm interpolate` writes a picture (.png, .jpg, .webp or .bmp)")
+    })?;
     if args.from.is_none() && args.seeds.len() != 2 {
         anyhow::bail!("--seeds takes two seeds, A,B (got {})", args.seeds.len());
     }
@@ -158,9 +169,18 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     check_memory(&args, &gen, batch, guidance)?;
 
     let clock = std::time::Instant::now();
-    let inverting = args.from.is_some();
+    let inv = InvertOptions {
+        steps: opts.steps,
+        spacing: opts.spacing,
+        refine: args.refine,
+    };
+    // Inverted images start the way back below sigma = 80 (`sampler::latent`), seeds at x_T.
+    let (inverting, from) = match args.from {
+        Some(_) => (1, gen.inversion_steps(&inv)?),
+        None => (0, opts.steps),
+    };
     let batches = args.frames.div_ceil(batch.max(1));
-    let total = (batches + usize::from(inverting)) * opts.steps;
+    let total = (batches + inverting) * from;
     let mut progress = Progress::new(total as u64, "steps", args.quiet);
     for n in notice.iter().chain(&gen.notice) {
         progress.note(args.quiet, &format!("ddpm: {n}"));
@@ -176,12 +196,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
                     .context(flag.to_string())
             };
             let x0 = Tensor::cat(&[load(from, "--from")?, load(to, "--to")?], 0)?;
-            let inv = InvertOptions {
-                steps: opts.steps,
-                spacing: opts.spacing,
-                refine: args.refine,
-            };
-            let x_t = gen
+            let latent = gen
                 .invert(&x0, &classes, guidance, &inv, &mut |_, _, step, _| {
                     if interrupt.load(Ordering::Relaxed) {
                         return Err(ddpm::Error::Stopped);
@@ -190,7 +205,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
                     Ok(())
                 })
                 .map_err(stopped)?;
-            (x_t.narrow(0, 0, 1)?, x_t.narrow(0, 1, 1)?)
+            (latent.x.narrow(0, 0, 1)?, latent.x.narrow(0, 1, 1)?)
         }
         _ => {
             let latent = |seed| interpolate::seed_latent(seed, 0, shape, &gen.device);
@@ -198,13 +213,16 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         }
     };
     let latents = interpolate::path(&a, &b, args.frames)?;
-    let offset = usize::from(inverting) * opts.steps;
+    let offset = inverting * from;
     let req = Request {
         n: args.frames,
         batch_size: batch,
         classes: &classes,
         guidance,
-        start: Start::Latent(&latents),
+        start: Start::Latent {
+            x: &latents,
+            from: Some(from),
+        },
     };
     let x = gen.generate(&opts, &req, &mut |done, n, step, steps| {
         if interrupt.load(Ordering::Relaxed) {
@@ -237,7 +255,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("interpolation.png"));
             let strip = images::upscale(&images::grid(&frames, Some(frames.len()))?, args.scale);
-            written.extend(write_out(&p, &images::encode_png(&strip)?)?);
+            written.extend(write_out(&p, &images::encode(&strip, encoding)?)?);
         }
     }
     for p in &written {
@@ -247,11 +265,11 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
         let json = serde_json::json!({
             "command": "interpolate",
             "frames": args.frames,
-            "ends": if inverting { "images" } else { "seeds" },
+            "ends": if inverting == 1 { "images" } else { "seeds" },
             "sampler": sampler.to_string(),
             "steps": opts.steps,
             "seconds": seconds,
-            "device": format!("{device:?}"),
+            "device": device::name(&device),
             "precision": args.precision.to_string(),
         });
         stdout_line(&json.to_string())?;

@@ -6,6 +6,7 @@ mod completions;
 mod eval;
 mod export;
 mod fid;
+mod format;
 mod import;
 mod init;
 mod interpolate;
@@ -27,12 +28,12 @@ pub use output::{report, usage_error};
 const EXAMPLES: &str = "\
 Examples:
   ddpm train --config configs/digits.toml --out runs/digits
-  ddpm sample --checkpoint runs/digits/latest.safetensors --steps 50 --ddim --grid --out grid.png
+  ddpm sample --checkpoint runs/digits/latest.safetensors -n 64 --steps 50 --ddim --grid --out grid.png
   ddpm sample --checkpoint C -n 10 --class 0,1,2,3,4,5,6,7,8,9 --guidance 2 --grid --out g.png
-  ddpm sample --checkpoint C --init photo.png --strength 0.6 --out edited.png
+  ddpm sample --checkpoint C -n 1 --init photo.png --strength 0.6 --out edited.png
   ddpm interpolate --checkpoint C --seeds 1,2 --frames 8 --out strip.png
-  ddpm sample --checkpoint C --format npy --out - | python3 -c 'import numpy,sys; print(numpy.load(sys.stdin.buffer).shape)'
-  ddpm eval --checkpoint runs/digits/latest.safetensors --method both
+  ddpm sample --checkpoint C -n 16 --format npy --out - | python3 -c 'import io, numpy, sys; print(numpy.load(io.BytesIO(sys.stdin.buffer.read())).shape)'
+  ddpm eval --checkpoint runs/digits/latest.safetensors -n 64 --method both
   ddpm fid samples/ cifar10-train.npz --inception pt_inception-2015-12-05-6726825d.pth
   ddpm schedule --config configs/digits.toml --steps 10
   ddpm info runs/digits/latest.safetensors
@@ -53,6 +54,8 @@ pub struct Cli {
     pub max_memory: Option<u64>,
 }
 
+// One value, parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model from a TOML config; writes a run directory.

@@ -1,4 +1,4 @@
-//! The formats output is written in, stdout for data, stderr for everything else, and the one error path: `ddpm: <message>` with
+//! stdout for data, stderr for everything else, and the one error path: `ddpm: <message>` with
 //! the context chain on one line, exit 130 for an interrupt, and a quiet exit when the reader of
 //! stdout went away (a closed pipe is not an error for a command-line tool).
 
@@ -7,19 +7,6 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-use clap::ValueEnum;
-
-/// Output file format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// PNG images (several images in one file become a grid).
-    Png,
-    /// One NumPy array (N, C, H, W) of float32 in [-1, 1], or (N, D) for vector data.
-    Npy,
-    /// Comma-separated rows with a header, one per sample (vector-data checkpoints only).
-    Csv,
-}
 
 /// Write data to stdout (no implicit panics on a closed pipe, unlike `println!`).
 pub fn stdout_bytes(bytes: &[u8]) -> anyhow::Result<()> {
@@ -147,6 +134,18 @@ pub fn check_out_folder(flag: &str, path: &Path) -> anyhow::Result<()> {
             "{flag} {}: the folder {} does not exist",
             path.display(),
             folder.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuse `--out-dir -`: a folder of files cannot go to stdout (it would make a folder named
+/// `-`); one file can, with `--out -`.
+pub fn check_out_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.as_os_str() == "-" {
+        anyhow::bail!(
+            "--out-dir -: a folder of files cannot go to stdout; use --out - for one file \
+             (a grid, a strip or .npy)"
         );
     }
     Ok(())

@@ -11,38 +11,24 @@ use ddpm::generate::Generator;
 use ddpm::points::{io, scatter, Points};
 use ddpm::rng::{Purpose, Stream};
 
-use super::output::{write_out, Format};
+use super::format::Format;
+use super::output::write_out;
 
 /// Side of each scatter-plot panel, in pixels.
 const PANEL: u32 = 320;
 
-/// The format: `format` (--format), else from `out`'s extension (.png, .npy), else CSV.
-fn resolve_format(format: Option<Format>, out: Option<&Path>) -> Format {
-    format.unwrap_or_else(|| {
-        let ext = out
-            .and_then(|p| p.extension())
-            .map(|e| e.to_ascii_lowercase());
-        match ext.as_ref().and_then(|e| e.to_str()) {
-            Some("png") => Format::Png,
-            Some("npy") => Format::Npy,
-            _ => Format::Csv,
-        }
-    })
-}
-
-/// Write the generated `x` (N, D) to `out` (`-` is stdout), else to samples.<ext> in `out_dir`
-/// (default `samples`), and return the files written. `seed` draws the true distribution's
-/// points beside a scatter plot.
+/// Write the generated `x` (N, D) as `format` to `out` (`-` is stdout), else to
+/// samples.<ext> in `out_dir` (default `samples`), and return the files written. `seed` draws
+/// the true distribution's points beside a scatter plot.
 pub fn write(
     gen: &Generator,
     x: &Tensor,
-    format: Option<Format>,
+    format: Format,
     out: Option<&Path>,
     out_dir: Option<&Path>,
     seed: u64,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let points = gen.to_points(x)?;
-    let format = resolve_format(format, out);
     let bytes = match format {
         Format::Csv => io::to_csv(&points).into_bytes(),
         Format::Npy => {
@@ -50,12 +36,12 @@ pub fn write(
             let t = Tensor::from_vec(flat, (points.len(), points.dim), &Device::Cpu)?;
             images::encode_npy(&t)?
         }
-        Format::Png => {
+        Format::Png | Format::Jpeg | Format::Webp | Format::Bmp => {
             let img = match truth(gen, points.len(), seed) {
                 Some(t) => scatter::scatter(&[("data", &t), ("samples", &points)], PANEL)?,
                 None => scatter::scatter(&[("samples", &points)], PANEL)?,
             };
-            images::encode_png(&img)?
+            images::encode(&img, format.image().unwrap_or(image::ImageFormat::Png))?
         }
     };
     let path = match out {
@@ -63,12 +49,7 @@ pub fn write(
         None => {
             let dir = out_dir.map_or_else(|| PathBuf::from("samples"), Path::to_path_buf);
             ddpm::atomic::create_dir(&dir)?;
-            let ext = match format {
-                Format::Csv => "csv",
-                Format::Npy => "npy",
-                Format::Png => "png",
-            };
-            dir.join(format!("samples.{ext}"))
+            dir.join(format!("samples.{}", format.extension()))
         }
     };
     Ok(write_out(&path, &bytes)?.into_iter().collect())

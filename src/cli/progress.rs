@@ -12,6 +12,7 @@ use super::output::printable;
 pub struct Progress {
     bar: Option<ProgressBar>,
     plain: bool,
+    started: Instant,
     last_line: Instant,
     every: Duration,
 }
@@ -33,6 +34,7 @@ impl Progress {
         Progress {
             bar,
             plain: !quiet && !terminal,
+            started: Instant::now(),
             last_line: Instant::now(),
             every: Duration::from_secs(10),
         }
@@ -62,6 +64,17 @@ impl Progress {
         }
     }
 
+    /// "12s elapsed, ETA 1m40s" after `done` of `total` units, the rest assumed to go at the
+    /// average pace so far (for plain lines; the bar shows its own).
+    pub fn eta(&self, done: u64, total: u64) -> String {
+        let elapsed = self.started.elapsed();
+        let left = match done {
+            0 => "?".to_string(),
+            _ => clock(elapsed.mul_f64(total.saturating_sub(done) as f64 / done as f64)),
+        };
+        format!("{} elapsed, ETA {left}", clock(elapsed))
+    }
+
     /// A message that always shows (unless quiet), above the bar if there is one.
     pub fn note(&self, quiet: bool, text: &str) {
         if quiet {
@@ -89,5 +102,34 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// A duration as 1h02m03s, 2m03s or 3s.
+fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, min, sec) => format!("{min}m{sec:02}s"),
+        (h, min, sec) => format!("{h}h{min:02}m{sec:02}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_reads_like_a_clock() {
+        assert_eq!(clock(Duration::from_secs(3)), "3s");
+        assert_eq!(clock(Duration::from_secs(123)), "2m03s");
+        assert_eq!(clock(Duration::from_secs(3723)), "1h02m03s");
+    }
+
+    #[test]
+    fn eta_is_unknown_before_the_first_unit() {
+        let p = Progress::new(10, "steps", true);
+        assert!(p.eta(0, 10).ends_with("ETA ?"), "{}", p.eta(0, 10));
+        assert!(p.eta(10, 10).ends_with("ETA 0s"), "{}", p.eta(10, 10));
     }
 }

@@ -48,7 +48,10 @@ impl GivenNoise {
     /// Where sampling starts.
     pub fn start(&self) -> Start<'_> {
         match &self.draws {
-            None => Start::Latent(&self.x_t),
+            None => Start::Latent {
+                x: &self.x_t,
+                from: None,
+            },
             Some(draws) => Start::Replay {
                 x_t: &self.x_t,
                 draws,

@@ -12,14 +12,16 @@ use clap::Args;
 
 use ddpm::budget;
 use ddpm::data::{images, Part};
-use ddpm::device::DeviceSpec;
+use ddpm::device::{self, DeviceSpec};
 use ddpm::generate::{self, Generator, Request, Start};
 use ddpm::precision::Precision;
 use ddpm::sampler::SamplerKind;
+use ddpm::schedule::Spacing;
 
 use super::classes::ClassArgs;
+use super::format::{self, Format};
 use super::launch::{rank_device, LaunchArgs};
-use super::output::{check_out_folder, stdout_line, write_out, Format};
+use super::output::{check_out_dir, check_out_folder, stdout_line, write_out};
 use super::points;
 use super::progress::Progress;
 use super::reproduce::ReproduceArgs;
@@ -28,7 +30,7 @@ use super::sizes;
 
 pub const EXAMPLES: &str = "\
 Examples:
-  ddpm sample --checkpoint runs/digits/latest.safetensors --steps 50 --ddim
+  ddpm sample --checkpoint runs/digits/latest.safetensors -n 16 --steps 50 --ddim
   ddpm sample --checkpoint C -n 64 --grid --scale 4 --out grid.png
   ddpm sample --checkpoint C -n 8 --format npy --out - > samples.npy
   for s in 1 2 3; do ddpm sample --checkpoint C -n 1 --seed $s --out - > seed$s.png; done
@@ -64,7 +66,8 @@ pub struct SampleArgs {
     /// Images per model batch [default: sample.batch_size of the checkpoint].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Denoising steps [default: sample.steps, else T for ddpm and 50 for ddim].
+    /// Denoising steps [default: sample.steps for sample.sampler; any other sampler its own: T
+    /// for ddpm and pc, 50 for ddim, 20 for dpm++2m and heun].
     #[arg(long)]
     pub steps: Option<usize>,
     /// Use DDIM (same as --sampler ddim).
@@ -83,6 +86,20 @@ pub struct SampleArgs {
     /// Corrector target signal-to-noise ratio, for --sampler pc [default: sample.snr].
     #[arg(long)]
     pub snr: Option<f64>,
+    /// Which of the T training timesteps the steps visit: linspace, leading or trailing
+    /// [default: sample.spacing].
+    #[arg(long)]
+    pub spacing: Option<Spacing>,
+    /// Clip each predicted x0 to the image range [-1, 1] [default: sample.clip_x0].
+    #[arg(long, overrides_with = "no_clip_x0")]
+    pub clip_x0: bool,
+    /// Do not clip the predicted x0.
+    #[arg(long, overrides_with = "clip_x0")]
+    pub no_clip_x0: bool,
+    /// Override a stored sampling setting: --set sample.key=value (repeatable; the flags above
+    /// override these).
+    #[arg(long = "set", value_name = "sample.KEY=VALUE")]
+    pub set: Vec<String>,
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -119,10 +136,15 @@ pub struct SampleArgs {
     /// Put all images in one grid.
     #[arg(long)]
     pub grid: bool,
+    /// Images per grid row [default: the smallest square]: -n 20 --class 0,...,9 --nrow 10
+    /// puts each class in a column.
+    #[arg(long)]
+    pub nrow: Option<usize>,
     /// Nearest-neighbour upscaling of PNG output (8x8 digits are tiny).
     #[arg(long, default_value_t = 1)]
     pub scale: u32,
-    /// png, npy or csv [default: from --out's extension, else png, or csv for vector data].
+    /// png, jpeg, webp, bmp, npy or csv [default: the one --out's extension names, else png,
+    /// or csv for vector data].
     #[arg(long, value_enum)]
     pub format: Option<Format>,
     /// auto, cpu, cuda or cuda:N.
@@ -169,11 +191,23 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if args.scale == 0 {
         anyhow::bail!("--scale must be at least 1");
     }
-    let gen = Generator::load(
+    if args.nrow == Some(0) {
+        anyhow::bail!("--nrow must be at least 1");
+    }
+    if let Some(dir) = &args.out_dir {
+        check_out_dir(dir)?;
+    }
+    let gen = Generator::load_with(
         &args.checkpoint,
-        !args.no_ema,
         args.precision.dtype(),
         &device,
+        &mut |cfg| {
+            *cfg = cfg.with_sample_overrides(&args.set)?;
+            if args.no_ema {
+                cfg.sample.use_ema = false;
+            }
+            Ok(())
+        },
     )?;
     if gen.is_points() {
         refuse_image_options(&args)?;
@@ -196,6 +230,12 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     }
     if let Some(r) = args.snr {
         opts.snr = r;
+    }
+    if let Some(spacing) = args.spacing {
+        opts.spacing = spacing;
+    }
+    if let Some(clip) = clip_x0(&args) {
+        opts.clip_x0 = clip;
     }
     opts.first_index = first_index;
     args.reproduce.apply(&mut opts);
@@ -236,13 +276,15 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
 
     // Checked before sampling: a bad --format or --out must not cost a whole run.
     let format = match gen.is_points() {
-        true => None,
-        false => Some(image_format(&args)?),
+        true => format::for_path("--out", args.out.as_deref(), args.format, Format::Csv)?,
+        false => image_format(&args)?,
     };
     if let Some(out) = &args.out {
         check_out_folder("--out", out)?;
     }
-    let per_image = format.and_then(|f| per_image_dir(&args, f));
+    let per_image = (!gen.is_points())
+        .then(|| per_image_dir(&args, format))
+        .flatten();
     check_memory(&args, &gen, batch, guidance, format, per_image.is_some())?;
     if launch.size > 1 && per_image.is_none() {
         anyhow::bail!(
@@ -293,10 +335,11 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
                 on_step,
                 &mut |first, x| -> anyhow::Result<()> {
                     let started = Instant::now();
+                    let encoding = format.image().unwrap_or(image::ImageFormat::Png);
                     for (i, img) in images::to_images(&x)?.iter().enumerate() {
                         let index = first_index as usize + first + i;
-                        let p = dir.join(format!("sample-{index:05}.png"));
-                        images::save_png(&images::upscale(img, args.scale), &p)?;
+                        let p = dir.join(format!("sample-{index:05}.{}", format.extension()));
+                        images::save(&images::upscale(img, args.scale), &p, encoding)?;
                         progress
                             .borrow()
                             .suspend(|| stdout_line(&p.display().to_string()))?;
@@ -318,16 +361,16 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let evaluated = gen.evaluations.load(Ordering::Relaxed) - evaluated_before;
 
     if let Some(x) = &x {
-        let written = match format {
-            None => points::write(
+        let written = match gen.is_points() {
+            true => points::write(
                 &gen,
                 x,
-                args.format,
+                format,
                 args.out.as_deref(),
                 args.out_dir.as_deref(),
                 args.seed,
             )?,
-            Some(format) => write_images(&args, format, x)?,
+            false => write_images(&args, format, x)?,
         };
         for p in &written {
             stdout_line(&p.display().to_string())?;
@@ -345,7 +388,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
             "network_evaluations_per_image": evaluated as f64 / n as f64,
             "seconds": seconds,
             "images_per_sec": n as f64 / seconds.max(1e-9),
-            "device": format!("{device:?}"),
+            "device": device::name(&device),
             "precision": args.precision.to_string(),
         });
         stdout_line(&json.to_string())?;
@@ -361,6 +404,8 @@ fn refuse_image_options(args: &SampleArgs) -> anyhow::Result<()> {
         ("--strength", args.strength.is_some()),
         ("--grid", args.grid),
         ("--scale", args.scale != 1),
+        ("--nrow", args.nrow.is_some()),
+        ("--clip-x0", clip_x0(args) == Some(true)),
     ];
     if let Some((flag, _)) = image_only.iter().find(|(_, set)| *set) {
         anyhow::bail!(
@@ -409,17 +454,17 @@ fn check_memory(
     gen: &Generator,
     batch: usize,
     guidance: f64,
-    format: Option<Format>,
+    format: Format,
     per_image: bool,
 ) -> anyhow::Result<()> {
     let guided = gen.num_classes().is_some() && guidance != 1.0 && guidance != 0.0;
     let shape = sizes::Shape::of(&gen.sample_shape());
     let n = args.n;
     let need = budget::sampling(&gen.config, batch.min(n), guided);
-    let need = match format {
+    let need = match (gen.is_points(), format.image()) {
         // Vector data: the tensor, the points in f64 and their CSV text.
-        None => need.with(sizes::tensors("the samples", n, shape, 10.0, "lower -n")),
-        Some(_) if per_image => need
+        (true, _) => need.with(sizes::tensors("the samples", n, shape, 10.0, "lower -n")),
+        (false, Some(_)) if per_image => need
             .with(sizes::tensors(
                 "a batch of samples",
                 batch.min(n),
@@ -428,27 +473,35 @@ fn check_memory(
                 "lower --batch-size",
             ))
             .with(sizes::picture(1, 1, shape, args.scale, "-n")?),
-        Some(Format::Png) => {
+        (false, Some(_)) => {
             let cols = (n as f64).sqrt().ceil() as usize;
             need.with(sizes::tensors("the samples", n, shape, 2.0, "lower -n"))
                 .with(sizes::picture(n, cols, shape, args.scale, "-n")?)
         }
-        Some(_) => need.with(sizes::tensors("the samples", n, shape, 3.0, "lower -n")),
+        (false, None) => need.with(sizes::tensors("the samples", n, shape, 3.0, "lower -n")),
     };
     sizes::check(&need, "sampling", &gen.device)
 }
 
-/// The image format: --format, else .npy for an --out ending in .npy, else PNG. CSV is for
+/// The image format: --format, else the one --out's extension names, else PNG. CSV is for
 /// vector data.
 fn image_format(args: &SampleArgs) -> anyhow::Result<Format> {
-    let format = args.format.unwrap_or(match &args.out {
-        Some(p) if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) => Format::Npy,
-        _ => Format::Png,
-    });
+    let format = format::for_path("--out", args.out.as_deref(), args.format, Format::Png)?;
     if format == Format::Csv {
-        anyhow::bail!("--format csv is for vector-data checkpoints; images are png or npy");
+        anyhow::bail!(
+            "--format csv is for vector-data checkpoints; images are png, jpeg, webp, bmp or npy"
+        );
     }
     Ok(format)
+}
+
+/// --clip-x0 or --no-clip-x0 (the last given wins), else None: the checkpoint's sample.clip_x0.
+fn clip_x0(args: &SampleArgs) -> Option<bool> {
+    match (args.clip_x0, args.no_clip_x0) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
 }
 
 /// --out-dir, default `samples`.
@@ -458,29 +511,29 @@ fn out_dir(args: &SampleArgs) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("samples"))
 }
 
-/// The directory that gets one PNG per image, unless the images go to one file (--out,
+/// The directory that gets one picture per image, unless the images go to one file (--out,
 /// --grid, --format npy).
 fn per_image_dir(args: &SampleArgs, format: Format) -> Option<PathBuf> {
-    (args.out.is_none() && !args.grid && format == Format::Png).then(|| out_dir(args))
+    (args.out.is_none() && !args.grid && format.image().is_some()).then(|| out_dir(args))
 }
 
-/// Write all images as one file: --out (a PNG, a grid when n > 1, or .npy; `-` is stdout), or
-/// grid.png / samples.npy in --out-dir. Returns the paths written.
+/// Write all images as one file: --out (a picture, a grid when n > 1, or .npy; `-` is
+/// stdout), or grid.<ext> / samples.npy in --out-dir. Returns the paths written.
 fn write_images(
     args: &SampleArgs,
     format: Format,
     x: &candle_core::Tensor,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let bytes = match format {
-        Format::Npy | Format::Csv => images::encode_npy(x)?,
-        Format::Png => {
+    let bytes = match format.image() {
+        None => images::encode_npy(x)?,
+        Some(encoding) => {
             let imgs = images::to_images(x)?;
             let img = if imgs.len() == 1 {
                 images::upscale(&imgs[0], args.scale)
             } else {
-                images::upscale(&images::grid(&imgs, None)?, args.scale)
+                images::upscale(&images::grid(&imgs, args.nrow)?, args.scale)
             };
-            images::encode_png(&img)?
+            images::encode(&img, encoding)?
         }
     };
     if let Some(p) = &args.out {
@@ -488,9 +541,9 @@ fn write_images(
     }
     let dir = out_dir(args);
     ddpm::atomic::create_dir(&dir)?;
-    let p = dir.join(match format {
-        Format::Png => "grid.png",
-        _ => "samples.npy",
+    let p = dir.join(match format.image() {
+        Some(_) => format!("grid.{}", format.extension()),
+        None => "samples.npy".to_string(),
     });
     ddpm::atomic::write(&p, &bytes)?;
     Ok(vec![p])

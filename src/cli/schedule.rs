@@ -118,6 +118,7 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     } else {
         "none (written by an older ddpm)"
     };
+    let class_names = ckpt.class_names()?;
     let text = cfg.to_toml()?;
     if args.json {
         let config: toml::Table = toml::from_str(&text)?;
@@ -128,6 +129,7 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
             "parameters": params,
             "format": format,
             "checksum": checksum,
+            "class_names": class_names,
             "config": config,
         });
         return stdout_line(&json.to_string());
@@ -136,6 +138,17 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     stdout_line(&format!("# step: {step}"))?;
     stdout_line(&format!("# parameters: {params}"))?;
     stdout_line(&format!("# format: {format}"))?;
+    if let Some(names) = &class_names {
+        let listed: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("{i} {name}"))
+            .collect();
+        stdout_line(&format!(
+            "# classes (--class takes the name or the number): {}",
+            listed.join(", ")
+        ))?;
+    }
     stdout_line(&format!("# checksum: {checksum}"))?;
     stdout_line(&text)
 }

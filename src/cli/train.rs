@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use ddpm::checkpoint;
 use ddpm::config::Config;
-use ddpm::device::DeviceSpec;
+use ddpm::device::{self, DeviceSpec};
 use ddpm::dist::{self, Comm};
 use ddpm::precision::Precision;
 use ddpm::train::{self, Event, TrainOptions};
@@ -158,6 +158,12 @@ fn train_rank(
     let root = world.rank() == 0;
     let quiet = args.quiet || !root;
     let total = args.max_steps.unwrap_or(cfg.train.steps);
+    // Vector data trains on points, not images.
+    let per_sec = match cfg.data.dataset.is_points() {
+        true => "points/s",
+        false => "img/s",
+    };
+    let device_name = device::name(device);
     let mut progress = Progress::new(total, "steps", quiet);
     if let Some(n) = notice {
         progress.note(quiet, &format!("ddpm: {n}"));
@@ -177,7 +183,7 @@ fn train_rank(
                 progress.note(
                     quiet,
                     &format!(
-                        "ddpm: training {parameters} parameters on {device:?}{ranks}, step {step} of {total}, run directory {}{}",
+                        "ddpm: training {parameters} parameters on {device_name}{ranks}, step {step} of {total}, run directory {}{}",
                         run_dir.display(),
                         match &args.init_from {
                             Some(c) => format!(", from the weights of {}", c.display()),
@@ -191,7 +197,7 @@ fn train_rank(
                 stats,
                 images_per_sec,
             } => progress.update(step, || {
-                format!("loss {:.4} {:.1} img/s", stats.loss, images_per_sec)
+                format!("loss {:.4} {:.1} {per_sec}", stats.loss, images_per_sec)
             }),
             Event::Logged {
                 step,
@@ -199,7 +205,7 @@ fn train_rank(
                 images_per_sec,
             } => progress.line(true, || {
                 format!(
-                    "step {step}/{total} loss {:.5} lr {:.2e} grad_norm {:.3} {:.1} img/s",
+                    "step {step}/{total} loss {:.5} lr {:.2e} grad_norm {:.3} {:.1} {per_sec}",
                     stats.loss, stats.lr, stats.grad_norm, images_per_sec
                 )
             }),
@@ -239,7 +245,7 @@ fn train_rank(
             "images_per_sec": summary.images_per_sec,
             "final_loss": summary.final_loss,
             "checkpoint": summary.checkpoint,
-            "device": format!("{device:?}"),
+            "device": device_name,
             "precision": cfg.train.precision.to_string(),
             "ranks": world.size(),
             "engine": world.engine(),

@@ -102,10 +102,37 @@ fn class_conditioning_keys_are_checked_together() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("train.label_dropout"), "{e}");
-    let e = load_str("", &["sample.guidance=-1"])
+    let cfg = load_str("", &["sample.guidance=-1"]).unwrap();
+    assert_eq!(cfg.sample.guidance, -1.0);
+    let e = load_str("", &["sample.guidance=nan"])
         .unwrap_err()
         .to_string();
     assert!(e.contains("sample.guidance"), "{e}");
+}
+
+/// `sample.steps` belongs to `sample.sampler`: the digits config's 50 DDIM steps are not the
+/// ancestral sampler's or DPM++ 2M's count (both ran 50 before), which take their own defaults.
+#[test]
+fn steps_belong_to_the_configured_sampler() {
+    let s = SampleConfig {
+        sampler: SamplerKind::Ddim,
+        steps: Some(50),
+        ..SampleConfig::default()
+    };
+    let want = [
+        (SamplerKind::Ddim, 50),
+        (SamplerKind::Ddpm, 1000),
+        (SamplerKind::Pc, 1000),
+        (SamplerKind::DpmSolver2M, 20),
+        (SamplerKind::Heun, 20),
+    ];
+    for (sampler, steps) in want {
+        assert_eq!(s.steps_for(sampler, 1000), steps, "{sampler}");
+    }
+    let unset = SampleConfig::default();
+    assert_eq!(unset.steps_for(SamplerKind::Ddim, 1000), 50);
+    assert_eq!(unset.steps_for(SamplerKind::Ddim, 30), 30);
+    assert_eq!(unset.steps_for(SamplerKind::Ddpm, 1000), 1000);
 }
 
 /// T is bounded before the schedule's arrays are allocated: i64::MAX steps was a capacity

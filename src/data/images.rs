@@ -108,18 +108,29 @@ pub fn upscale(img: &DynamicImage, factor: u32) -> DynamicImage {
 
 /// The image as PNG bytes (for stdout or a file).
 pub fn encode_png(img: &DynamicImage) -> Result<Vec<u8>> {
+    encode(img, ImageFormat::Png)
+}
+
+/// `img` encoded as `format` (PNG, JPEG, WebP, BMP, ...: the formats this build of `image`
+/// writes).
+pub fn encode(img: &DynamicImage, format: ImageFormat) -> Result<Vec<u8>> {
     let mut bytes = Cursor::new(Vec::new());
-    img.write_to(&mut bytes, ImageFormat::Png)
-        .map_err(|e| Error::Invalid(format!("cannot encode PNG: {e}")))?;
+    img.write_to(&mut bytes, format)
+        .map_err(|e| Error::Invalid(format!("cannot encode {format:?}: {e}")))?;
     Ok(bytes.into_inner())
 }
 
 /// Save `img` as PNG at `path`, atomically.
 pub fn save_png(img: &DynamicImage, path: &Path) -> Result<()> {
+    save(img, path, ImageFormat::Png)
+}
+
+/// Save `img` as `format` at `path`, atomically.
+pub fn save(img: &DynamicImage, path: &Path, format: ImageFormat) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    crate::atomic::write(path, &encode_png(img)?)
+    crate::atomic::write(path, &encode(img, format)?)
 }
 
 /// NumPy .npy v1.0 bytes: magic, header dict `{'descr': '<f4', 'fortran_order': False,

@@ -2,7 +2,8 @@
 //! gives `ddpm sample`, and N frames along the great circle between two latents (`slerp`), which
 //! a deterministic sampler then maps to images (the endpoints are exactly the two seeds' or the
 //! two inverted images' samples). The latents of images come from `Generator::invert`, here:
-//! deterministic DDIM inversion under the same classes and guidance as the way back.
+//! deterministic DDIM inversion under the same classes and guidance as the way back, up to the
+//! highest step below sigma = 80 (`sampler::latent` says why), where their way back starts.
 
 use candle_core::{Device, Tensor};
 
@@ -10,7 +11,7 @@ use super::{Generator, Progress};
 use crate::error::{Error, Result};
 use crate::guidance::{self, Conditional, Guided};
 use crate::rng::{BatchNoise, Purpose};
-use crate::sampler::{self, slerp, InvertOptions};
+use crate::sampler::{self, slerp, InvertOptions, Latent};
 
 /// The x_T (1, C, H, W) that `ddpm sample --seed seed --first-index index` draws for its first
 /// image: the first C*H*W normals of stream (seed, SampleNoise, index).
@@ -47,8 +48,14 @@ pub fn path(a: &Tensor, b: &Tensor, frames: usize) -> Result<Tensor> {
 }
 
 impl Generator {
-    /// Deterministic DDIM inversion of images x0 (N, C, H, W) to their x_T, under the classes
-    /// cycled over the images and guidance w, as `generate` would denoise them.
+    /// The steps `invert` takes with `inv`, and that its latents take back to the images.
+    pub fn inversion_steps(&self, inv: &InvertOptions) -> Result<usize> {
+        sampler::inversion_steps(&self.schedule.for_sampling(inv.steps, inv.spacing)?)
+    }
+
+    /// Deterministic DDIM inversion of images x0 (N, C, H, W) to their latents (on the CPU),
+    /// under the classes cycled over the images and guidance w, as `generate` would denoise
+    /// them from `Start::Latent` with the latent's `from`.
     pub fn invert(
         &self,
         x0: &Tensor,
@@ -56,14 +63,14 @@ impl Generator {
         guidance: f64,
         inv: &InvertOptions,
         progress: Progress,
-    ) -> Result<Tensor> {
+    ) -> Result<Latent> {
         self.check_classes(classes)?;
         let n = x0.dim(0)?;
         let x0 = self.rows(x0, "image", 0, n, n)?;
         let net = self.network();
         let labels = guidance::cycle(classes, 0, n, net.num_classes() as u32);
         let model = Guided::new(&net, labels, guidance)?;
-        let x = sampler::ddim_invert(
+        let latent = sampler::ddim_invert(
             &model,
             &self.schedule,
             self.config.diffusion.parameterization(),
@@ -71,7 +78,10 @@ impl Generator {
             &x0,
             &mut |info| progress(0, n, info.index + 1, info.total),
         )?;
-        Ok(x.to_device(&Device::Cpu)?)
+        Ok(Latent {
+            x: latent.x.to_device(&Device::Cpu)?,
+            from: latent.from,
+        })
     }
 }
 

@@ -178,9 +178,11 @@ fn bad_labels_scales_and_batches_are_refused() {
         .unwrap()
         .to_string();
     assert!(e.contains("class 3"), "{e}");
-    for w in [-0.5, f64::NAN, f64::INFINITY] {
+    for w in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         assert!(Guided::new(&model, vec![0], w).is_err(), "{w}");
     }
+    // Negative guidance steers away from the class; it is a scale like any other.
+    assert!(Guided::new(&model, vec![0], -0.5).is_ok());
     let (x, t) = batch();
     assert!(Guided::new(&model, vec![0, 1], 2.0)
         .unwrap()
@@ -259,4 +261,18 @@ fn cycled_classes_depend_on_the_image_index_only() {
     let whole = cycle(&[0, 1, 2], 0, 8, 3);
     assert_eq!(cycle(&[0, 1, 2], 5, 3, 3), whole[5..]);
     assert_eq!(cycle(&[], 2, 3, 7), [7, 7, 7]);
+}
+
+/// Names first, then numbers: "dog" is label 1, "2" is the class named "2" (label 0 here),
+/// "1" the number 1; an unknown name is refused listing the names.
+#[test]
+fn class_values_are_names_or_numbers() {
+    let names: Vec<String> = ["2", "dog", "cat"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(class_label("dog", Some(&names)).unwrap(), 1);
+    assert_eq!(class_label("2", Some(&names)).unwrap(), 0);
+    assert_eq!(class_label("1", Some(&names)).unwrap(), 1);
+    assert_eq!(class_label("7", None).unwrap(), 7);
+    let e = class_label("cow", Some(&names)).unwrap_err().to_string();
+    assert!(e.contains("\"cow\"") && e.contains("2, dog, cat"), "{e}");
+    assert!(class_label("cow", None).is_err());
 }

@@ -71,6 +71,7 @@ fn ddim_50_from_the_same_noise_matches_diffusers() {
         cfg.diffusion.parameterization(),
         &opts,
         &io["ddim_x_t"],
+        opts.steps,
         &mut |_| Ok(()),
     )
     .unwrap()

@@ -104,6 +104,7 @@ mod tests {
             eps_fixed(VarianceType::FixedSmall),
             &o,
             &x_t,
+            o.steps,
             &mut |info| {
                 seen.push((info.t, info.x.clone(), info.x0.clone()));
                 Ok(())
@@ -125,7 +126,7 @@ mod tests {
             ..o
         };
         let p = eps_fixed(VarianceType::FixedSmall);
-        let x = sample_from_latent(&oracle, &s, p, &one, &x_t, &mut |_| Ok(())).unwrap();
+        let x = sample_from_latent(&oracle, &s, p, &one, &x_t, one.steps, &mut |_| Ok(())).unwrap();
         assert_eq!(flat(&x), flat(x0));
     }
 
@@ -152,7 +153,7 @@ mod tests {
             first.get_or_insert(info.x.clone());
             Ok(())
         };
-        sample_from_latent(&oracle, &s, p, &keep, &x_t, &mut on_step).unwrap();
+        sample_from_latent(&oracle, &s, p, &keep, &x_t, keep.steps, &mut on_step).unwrap();
         let eps = oracle.forward(&x_t, &[999; 4]).unwrap();
         let (a, a_prev) = (s.alphas_cumprod[999], s.alphas_cumprod[499]);
         let x0 = ((&x_t - (&eps * (1.0 - a).sqrt()).unwrap()).unwrap() / a.sqrt()).unwrap();
@@ -173,7 +174,7 @@ mod tests {
             use_clipped_model_output: true,
             ..keep
         };
-        sample_from_latent(&oracle, &s, p, &derive, &x_t, &mut on_step).unwrap();
+        sample_from_latent(&oracle, &s, p, &derive, &x_t, derive.steps, &mut on_step).unwrap();
         let apart = flat(&first.unwrap())
             .iter()
             .zip(flat(&want))

@@ -3,24 +3,19 @@
 //! x~ = x / sqrt(abar) and sigma = sqrt((1 - abar) / abar) the ODE is dx~/dsigma = eps(x, sigma),
 //! so an Euler step is exactly DDIM with eta = 0 and Heun averages the slopes at both ends.
 //! Two model calls per step, one on the last (into sigma = 0, where EDM also takes Euler) and on
-//! steps that start above `SIGMA_MAX`. As for DPM-Solver++, prefer trailing spacing: on a grid
-//! that visits t = 0 the step into t = 0 spans most of sigma's range and overshoots at 10 steps
-//! (variance 0.124 for data variance 0.09).
+//! steps that start above `SIGMA_MAX`: Heun's correction there is (sigma_i - sigma_{i-1})
+//! (d - d') / 2, and on a cosine schedule the first step starts at sigma = 2e4, where an O(1)
+//! change of eps between the ends moves x~ by ~1e4 (the digits model sampled garbage, FD 73-86,
+//! at every step count). Up there eps ~ x~ / sigma barely changes along the step, so Euler loses
+//! nothing (on the linear schedule, sigma_T = 157, the exact-oracle maps move by 3e-6). As for
+//! DPM-Solver++, prefer trailing spacing: on a grid that visits t = 0 the step into t = 0 spans
+//! most of sigma's range and overshoots at 10 steps (variance 0.124 for data variance 0.09).
 
 use candle_core::Tensor;
 
-use super::{Context, Step, Stepper};
+use super::{sigma_of, Context, Step, Stepper, SIGMA_MAX};
 use crate::error::{Error, Result};
 use crate::rng::BatchNoise;
-
-/// Steps from sigma above this are Euler (DDIM) steps. Heun's correction is
-/// (sigma_i - sigma_{i-1}) (d - d') / 2: on a cosine schedule the first step starts at
-/// sigma = 2e4, where an O(1) change of eps between the ends moves x~ by ~1e4 (the digits model
-/// sampled garbage, FD 73-86, at every step count). EDM never integrates above its
-/// sigma_max = 80; neither do we, and up there eps ~ x~ / sigma barely changes along the step,
-/// so Euler loses nothing (on the linear schedule, sigma_T = 157, the exact-oracle maps move by
-/// 3e-6).
-pub const SIGMA_MAX: f64 = 80.0;
 
 /// The Heun sampler; stateless.
 #[derive(Clone, Copy, Debug, Default)]
@@ -45,14 +40,13 @@ impl Stepper for Heun {
                     .into(),
             ));
         }
-        let sigma = |ab: f64| ((1.0 - ab) / ab).sqrt();
-        let ds = sigma(abar_prev) - sigma(abar);
+        let ds = sigma_of(abar_prev) - sigma_of(abar);
         let scale_prev = abar_prev.sqrt();
         let output = ctx.output(x_t, i)?;
         let (x0, d) = ctx.x0_and_eps(x_t, i, &output)?;
         let x_scaled = (x_t / abar.sqrt())?;
         let euler = (&x_scaled + (&d * ds)?)?;
-        if i == 0 || sigma(abar) > SIGMA_MAX {
+        if i == 0 || sigma_of(abar) > SIGMA_MAX {
             return Ok(Step {
                 x: (euler * scale_prev)?,
                 x0,

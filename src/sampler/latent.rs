@@ -1,11 +1,20 @@
-//! The noise latent x_T as a handle on an image: deterministic DDIM inversion maps an image to
-//! the x_T that DDIM (eta = 0) maps back to it, `sample_from_latent` runs any sampler from a
-//! given x_T, and `slerp` interpolates latents along the sphere where Gaussian noise lives
+//! The noise latent as a handle on an image: deterministic DDIM inversion maps an image to the
+//! latent that DDIM (eta = 0) maps back to it, `sample_from_latent` runs any sampler from a
+//! given latent, and `slerp` interpolates latents along the sphere where Gaussian noise lives
 //! (Song et al. 2021, section 5; Dhariwal & Nichol 2021, appendix).
+//!
+//! Inversion stops below `SIGMA_MAX`: its latent is x at the highest respaced index m - 1 whose
+//! sigma = sqrt((1 - abar) / abar) is at most 80, and the way back starts there. A step from
+//! higher up reads an eps-model's x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), its eps error
+//! times sigma (2e4 at the top of the cosine schedule), so the x_T that inverts it hangs on
+//! that error: the digits model's end frames came back as pure 0/255 whatever the refinements.
+//! Up there x_t is noise to within 1/80 of the signal, and skipping those steps both ways is
+//! taking them as the ODE for E[x0] = 0 does, x_{m-1} = sqrt((1 - abar_{m-1}) / (1 - abar_T)) x_T:
+//! a scale, which `slerp` commutes with.
 
 use candle_core::{DType, Tensor};
 
-use super::{check_shape, denoise, Context, SampleOptions, StepInfo};
+use super::{check_shape, denoise, sigma_of, Context, SampleOptions, StepInfo, SIGMA_MAX};
 use crate::denoiser::Denoiser;
 use crate::diffusion::Parameterization;
 use crate::error::{Error, Result};
@@ -15,7 +24,7 @@ use crate::schedule::{Schedule, Spacing};
 /// How `ddim_invert` walks up the schedule.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InvertOptions {
-    /// Number of DDIM steps K; sample back with the same steps and spacing.
+    /// Number of DDIM steps K of the schedule; sample back with the same steps and spacing.
     pub steps: usize,
     pub spacing: Spacing,
     /// Fixed-point refinements per step (0: plain inversion, first-order accurate; each one
@@ -34,8 +43,37 @@ impl Default for InvertOptions {
     }
 }
 
+/// The steps DDIM inversion takes on a respaced schedule: those that end at sigma <= SIGMA_MAX
+/// (sigma = sqrt((1 - abar_i) / abar_i) grows with i). Its latent is x at index `from - 1`,
+/// and sampling back starts there (`sample_from_latent` with this `from`).
+pub fn inversion_steps(respaced: &Schedule) -> Result<usize> {
+    let from = respaced
+        .alphas_cumprod
+        .iter()
+        .take_while(|&&abar| sigma_of(abar) <= SIGMA_MAX)
+        .count();
+    if from == 0 {
+        return Err(Error::Invalid(format!(
+            "all {} sampling steps start above sigma = {SIGMA_MAX} (t = {}), where x_t is noise: \
+             nothing to invert; use more steps",
+            respaced.len(),
+            respaced.timesteps.first().copied().unwrap_or(0)
+        )));
+    }
+    Ok(from)
+}
+
+/// An image's latent from `ddim_invert`: x at respaced index `from - 1` of the K-step schedule.
+#[derive(Clone, Debug)]
+pub struct Latent {
+    /// (B, ...) like the images.
+    pub x: Tensor,
+    /// The steps that lead back to the images (`inversion_steps`).
+    pub from: usize,
+}
+
 /// Deterministic DDIM inversion (improved-diffusion's `ddim_reverse_sample`, over the respaced
-/// schedule): from x_{-1} = x0 (B, ...) up to x_{K-1},
+/// schedule): from x_{-1} = x0 (B, ...) up to x_{m-1}, m = `inversion_steps`,
 /// x_i = (alpha_i / alpha_{i-1}) x_{i-1} + (sigma_i - alpha_i sigma_{i-1} / alpha_{i-1}) eps,
 /// alpha = sqrt(abar), sigma = sqrt(1 - abar), abar_{-1} = 1: the DDIM (eta = 0) step i solved
 /// for x_i, with eps = eps(x_{i-1}, t_i) standing in for eps(x_i, t_i), which the DDIM step
@@ -49,16 +87,16 @@ pub fn ddim_invert(
     opts: &InvertOptions,
     x0: &Tensor,
     on_step: &mut dyn FnMut(&StepInfo) -> Result<()>,
-) -> Result<Tensor> {
+) -> Result<Latent> {
     check_shape(x0.dims())?;
     let respaced = schedule.for_sampling(opts.steps, opts.spacing)?;
+    let total = inversion_steps(&respaced)?;
     let ctx = Context {
         model,
         schedule: &respaced,
         param,
         clip_x0: false,
     };
-    let total = respaced.len();
     let mut x = x0.to_dtype(DType::F32)?;
     for i in 0..total {
         let (abar, abar_prev) = (respaced.alphas_cumprod[i], respaced.alphas_cumprod_prev[i]);
@@ -89,27 +127,33 @@ pub fn ddim_invert(
             x0: &x0_hat,
         })?;
     }
-    Ok(x)
+    Ok(Latent { x, from: total })
 }
 
-/// Run `opts.sampler` from a given x_T (B, ...) (from `ddim_invert` or `slerp`) over all the
-/// respaced steps; stochastic samplers draw from each sample's stream as `sample` does, but
-/// without the draws `sample` spends on x_T. The device is x_T's.
+/// Run `opts.sampler` from a given latent x (B, ...) at respaced index `from - 1` (x_T when
+/// `from` = opts.steps; a `ddim_invert` latent's own `from`; or `slerp`s of either) down to the
+/// samples; stochastic samplers draw from each sample's stream as `sample` does, but without
+/// the draws `sample` spends on x_T. The device is x's.
 pub fn sample_from_latent(
     model: &dyn Denoiser,
     schedule: &Schedule,
     param: Parameterization,
     opts: &SampleOptions,
-    x_t: &Tensor,
+    x: &Tensor,
+    from: usize,
     on_step: &mut dyn FnMut(&StepInfo) -> Result<()>,
 ) -> Result<Tensor> {
-    let mut noise = BatchNoise::new(
-        opts.seed,
-        Purpose::SampleNoise,
-        opts.first_index,
-        x_t.dim(0)?,
-    );
-    run_from_latent(model, schedule, param, opts, x_t, &mut noise, on_step)
+    let mut noise = BatchNoise::new(opts.seed, Purpose::SampleNoise, opts.first_index, x.dim(0)?);
+    run_from_latent(
+        model,
+        schedule,
+        param,
+        opts,
+        x,
+        Some(from),
+        &mut noise,
+        on_step,
+    )
 }
 
 /// `sample_from_latent` with every noise draw of the sampler given: `draws` (S, B, ...) are
@@ -132,7 +176,7 @@ pub fn sample_replaying(
         x_t.dim(0)?,
     )
     .with_given(draws.to_dtype(DType::F32)?);
-    let x = run_from_latent(model, schedule, param, opts, x_t, &mut noise, on_step)?;
+    let x = run_from_latent(model, schedule, param, opts, x_t, None, &mut noise, on_step)?;
     let left = noise.given_left()?;
     if left > 0 {
         return Err(Error::Invalid(format!(
@@ -143,12 +187,14 @@ pub fn sample_replaying(
 }
 
 /// The loop of `sample_from_latent` over `noise`.
+#[allow(clippy::too_many_arguments)]
 fn run_from_latent(
     model: &dyn Denoiser,
     schedule: &Schedule,
     param: Parameterization,
     opts: &SampleOptions,
     x_t: &Tensor,
+    from: Option<usize>,
     noise: &mut BatchNoise,
     on_step: &mut dyn FnMut(&StepInfo) -> Result<()>,
 ) -> Result<Tensor> {
@@ -166,7 +212,7 @@ fn run_from_latent(
         &ctx,
         stepper.as_mut(),
         x_t.to_dtype(DType::F32)?,
-        respaced.len(),
+        from.unwrap_or(respaced.len()),
         noise,
         on_step,
     )

@@ -6,17 +6,29 @@ use super::*;
 use crate::diffusion::VarianceType;
 use crate::oracle::MixtureOracle;
 use crate::rng::Stream;
+use crate::schedule::BetaSchedule;
 
-/// x0 ~ N(0.4, 0.3^2 I), linear T = 1000, 50 trailing steps. Inversion is affine in x0 and DDIM
-/// (eta = 0) affine in x_T, so the latent is P x0 + Q and the reconstruction P' x0 + Q'. This
-/// script, appended to edit_tests' (which defines `step`), gives them:
+/// x0 ~ N(0.4, 0.3^2 I), T = 1000, 50 trailing steps; eps = the exact E[eps | x_t] + `bias`.
+/// Inversion is affine in x0 and DDIM (eta = 0) affine in x, so the latent is P x0 + Q and the
+/// reconstruction P' x0 + Q'. This script, appended to oracle_tests' (which defines T, mu, s,
+/// abar_full and trailing), gives them, inverting the `top` lowest steps (`inversion_steps`:
+/// 46 linear, 49 cosine) or, as before the fix, all 50:
 ///
 /// ```text
-/// def invert(K, refine):
+/// def coeffs(ab):  # eps = ae x + be, x0 = a0 x + b0 (the exact E[eps | x_t])
+///     d = ab * s * s + 1 - ab
+///     ae, be = math.sqrt(1 - ab) / d, -math.sqrt(1 - ab) * math.sqrt(ab) * mu / d
+///     return ae, be, (1 - math.sqrt(1 - ab) * ae) / math.sqrt(ab), -math.sqrt(1 - ab) * be / math.sqrt(ab)
+/// if sys.argv[2:] == ["cosine"]:
+///     f = lambda t: math.cos(((t / T + 0.008) / 1.008) * math.pi / 2) ** 2
+///     betas = [min(1 - f(i + 1) / f(i), 0.999) for i in range(T)]
+///     abar_full, acc = [], 1.0
+///     for b in betas:
+///         acc *= 1 - b; abar_full.append(acc)
+/// def invert(K, refine, top, bias):
 ///     ab = [abar_full[k] for k in trailing(K)]; P, Q, prev = 1.0, 0.0, 1.0
-///     for i in range(K):
-///         d = ab[i] * s * s + 1 - ab[i]
-///         ae, be = math.sqrt(1 - ab[i]) / d, -math.sqrt(1 - ab[i]) * math.sqrt(ab[i]) * mu / d
+///     for i in range(top):
+///         ae, be, _, _ = coeffs(ab[i]); be += bias
 ///         al, sg, alp, sgp = math.sqrt(ab[i]), math.sqrt(1 - ab[i]), math.sqrt(prev), math.sqrt(1 - prev)
 ///         c = sg - al * sgp / alp
 ///         nP, nQ = al / alp * P + c * ae * P, al / alp * Q + c * (ae * Q + be)
@@ -24,34 +36,120 @@ use crate::rng::Stream;
 ///             nP, nQ = al / alp * P + c * ae * nP, al / alp * Q + c * (ae * nQ + be)
 ///         P, Q, prev = nP, nQ, ab[i]
 ///     latent, ab_prev = (P, Q), [1.0] + ab[:-1]
-///     for i in reversed(range(K)):
-///         A, B, _ = step(ab[i], ab_prev[i], "ddim", i); P, Q = A * P, A * Q + B
+///     for i in reversed(range(top)):
+///         ae, be, _, _ = coeffs(ab[i]); be += bias
+///         a0, b0 = (1 - math.sqrt(1 - ab[i]) * ae) / math.sqrt(ab[i]), -math.sqrt(1 - ab[i]) * be / math.sqrt(ab[i])
+///         c = math.sqrt(1 - ab_prev[i])
+///         A, B = math.sqrt(ab_prev[i]) * a0 + c * ae, math.sqrt(ab_prev[i]) * b0 + c * be
+///         P, Q = A * P, A * Q + B
 ///     return latent, (P, Q)
-/// for refine in [0, 1, 2, 3, 5]:
-///     print(refine, invert(50, refine))
 /// ```
 ///
+/// Linear (`invert(50, refine, 46, 0.0)`):
+///
 /// ```text
-/// refine  latent               reconstruction         max |x_rec - x0| on [-1, 1]
-/// 0       3.231101 x0 - 1.237629  0.883019 x0 + 0.061077  1.8e-1
-/// 1       3.613902 x0 - 1.437348  0.987634 x0 + 0.006496  1.9e-2
-/// 2       3.654532 x0 - 1.458654  0.998737 x0 + 0.000674  1.9e-3
-/// 3       3.658677 x0 - 1.460861  0.999870 x0 + 0.000071  2.0e-4
-/// 5       3.659146 x0 - 1.461116  0.999999 x0 + 0.000001  2.2e-6
+/// refine  latent                  reconstruction          max |x_rec - x0| on [-1, 1]
+/// 0       3.230917 x0 - 1.235102  0.883030 x0 + 0.060930  1.8e-1
+/// 3       3.658425 x0 - 1.457782  0.999870 x0 + 0.000070  2.0e-4
+/// 5       3.658894 x0 - 1.458035  0.999999 x0 + 0.000001  2.2e-6
 /// ```
 ///
 /// Plain inversion (refine 0) is only first-order accurate: on data this narrow (s = 0.3, where
 /// eps changes fast with x near t = 0) it loses 12% of x0's deviation at 50 steps, O(1/K); each
-/// refinement divides the error by ~10. (The exact ODE latent would be (x0 - 0.4) / 0.3 =
-/// 3.333 x0 - 1.333; DDIM-50's own inverse is 3.659 x0 - 1.461.)
+/// refinement divides the error by ~10. (Inverting all 50 steps, up to t = 999, as before
+/// the cosine fix, reconstructed as well here: 0.883019 x0 + 0.061077 at refine 0,
+/// 0.999999 x0 + 0.000001 at 5.)
 ///
 /// Tolerance: f32 over 50-300 model calls, measured at most 4e-6 on the latent (values up to
 /// ~5) and 2e-6 on the reconstruction; allowed 5e-5, far below the 4e-3 the nearest rows
 /// differ by on [-1, 1].
 #[test]
 fn ddim_inversion_and_reconstruction_are_the_exact_affine_maps() {
-    let s = linear_schedule();
+    let s = Schedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02, false).unwrap();
     let oracle = MixtureOracle::gaussian(0.4, 0.3, s.alphas_cumprod.clone()).unwrap();
+    for (refine, latent, reconstruction, worst) in [
+        (0, (3.230917, -1.235102), (0.883030, 0.060930), 0.19),
+        (3, (3.658425, -1.457782), (0.999870, 0.000070), 2.5e-4),
+        (5, (3.658894, -1.458035), (0.999999, 0.000001), 3e-5),
+    ] {
+        let seen = check_round_trip(&oracle, &s, refine, latent, reconstruction, worst);
+        assert_eq!(seen.len(), 46);
+        assert!(seen.iter().enumerate().all(|(k, v)| v.0 == k && v.1 == 46));
+        assert_eq!(
+            (seen[0].2, seen[45].2),
+            (19, 919),
+            "t climbs from 19 to 919, the last step below sigma = 80"
+        );
+    }
+}
+
+/// The cosine schedule's abar_T = 2.4e-9 puts x_T at sigma = 2e4, and the step from there reads
+/// x0 as the eps error times 2e4. An eps-model off by 0.01 everywhere (the exact eps + 0.01;
+/// a trained network is never exact) showed it: inverting all 50 steps, refine 5, the
+/// reconstruction was 0.999493 x0 - 1.786814, off by up to 1.79 on [-1, 1] (the digits model's
+/// end frames were pure 0/255); inverting the 49 steps below sigma = 80 (t = 979, sigma = 32),
+/// it is 0.999974 x0 + 0.000025, latent 3.492632 x0 - 1.324390
+/// (`invert(50, 5, 49, 0.01)` in the script above, with arguments `0.3 cosine`).
+#[test]
+fn inversion_on_a_cosine_schedule_reconstructs_despite_an_eps_error() {
+    let s = Schedule::new(BetaSchedule::Cosine, 1000, 1e-4, 0.02, false).unwrap();
+    let oracle = MixtureOracle::gaussian(0.4, 0.3, s.alphas_cumprod.clone()).unwrap();
+    let model = OffBy {
+        model: &oracle,
+        bias: 0.01,
+    };
+    let respaced = s.for_sampling(50, Spacing::Trailing).unwrap();
+    assert_eq!(inversion_steps(&respaced).unwrap(), 49);
+    let seen = check_round_trip(
+        &model,
+        &s,
+        5,
+        (3.492632, -1.324390),
+        (0.999974, 0.000025),
+        1e-4,
+    );
+    assert_eq!((seen.len(), seen[48].2), (49, 979));
+}
+
+/// With one step every step starts at t = 999 (sigma 2e4 on the cosine schedule): nothing lies
+/// below sigma = 80 to invert to, which is an error, not a latent.
+#[test]
+fn inversion_needs_a_step_below_sigma_max() {
+    let s = Schedule::new(BetaSchedule::Cosine, 1000, 1e-4, 0.02, false).unwrap();
+    let msg = inversion_steps(&s.for_sampling(1, Spacing::Trailing).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("use more steps"), "{msg}");
+    assert_eq!(
+        inversion_steps(&s.for_sampling(2, Spacing::Trailing).unwrap()).unwrap(),
+        1
+    );
+}
+
+/// An eps-model: `model`'s output plus a constant.
+struct OffBy<'a> {
+    model: &'a dyn Denoiser,
+    bias: f64,
+}
+
+impl Denoiser for OffBy<'_> {
+    fn forward(&self, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
+        Ok((self.model.forward(x_t, t)? + self.bias)?)
+    }
+}
+
+/// Invert a grid of x0 over [-1, 1] with 50 trailing steps and `refine`, sample it back with
+/// DDIM-50 (eta 0, no clipping) from the latent's own step, and check both against their exact
+/// affine maps (P, Q) and the reconstruction error against `worst`. Returns what the inversion
+/// reported per step: (index, total, t).
+fn check_round_trip(
+    model: &dyn Denoiser,
+    s: &Schedule,
+    refine: usize,
+    (p_lat, q_lat): (f64, f64),
+    (p_rec, q_rec): (f64, f64),
+    worst: f64,
+) -> Vec<(usize, usize, usize)> {
     let p = eps_fixed(VarianceType::FixedSmall);
     let n = 8 * 16;
     let grid: Vec<f32> = (0..n)
@@ -59,45 +157,35 @@ fn ddim_inversion_and_reconstruction_are_the_exact_affine_maps() {
         .collect();
     let x0 = Tensor::from_vec(grid, (8, 16), &Device::Cpu).unwrap();
     let xs = flat(&x0);
+    let inv = InvertOptions {
+        steps: 50,
+        spacing: Spacing::Trailing,
+        refine,
+    };
+    let mut seen = Vec::new();
+    let latent = ddim_invert(model, s, p, &inv, &x0, &mut |info| {
+        seen.push((info.index, info.total, info.t));
+        Ok(())
+    })
+    .unwrap();
+    let want: Vec<f64> = xs.iter().map(|x| p_lat * x + q_lat).collect();
+    let d = max_abs_diff(&flat(&latent.x), &want);
+    assert!(d < 5e-5, "refine {refine}: latent off by {d}");
     let sampling = opts(SamplerKind::Ddim, 50, Spacing::Trailing, 0.0);
-    for (refine, (p_lat, q_lat), (p_rec, q_rec), worst) in [
-        (0, (3.231101, -1.237629), (0.883019, 0.061077), 0.19),
-        (3, (3.658677, -1.460861), (0.999870, 0.000071), 2.5e-4),
-        (5, (3.659146, -1.461116), (0.999999, 0.000001), 3e-5),
-    ] {
-        let inv = InvertOptions {
-            steps: 50,
-            spacing: Spacing::Trailing,
-            refine,
-        };
-        let mut seen = Vec::new();
-        let latent = ddim_invert(&oracle, &s, p, &inv, &x0, &mut |info| {
-            seen.push((info.index, info.total, info.t));
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(seen.len(), 50);
-        assert!(seen.iter().enumerate().all(|(k, v)| v.0 == k && v.1 == 50));
-        assert_eq!(
-            (seen[0].2, seen[49].2),
-            (19, 999),
-            "t climbs from 19 to 999"
-        );
-        let want: Vec<f64> = xs.iter().map(|x| p_lat * x + q_lat).collect();
-        let d = max_abs_diff(&flat(&latent), &want);
-        assert!(d < 5e-5, "refine {refine}: latent off by {d}");
-        let x_rec =
-            sample_from_latent(&oracle, &s, p, &sampling, &latent, &mut |_| Ok(())).unwrap();
-        let x_rec = flat(&x_rec);
-        let want: Vec<f64> = xs.iter().map(|x| p_rec * x + q_rec).collect();
-        let d = max_abs_diff(&x_rec, &want);
-        assert!(
-            d < 5e-5,
-            "refine {refine}: reconstruction off the map by {d}"
-        );
-        let err = max_abs_diff(&x_rec, &xs);
-        assert!(err < worst, "refine {refine}: reconstruction error {err}");
-    }
+    let x_rec = sample_from_latent(model, s, p, &sampling, &latent.x, latent.from, &mut |_| {
+        Ok(())
+    })
+    .unwrap();
+    let x_rec = flat(&x_rec);
+    let want: Vec<f64> = xs.iter().map(|x| p_rec * x + q_rec).collect();
+    let d = max_abs_diff(&x_rec, &want);
+    assert!(
+        d < 5e-5,
+        "refine {refine}: reconstruction off the map by {d}"
+    );
+    let err = max_abs_diff(&x_rec, &xs);
+    assert!(err < worst, "refine {refine}: reconstruction error {err}");
+    seen
 }
 
 fn norms(x: &Tensor) -> Vec<f64> {

@@ -33,7 +33,10 @@ pub use edit::sample_from;
 pub(crate) use edit::steps_below;
 pub use heun::Heun;
 pub use inpaint::{inpaint, Inpaint, Inpainting};
-pub use latent::{ddim_invert, sample_from_latent, sample_replaying, slerp, InvertOptions};
+pub use latent::{
+    ddim_invert, inversion_steps, sample_from_latent, sample_replaying, slerp, InvertOptions,
+    Latent,
+};
 pub use pc::{Langevin, PredictorCorrector};
 
 use crate::denoiser::Denoiser;
@@ -41,6 +44,18 @@ use crate::diffusion::{score_from_eps, x0_and_eps, Parameterization};
 use crate::error::{Error, Result};
 use crate::rng::{BatchNoise, Purpose};
 use crate::schedule::{spaced_timesteps, Schedule, Spacing};
+
+/// EDM's sigma_max (Karras et al. 2022): the largest sigma = sqrt((1 - abar) / abar) that a
+/// step of the probability-flow ODE starts from with the model's slope. Above it x_t is noise
+/// to within 1/80 of the signal, and an eps-model's x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)
+/// is its eps error times 1/sqrt(abar) = sigma (2e4 at the top of the cosine schedule): Heun
+/// takes Euler steps there, DDIM inversion stops below it.
+pub const SIGMA_MAX: f64 = 80.0;
+
+/// sigma = sqrt((1 - abar) / abar), the noise level of x / sqrt(abar) (infinite at abar = 0).
+pub fn sigma_of(abar: f64) -> f64 {
+    ((1.0 - abar) / abar).sqrt()
+}
 
 /// Which sampler turns the model into samples.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -35,6 +35,7 @@ pub fn training_grid(
         step: state.step,
         device: state.device.clone(),
         standardization: standardization.cloned(),
+        class_names: None,
         evaluations: AtomicU64::new(0),
         notice: None,
     };

@@ -10,6 +10,7 @@ mod run_dir;
 mod state;
 mod step;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,7 +30,6 @@ use crate::data::{self, Loader, LoaderOptions, Part};
 use crate::dist::{self, Comm, Single};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::points::Standardization;
 
 /// How to run: where, how far, and the flag that asks the loop to stop.
 #[derive(Clone, Debug)]
@@ -140,6 +140,7 @@ pub fn train_in(
     let cfg = &resolved;
     check_classes(cfg, dataset.num_classes())?;
     let standardization = dataset.standardization().cloned();
+    let data_meta = data_metadata(dataset.as_ref())?;
     // Rank 0 alone opens (and locks) the run directory.
     let dir = match world.rank() {
         0 => Some(RunDir::open(&opts.run_dir, opts.resume)?),
@@ -244,7 +245,7 @@ pub fn train_in(
         // Every rank stops at the same step: when any of them was asked to.
         if dist::any(world, opts.interrupt.load(Ordering::SeqCst), device)? {
             if let Some(dir) = &dir {
-                let path = save(cfg, dir, &state, standardization.as_ref())?;
+                let path = save(cfg, dir, &state, &data_meta)?;
                 on_event(Event::Checkpoint(&path))?;
             }
             world.barrier()?;
@@ -309,7 +310,7 @@ pub fn train_in(
         if step % cfg.train.checkpoint_every == 0 || step == total {
             match &dir {
                 Some(dir) => {
-                    last_ckpt = save(cfg, dir, &state, standardization.as_ref())?;
+                    last_ckpt = save(cfg, dir, &state, &data_meta)?;
                     on_event(Event::Checkpoint(&last_ckpt))?;
                     good_ckpt = Some(last_ckpt.clone());
                 }
@@ -320,7 +321,7 @@ pub fn train_in(
     // A fresh run of zero steps (--max-steps 0) still leaves the checkpoint it reports: the
     // initial weights, an untrained baseline for `ddpm eval`.
     if let Some(dir) = dir.as_ref().filter(|_| !last_ckpt.exists()) {
-        last_ckpt = save(cfg, dir, &state, standardization.as_ref())?;
+        last_ckpt = save(cfg, dir, &state, &data_meta)?;
         on_event(Event::Checkpoint(&last_ckpt))?;
     }
     // The other ranks return once rank 0's last checkpoint is on disk: a launcher may end the
@@ -376,16 +377,28 @@ fn with_data_dim(cfg: &Config, dataset: &dyn data::Dataset) -> Config {
     cfg
 }
 
+/// What the data adds to every checkpoint's metadata: vector data's standardisation (undone on
+/// sampling) and the class names of labelled data (`--class` takes them).
+fn data_metadata(dataset: &dyn data::Dataset) -> Result<BTreeMap<String, String>> {
+    let mut meta = BTreeMap::new();
+    if let Some(s) = dataset.standardization() {
+        meta.insert(checkpoint::META_STANDARDIZATION.to_string(), s.to_meta()?);
+    }
+    if let Some(names) = dataset.class_names() {
+        let text = checkpoint::class_names_meta(names)?;
+        meta.insert(checkpoint::META_CLASS_NAMES.to_string(), text);
+    }
+    Ok(meta)
+}
+
 fn save(
     cfg: &Config,
     dir: &RunDir,
     state: &TrainState,
-    standardization: Option<&Standardization>,
+    data_meta: &BTreeMap<String, String>,
 ) -> Result<PathBuf> {
     let (tensors, mut metadata) = state.checkpoint_contents(cfg)?;
-    if let Some(s) = standardization {
-        metadata.insert(checkpoint::META_STANDARDIZATION.to_string(), s.to_meta()?);
-    }
+    metadata.extend(data_meta.clone());
     dir.save_checkpoint(state.step, cfg.train.keep_checkpoints, &tensors, &metadata)
 }
 

@@ -47,21 +47,8 @@ fn check(out: &Output, what: &str) {
 /// (np = 0: no launcher) of `threads` threads.
 fn train(dir: &Path, name: &str, np: usize, threads: usize, steps: u64, extra: &[&str]) -> PathBuf {
     let out = dir.join(name);
-    let tiny = config("tiny.toml");
-    let steps = steps.to_string();
-    let mut args = vec![
-        "train",
-        "--config",
-        tiny.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--max-steps",
-        &steps,
-        "--quiet",
-    ];
-    args.extend_from_slice(extra);
+    let args = common::tiny_train_args(&out, steps, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let output = match np {
         0 => common::ddpm(dir, &args)
             .env("RAYON_NUM_THREADS", threads.to_string())

@@ -36,12 +36,11 @@ pub fn run(dir: &Path, args: &[&str], code: i32) -> (Vec<u8>, String) {
     (out.stdout, stderr)
 }
 
-/// Train the tiny config into `dir/run` for `steps` steps (plus extra args); returns the run dir.
-pub fn train_tiny(dir: &Path, run_name: &str, steps: u64, extra: &[&str]) -> PathBuf {
-    let run_dir = dir.join(run_name);
+/// The arguments that train the tiny config into `run_dir` for `steps` steps on the CPU,
+/// quietly, followed by `extra`.
+pub fn tiny_train_args(run_dir: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
     let tiny = config("tiny.toml");
-    let steps = steps.to_string();
-    let mut args = vec![
+    let mut args: Vec<String> = [
         "train",
         "--config",
         tiny.to_str().unwrap(),
@@ -50,11 +49,20 @@ pub fn train_tiny(dir: &Path, run_name: &str, steps: u64, extra: &[&str]) -> Pat
         "--device",
         "cpu",
         "--max-steps",
-        &steps,
+        &steps.to_string(),
         "--quiet",
-    ];
-    args.extend_from_slice(extra);
-    run(dir, &args, 0);
+    ]
+    .map(String::from)
+    .into();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// Train the tiny config into `dir/run` for `steps` steps (plus extra args); returns the run dir.
+pub fn train_tiny(dir: &Path, run_name: &str, steps: u64, extra: &[&str]) -> PathBuf {
+    let run_dir = dir.join(run_name);
+    let args = tiny_train_args(&run_dir, steps, extra);
+    run(dir, &args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
     run_dir
 }
 
